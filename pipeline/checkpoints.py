@@ -1,0 +1,183 @@
+"""Loading and saving model weights. Checkpoints are data, not code.
+
+Two formats:
+- the course's own ``.pth`` files (``{"gen": state_dict}`` / ``{"classifier": state_dict}``, or a bare
+  state_dict), read with ``torch.load(weights_only=True)`` so a pickle that would run code is refused;
+- the project's format: ``NAME.safetensors`` with ``NAME.json`` beside it holding the spec (and, for a
+  classifier, the attribute names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .attributes import CELEBA40
+from .errors import CheckpointError
+from .models import ClassifierSpec, GeneratorSpec, build_classifier, build_generator
+
+COURSE_KEYS = {"generator": "gen", "classifier": "classifier"}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A frozen, eval-mode model with what describes it."""
+
+    # The module, frozen (requires_grad off) and in eval mode so rows are independent.
+    module: nn.Module
+    # The spec it was built from; recorded in job.json so a resume can be checked.
+    spec: GeneratorSpec | ClassifierSpec
+    # sha256 of the weight file (first 16 hex digits): a different file is a different job.
+    fingerprint: str
+    # Where it came from, for messages.
+    path: str
+    # Attribute names of a classifier (empty for a generator).
+    attributes: tuple[str, ...] = ()
+
+
+def file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict, config from the JSON sidecar or {}) from either format."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {role} checkpoint not found")
+    if path.suffix == ".safetensors":
+        sidecar = path.with_suffix(".json")
+        config = {}
+        if sidecar.is_file():
+            try:
+                config = json.loads(sidecar.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{sidecar}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        try:
+            return load_file(str(path)), config
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any global it does not know: that is how code execution is prevented.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+            raise CheckpointError(
+                f"{path}: refused: the file holds pickled objects other than tensors, which could run code "
+                "on load (only weights are accepted)"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    key = COURSE_KEYS[role]
+    if key in obj:
+        obj = obj[key]
+    elif obj and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{path}: missing key {key!r} (the course saves the {role} as {{{key!r}: state_dict}}); "
+            f"found keys {sorted(map(str, obj))[:6]}"
+        )
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: {key!r} does not hold a state_dict of tensors")
+    return obj, {}
+
+
+def _spec_from(config: dict, default, overrides: dict, path: Path):
+    known = {f.name for f in fields(default)}
+    values = {k: v for k, v in config.items() if k in known}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return replace(default, **values)
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: bad model config ({exc})") from None
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, role: str) -> None:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: {role} parameter {missing[0]!r} is missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected {role} parameter {unexpected[0]!r}")
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path}: {role} parameter {name!r} has shape {list(state[name].shape)}, "
+                f"expected {list(tensor.shape)} (check z_dim / hidden_dim / n_classes / im_chan)"
+            )
+    # fp16-stored weights compute in the module's dtype (fp32).
+    module.load_state_dict({k: state[k].to(expected[k].dtype) for k in expected})
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def load_generator(path: str | Path, **overrides) -> LoadedModel:
+    """Load a generator; ``overrides`` (z_dim, hidden_dim, im_chan, n_classes, kind) beat the file's config."""
+    path = Path(path)
+    state, config = _read_state_dict(path, "generator")
+    spec = _spec_from(config, GeneratorSpec(), overrides, path)
+    try:
+        module = build_generator(spec)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    _load_into(module, state, path, "generator")
+    return LoadedModel(_freeze(module), spec, file_fingerprint(path), str(path))
+
+
+def load_classifier(path: str | Path, attributes: tuple[str, ...] | None = None, **overrides) -> LoadedModel:
+    """Load a classifier; attribute names come from ``attributes``, the JSON config, or ``celeba40``."""
+    path = Path(path)
+    state, config = _read_state_dict(path, "classifier")
+    spec = _spec_from(config, ClassifierSpec(), overrides, path)
+    try:
+        module = build_classifier(spec)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    _load_into(module, state, path, "classifier")
+    names = tuple(attributes or config.get("attributes") or ())
+    if not names:
+        if spec.n_classes != len(CELEBA40):
+            raise CheckpointError(
+                f"{path}: classifier has {spec.n_classes} outputs; give their names (--attributes FILE)"
+            )
+        names = CELEBA40
+    if len(names) != spec.n_classes:
+        raise CheckpointError(f"{path}: {len(names)} attribute names for {spec.n_classes} classifier outputs")
+    return LoadedModel(_freeze(module), spec, file_fingerprint(path), str(path), names)
+
+
+def save_model(module: nn.Module, spec, path: str | Path, attributes: tuple[str, ...] = (), half: bool = False):
+    """Write ``path`` (.safetensors) and its JSON config beside it; fp16 storage when ``half``."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    config = spec.to_dict()
+    if attributes:
+        config["attributes"] = list(attributes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    path.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
