@@ -169,7 +169,9 @@ def load_classifier(path: str | Path, attributes: tuple[str, ...] | None = None,
     return LoadedModel(_freeze(module), spec, file_fingerprint(path), str(path), names)
 
 
-def save_model(module: nn.Module, spec, path: str | Path, attributes: tuple[str, ...] = (), half: bool = False):
+def save_model(
+    module: nn.Module, spec, path: str | Path, attributes: tuple[str, ...] = (), half: bool = False
+):
     """Write ``path`` (.safetensors) and its JSON config beside it; fp16 storage when ``half``."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}

@@ -140,5 +140,7 @@ def build_generator(spec: GeneratorSpec) -> nn.Module:
 def build_classifier(spec: ClassifierSpec) -> nn.Module:
     """A freshly initialised classifier of the given spec."""
     if spec.kind != "course_classifier":
-        raise ValueError(f"unknown classifier kind {spec.kind!r}; expected one of {', '.join(CLASSIFIER_KINDS)}")
+        raise ValueError(
+            f"unknown classifier kind {spec.kind!r}; expected one of {', '.join(CLASSIFIER_KINDS)}"
+        )
     return CourseClassifier(spec.im_chan, spec.n_classes, spec.hidden_dim)
