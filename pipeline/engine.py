@@ -18,6 +18,7 @@ import torch
 from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE, ascent_update
 from zsteer.kernels.objective import objective
 
+from .checkpoints import LoadedModel
 from .compile import compile_step, should_compile
 from .network import EditNet
 
@@ -76,10 +77,9 @@ class EngineConfig:
     compile: str = "auto"
     # Kernel implementation for the objective and the update: "auto" | "triton" | "torch".
     impl: str = "auto"
-    # Fold BatchNorm into the convolutions (same numbers up to rounding, faster).
-    fold: bool = True
-    # channels_last activations: faster convolutions on CPU and tensor cores.
-    channels_last: bool = True
+    # Fold BatchNorm into the convolutions and use channels_last activations: faster, same numbers up to
+    # rounding. Lab-compatible mode never does, so that it matches the notebook to the last bit.
+    fast_layout: bool = True
 
 
 @dataclass
@@ -245,6 +245,15 @@ class AscentEngine:
             status=status.cpu(),
             images=to_uint8_images(images).cpu() if render else None,
         )
+
+
+def make_engine(
+    generator: LoadedModel, classifier: LoadedModel, ascent: AscentConfig, engine: EngineConfig | None = None
+) -> AscentEngine:
+    """An engine over these models, laid out as the mode needs (exact course modules in lab mode)."""
+    engine = engine or EngineConfig()
+    fast = engine.fast_layout and not ascent.lab_compat
+    return AscentEngine(EditNet(generator, classifier, fold=fast, channels_last=fast), ascent, engine)
 
 
 def _taker(rows: torch.Tensor | None):

@@ -1,0 +1,224 @@
+"""Triton kernel for ``ascent_update`` (see kernels/ascent_update.py): one fused pass per block of rows.
+
+Each program reads its rows' status, stop probability, logits and weights (the stop test), then z, z0,
+grad and accum once, and writes every output once: the reference's ~40 small kernels, each a full read or
+write of an [N, z_dim] or [N, A] tensor, become one launch. Rows that do not step (frozen, or that reach
+their target now) skip the gradient read; rows that are not ACTIVE skip the logits and weights too.
+Imported lazily by kernels/ascent_update.py only when impl resolves to "triton".
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._triton_common import block, check_device, check_float, check_shape, row_tiling
+from .ascent_update import ACTIVE, MAX_SHIFT, NON_FINITE, TARGET_REACHED, UpdateResult
+
+
+@triton.jit
+def _ascent_update_kernel(
+    z_ptr, z0_ptr, grad_ptr, accum_ptr,  # [N, D] inputs (accum_ptr unused without HAS_ACCUM)
+    logits_ptr, weights_ptr,  # [N, A] inputs
+    stop_ptr, status_ptr,  # [N] inputs
+    out_z_ptr, out_accum_ptr,  # [N, D] outputs
+    out_gnorm_ptr, out_shift_ptr, out_status_ptr, out_moved_ptr,  # [N] outputs
+    lr, max_shift, n_rows, n_d, n_a,
+    s_z_r, s_z_c, s_z0_r, s_z0_c, s_g_r, s_g_c, s_acc_r, s_acc_c,
+    s_l_r, s_l_c, s_w_r, s_w_c, s_stop, s_status,
+    s_oz_r, s_oz_c, s_oacc_r, s_oacc_c, s_ognorm, s_oshift, s_ostatus, s_omoved,
+    ACTIVE_CODE: tl.constexpr, REACHED_CODE: tl.constexpr, MAX_SHIFT_CODE: tl.constexpr,
+    NON_FINITE_CODE: tl.constexpr,
+    HAS_ACCUM: tl.constexpr, NORMALIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_A: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    row_ok = rows < n_rows
+    r1 = rows.to(tl.int64)  # int64: N * D may pass 2**31 elements
+    r = r1[:, None]
+
+    # 1. only ACTIVE rows move; padding rows read a status that is not ACTIVE.
+    status = tl.load(status_ptr + r1 * s_status, mask=row_ok, other=ACTIVE_CODE + 1)  # [BLOCK_N]
+    active = status == ACTIVE_CODE
+
+    # 2. the stop test, read only for active rows (the others' logits never matter).
+    a_cols = tl.arange(0, BLOCK_A).to(tl.int64)[None, :]
+    a_mask = active[:, None] & (a_cols < n_a)
+    logits = tl.load(logits_ptr + r * s_l_r + a_cols * s_l_c, mask=a_mask, other=0.0).to(tl.float32)
+    w = tl.load(weights_ptr + r * s_w_r + a_cols * s_w_c, mask=a_mask, other=0.0).to(tl.float32)
+    p = tl.load(stop_ptr + r1 * s_stop, mask=row_ok, other=0.0).to(tl.float32)  # [BLOCK_N]
+    prob = tl.sigmoid(logits)  # [BLOCK_N, BLOCK_A]
+    # Selects, as in the reference: a NaN weight counts as "not a target" here but as a target below.
+    ok = tl.where(w > 0, prob >= p[:, None], tl.where(w < 0, prob <= 1 - p[:, None], True))
+    n_failed = tl.sum(tl.where(ok, 0, 1), axis=1)  # [BLOCK_N]; padding lanes have w = 0: ok
+    n_targets = tl.sum(tl.where(w != 0, 1, 0), axis=1)
+    reached = active & (p == p) & (n_targets > 0) & (n_failed == 0)
+    stepping = active & ~reached
+
+    # 3. the direction. The gradient is read only for stepping rows (0 elsewhere, which is never used).
+    d_cols = tl.arange(0, BLOCK_D).to(tl.int64)[None, :]
+    d_mask = row_ok[:, None] & (d_cols < n_d)  # [BLOCK_N, BLOCK_D]
+    g_mask = stepping[:, None] & (d_cols < n_d)
+    z_raw = tl.load(z_ptr + r * s_z_r + d_cols * s_z_c, mask=d_mask, other=0.0)
+    z = z_raw.to(tl.float32)
+    z0 = tl.load(z0_ptr + r * s_z0_r + d_cols * s_z0_c, mask=d_mask, other=0.0).to(tl.float32)
+    g = tl.load(grad_ptr + r * s_g_r + d_cols * s_g_c, mask=g_mask, other=0.0).to(tl.float32)
+    if HAS_ACCUM:
+        acc_raw = tl.load(accum_ptr + r * s_acc_r + d_cols * s_acc_c, mask=d_mask, other=0.0)
+        acc = acc_raw.to(tl.float32)
+        direction = tl.where(stepping[:, None], acc + g, acc)
+        new_acc = direction
+    else:
+        direction = g
+    gnorm = tl.sqrt_rn(tl.sum(direction * direction, axis=1))  # [BLOCK_N]; naive sum, as torch
+    if NORMALIZE:
+        pos = gnorm > 0
+        direction = tl.where(pos[:, None], tl.math.div_rn(direction, tl.where(pos, gnorm, 1.0)[:, None]), 0.0)
+
+    # 4. the step and the cap: a capped row goes back onto the sphere of radius max_shift around z0.
+    cand = z + lr * direction
+    offset = cand - z0
+    shift = tl.sqrt_rn(tl.sum(offset * offset, axis=1))  # [BLOCK_N]
+    capped = shift > max_shift  # never when max_shift = inf
+    scale = tl.where(capped, tl.math.div_rn(max_shift, tl.where(capped, shift, 1.0)), 1.0)
+    cand = tl.where(capped[:, None], z0 + offset * scale[:, None], cand)
+    # Rounded to z's dtype before the test, as the reference tests the stored value.
+    cand_out = cand.to(out_z_ptr.dtype.element_ty)
+    candf = cand_out.to(tl.float32)
+
+    # 5. the non-finite guard (padding lanes are 0: finite).
+    lane_ok = (tl.abs(candf) < float("inf")) & (tl.abs(g) < float("inf"))  # False for NaN too
+    finite = tl.sum(tl.where(lane_ok, 0, 1), axis=1) == 0  # [BLOCK_N]
+    moved = stepping & finite
+    failed = stepping & ~finite
+
+    new_z = tl.where(moved[:, None], cand_out, z_raw.to(out_z_ptr.dtype.element_ty))
+    new_status = tl.where(reached, REACHED_CODE, status)
+    new_status = tl.where(moved & capped, MAX_SHIFT_CODE, new_status)
+    new_status = tl.where(failed, NON_FINITE_CODE, new_status)
+    # Recomputed from the stored z, so a frozen row reports its current distance from z0.
+    new_off = new_z.to(tl.float32) - z0
+    new_shift = tl.sqrt_rn(tl.sum(new_off * new_off, axis=1))
+    gnorm = tl.where(stepping, gnorm, 0.0)
+
+    tl.store(out_z_ptr + r * s_oz_r + d_cols * s_oz_c, new_z, mask=d_mask)
+    if HAS_ACCUM:
+        # A row frozen by the guard keeps its old sum: the bad gradient is not carried into later steps.
+        new_acc = tl.where(failed[:, None], acc, new_acc)
+        tl.store(
+            out_accum_ptr + r * s_oacc_r + d_cols * s_oacc_c,
+            new_acc.to(out_accum_ptr.dtype.element_ty),
+            mask=d_mask,
+        )
+    tl.store(out_gnorm_ptr + r1 * s_ognorm, gnorm.to(out_gnorm_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(out_shift_ptr + r1 * s_oshift, new_shift.to(out_shift_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(out_status_ptr + r1 * s_ostatus, new_status.to(out_status_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(out_moved_ptr + r1 * s_omoved, moved.to(tl.int32), mask=row_ok)
+
+
+def ascent_update_triton(
+    z: torch.Tensor,  # [N, D] current z
+    z0: torch.Tensor,  # [N, D] starting z
+    grad: torch.Tensor,  # [N, D] d score / d z at z
+    accum: torch.Tensor | None,  # [N, D] gradient sum so far (lab-compatible mode) or None
+    logits: torch.Tensor,  # [N, A] logits at z (for the stop test)
+    weights: torch.Tensor,  # [N, A] signed target weights
+    stop_prob: torch.Tensor,  # [N] stop once the targets pass this probability; NaN = never
+    status: torch.Tensor,  # [N] integer status codes before this step
+    lr: float,  # step size
+    max_shift: float,  # cap on ||z - z0||; inf = none
+    normalize: bool,  # divide the direction by its norm
+    *,
+    out: UpdateResult | None = None,  # buffers to write into (out.accum None iff accum is None)
+) -> UpdateResult:
+    """Triton version of ``ascent_update_torch``: same arguments and results, one kernel launch.
+
+    z, z0, grad and accum share one dtype (float32, float16 or bfloat16), which the z / accum / grad_norm
+    / shift outputs keep; logits, weights and stop_prob may be any of those; status any integer dtype
+    (kept). Shapes must match exactly (no broadcasting); strides are free. The kernel computes in float32.
+    ``out`` lets a caller reuse buffers (any strides, shapes and dtypes as the results); it is returned.
+    """
+    op = "ascent_update"
+    d_group = {"z": z, "z0": z0, "grad": grad} | ({} if accum is None else {"accum": accum})
+    tensors = [*d_group.values(), logits, weights, stop_prob, status]
+    device = check_device(op, _ascent_update_kernel, tensors)
+    if z.dim() != 2 or logits.dim() != 2:
+        raise ValueError(
+            f"zsteer.kernels.{op}: z must be [N, D] and logits [N, A], got {list(z.shape)}, {list(logits.shape)}"
+        )
+    n, d = z.shape
+    a = logits.shape[1]
+    for name, t in d_group.items():
+        check_shape(op, name, t, (n, d))
+        check_float(op, name, t)
+        if t.dtype != z.dtype:
+            raise TypeError(
+                f"zsteer.kernels.{op}: {name} is {t.dtype} but z is {z.dtype}; give them one dtype"
+            )
+    for name, t, shape in (
+        ("logits", logits, (n, a)),
+        ("weights", weights, (n, a)),
+        ("stop_prob", stop_prob, (n,)),
+    ):
+        check_shape(op, name, t, shape)
+        check_float(op, name, t)
+    check_shape(op, "status", status, (n,))
+    if status.is_floating_point() or status.is_complex() or status.dtype == torch.bool:
+        raise TypeError(f"zsteer.kernels.{op}: status must hold integer codes, got {status.dtype}")
+
+    if out is None:
+        out = UpdateResult(
+            z=torch.empty_like(z, memory_format=torch.contiguous_format),
+            accum=None if accum is None else torch.empty_like(accum, memory_format=torch.contiguous_format),
+            grad_norm=torch.empty(n, dtype=z.dtype, device=device),
+            shift=torch.empty(n, dtype=z.dtype, device=device),
+            status=torch.empty(n, dtype=status.dtype, device=device),
+            moved=torch.empty(n, dtype=torch.int32, device=device),
+        )
+    else:
+        _check_out(op, out, accum is not None, n, d, z.dtype, status.dtype, device)
+    if n == 0:
+        return out
+
+    block_n, programs, num_warps = row_tiling(op, n, d, a)
+    # Without accum, z stands in for its pointers and strides: the HAS_ACCUM=False kernel never reads them.
+    acc_in = z if accum is None else accum
+    acc_out = out.z if accum is None else out.accum
+    _ascent_update_kernel[(programs,)](
+        z, z0, grad, acc_in, logits, weights, stop_prob, status,
+        out.z, acc_out, out.grad_norm, out.shift, out.status, out.moved,
+        float(lr), float(max_shift), n, d, a,
+        *z.stride(), *z0.stride(), *grad.stride(), *acc_in.stride(),
+        *logits.stride(), *weights.stride(), *stop_prob.stride(), *status.stride(),
+        *out.z.stride(), *acc_out.stride(), *out.grad_norm.stride(), *out.shift.stride(),
+        *out.status.stride(), *out.moved.stride(),
+        ACTIVE_CODE=ACTIVE, REACHED_CODE=TARGET_REACHED, MAX_SHIFT_CODE=MAX_SHIFT, NON_FINITE_CODE=NON_FINITE,
+        HAS_ACCUM=accum is not None, NORMALIZE=bool(normalize),
+        BLOCK_N=block_n, BLOCK_D=block(d), BLOCK_A=block(a), num_warps=num_warps,
+    )  # fmt: skip
+    return out
+
+
+def _check_out(op, out, has_accum, n, d, dtype, status_dtype, device) -> None:
+    if not isinstance(out, UpdateResult):
+        raise TypeError(f"zsteer.kernels.{op}: out must be an UpdateResult of buffers")
+    if (out.accum is not None) != has_accum:
+        raise ValueError(f"zsteer.kernels.{op}: out.accum must be given exactly when accum is")
+    expected = {
+        "z": ((n, d), dtype),
+        "accum": ((n, d), dtype),
+        "grad_norm": ((n,), dtype),
+        "shift": ((n,), dtype),
+        "status": ((n,), status_dtype),
+        "moved": ((n,), torch.int32),
+    }
+    for name, (shape, dt) in expected.items():
+        t = getattr(out, name)
+        if t is None:
+            continue
+        if tuple(t.shape) != shape or t.dtype != dt or t.device != device:
+            raise ValueError(
+                f"zsteer.kernels.{op}: out.{name} must be {dt} {list(shape)} on {device}, "
+                f"got {t.dtype} {list(t.shape)} on {t.device}"
+            )

@@ -1,0 +1,93 @@
+"""Loading model files: the course's format, the project's, and every way a file can be wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from modelkit import write_models
+from zsteer.pipeline.attributes import CELEBA40, load_attribute_names, parse_target, resolve_attribute
+from zsteer.pipeline.checkpoints import load_classifier, load_generator
+from zsteer.pipeline.errors import AttributeNameError, CheckpointError
+from zsteer.pipeline.models import CourseClassifier, CourseGenerator
+
+
+def test_course_files_load_with_course_defaults(tmp_path):
+    gen, cls = CourseGenerator(64, 3, 64), CourseClassifier(3, 40, 64)
+    torch.save({"gen": gen.state_dict()}, tmp_path / "pretrained_celeba.pth")
+    torch.save({"classifier": cls.state_dict()}, tmp_path / "pretrained_classifier.pth")
+    g = load_generator(tmp_path / "pretrained_celeba.pth")
+    c = load_classifier(tmp_path / "pretrained_classifier.pth")
+    assert g.spec.z_dim == 64 and c.attributes == CELEBA40
+    z = torch.randn(3, 64)
+    torch.testing.assert_close(c.module(g.module(z)), cls.eval()(gen.eval()(z)))
+    assert not any(p.requires_grad for p in g.module.parameters()) and not g.module.training
+
+
+def test_project_format_round_trips_with_its_config(tmp_path):
+    gpath, cpath = write_models(tmp_path)
+    g, c = load_generator(gpath), load_classifier(cpath)
+    assert g.spec.z_dim == 16 and g.spec.hidden_dim == 8
+    assert c.attributes == tuple(f"attr{i}" for i in range(6))
+    assert len(g.fingerprint) == 16 and g.fingerprint != c.fingerprint
+
+
+def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as fh:
+        pickle.dump({"gen": Evil()}, fh)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_generator(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (lambda p: p.write_bytes(b"this is not a checkpoint"), "not a PyTorch checkpoint"),
+        (lambda p: torch.save({"generator": {"x": 1}}, p), "missing key 'gen'"),
+        (lambda p: torch.save([1, 2], p), "expected a dict"),
+        (
+            lambda p: torch.save({"gen": CourseGenerator(32, 3, 64).state_dict()}, p),
+            r"gen\.0\.0\.weight.*\[32, 512",
+        ),
+        (lambda p: torch.save({"gen": {}}, p), "is missing"),
+    ],
+)
+def test_bad_generator_files_get_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "bad.pth"
+    content(path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_generator(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_missing_file_and_shape_overrides(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_generator(tmp_path / "nope.pth")
+    torch.save({"gen": CourseGenerator(32, 3, 16).state_dict()}, tmp_path / "g.pth")
+    assert load_generator(tmp_path / "g.pth", z_dim=32, hidden_dim=16).spec.z_dim == 32
+
+
+def test_attribute_names_and_targets(tmp_path):
+    assert len(CELEBA40) == 40 and CELEBA40[30] == "Sideburn" and CELEBA40[31] == "Smiling"
+    assert parse_target("Eyeglasses=-1", CELEBA40) == (15, -1.0)
+    assert resolve_attribute("smiling", CELEBA40) == 31
+    with pytest.raises(AttributeNameError, match="did you mean Smiling"):
+        resolve_attribute("Smilling", CELEBA40)
+    with pytest.raises(AttributeNameError, match="not a number"):
+        parse_target("Smiling=lots", CELEBA40)
+    (tmp_path / "names.json").write_text(json.dumps(["a", "b"]))
+    (tmp_path / "names.txt").write_text("a\nb\n\n")
+    assert load_attribute_names(str(tmp_path / "names.json")) == ("a", "b")
+    assert load_attribute_names(str(tmp_path / "names.txt")) == ("a", "b")
+    assert load_attribute_names("celeba40") == CELEBA40
