@@ -37,10 +37,14 @@ def init_unit_gain(module: nn.Module, seed: int) -> nn.Module:
     return module.eval()
 
 
+SMALL_GENERATOR = GeneratorSpec(z_dim=16, hidden_dim=8)
+SMALL_CLASSIFIER = ClassifierSpec(n_classes=6, hidden_dim=8)
+
+
 def write_models(
     folder: Path,
-    gspec: GeneratorSpec = GeneratorSpec(z_dim=16, hidden_dim=8),
-    cspec: ClassifierSpec = ClassifierSpec(n_classes=6, hidden_dim=8),
+    gspec: GeneratorSpec = SMALL_GENERATOR,
+    cspec: ClassifierSpec = SMALL_CLASSIFIER,
     seed: int = 0,
 ):
     """Save a unit-gain generator and classifier in the project format; return their paths."""
