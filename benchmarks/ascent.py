@@ -1,0 +1,121 @@
+"""Latents/s for a 10-step edit of the course models: zsteer vs the C1W4B notebook loop, and the bound.
+
+    python benchmarks/ascent.py [--steps 10] [--seconds 8] [--compile]
+
+The bound is the machine's measured fp32 matmul rate divided by the FLOPs of one 10-step edit (forward
+and input-gradient of generator and classifier, counted by torch's FlopCounterMode). All variants run in
+one process, one after the other, so their ratios are comparable on a noisy machine. The glibc allocator
+is told to keep large blocks (PERFORMANCE.md): the script re-executes itself with those variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+MALLOC_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "68719476736",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
+
+
+def reexec_with_malloc_settings() -> None:
+    """glibc reads these only at start-up, so the process restarts itself once with them set."""
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=8.0, help="time budget per variant")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
+    args = parser.parse_args()
+    reexec_with_malloc_settings()
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from zsteer.pipeline.attributes import CELEBA40
+    from zsteer.pipeline.checkpoints import LoadedModel
+    from zsteer.pipeline.engine import (
+        AscentConfig,
+        EngineConfig,
+        default_preserve,
+        make_engine,
+        target_vector,
+    )
+    from zsteer.pipeline.models import ClassifierSpec, CourseClassifier, CourseGenerator, GeneratorSpec
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    gen, cls = CourseGenerator(64, 3, 64).eval(), CourseClassifier(3, 40, 64).eval()
+    gen_m = LoadedModel(gen, GeneratorSpec(), "bench", "random")
+    cls_m = LoadedModel(cls, ClassifierSpec(), "bench", "random", CELEBA40)
+    smiling = CELEBA40.index("Smiling")
+
+    def timed(fn, rows_per_call: int) -> float:
+        fn()  # warm-up (allocations, kernel selection, compilation)
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.seconds or done == 0:
+            fn()
+            done += rows_per_call
+        return done / (time.perf_counter() - start)
+
+    def notebook(n: int):
+        """The notebook's loop: parameter grads on, eager modules, z.grad accumulated."""
+        g, c = gen.requires_grad_(True), cls.requires_grad_(True)
+        other = [i != smiling for i in range(40)]
+        noise = torch.randn(n, 64).requires_grad_()
+        original = c(g(noise)).detach()
+        for _ in range(args.steps):
+            c.zero_grad()
+            current = c(g(noise))
+            penalty = -torch.norm(current[:, other] - original[:, other], dim=1).mean() * 0.1
+            (current[:, smiling].mean() + penalty).backward()
+            noise.data = noise + noise.grad * (1 / args.steps)
+
+    def zsteer_edit(n: int, compile_mode: str):
+        engine = make_engine(
+            gen_m,
+            cls_m,
+            AscentConfig(steps=args.steps, lr=0.1),
+            EngineConfig(batch_size=n, compile=compile_mode),
+        )
+        w = target_vector([(smiling, 1.0)], 40).expand(n, 40)
+        p = default_preserve(w)
+        return lambda: engine.edit(torch.randn(n, 64), w, p, render=False)
+
+    # FLOPs of one 10-step edit per latent (input gradients only), counted on the zsteer step.
+    probe = make_engine(gen_m, cls_m, AscentConfig(steps=1), EngineConfig(batch_size=8, compile="off"))
+    z8 = torch.randn(8, 64, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:  # plain autograd: the counter cannot see into func.vjp
+        logits = probe.net(z8 * 1.0)  # a non-leaf input: the counter's module hooks refuse leaves
+        torch.autograd.grad(logits, z8, torch.ones_like(logits))
+    flops_per_latent = counter.get_total_flops() / 8 * args.steps
+
+    a = torch.randn(2048, 2048)
+    b = torch.randn(2048, 2048)
+    matmul_rate = timed(lambda: a @ b, 1) * 2 * 2048**3
+    bound = matmul_rate / flops_per_latent
+
+    rows = [("notebook loop, batch 8", timed(lambda: notebook(8), 8))]
+    for n in (8, 128):
+        rows.append((f"zsteer eager, batch {n}", timed(zsteer_edit(n, "off"), n)))
+    if args.compile:
+        rows.append(("zsteer compiled, batch 128", timed(zsteer_edit(128, "on"), 128)))
+
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps}-step edit")
+    print(f"fp32 matmul: {matmul_rate / 1e9:.1f} GFLOP/s; edit: {flops_per_latent / 1e9:.2f} GFLOP/latent")
+    print(f"bound: {bound:.1f} latents/s")
+    print(f"{'variant':32} {'latents/s':>10} {'x notebook':>11} {'of bound':>9}")
+    base = rows[0][1]
+    for name, rate in rows:
+        print(f"{name:32} {rate:10.1f} {rate / base:10.2f}x {rate / bound:8.0%}")
+
+
+if __name__ == "__main__":
+    main()
