@@ -1,9 +1,10 @@
 """Triton kernel for ``ascent_update`` (see kernels/ascent_update.py): one fused pass per block of rows.
 
 Each program reads its rows' status, stop probability, logits and weights (the stop test), then z, z0,
-grad and accum once, and writes every output once: the reference's ~40 small kernels, each a full read or
-write of an [N, z_dim] or [N, A] tensor, become one launch. Rows that do not step (frozen, or that reach
-their target now) skip the gradient read; rows that are not ACTIVE skip the logits and weights too.
+grad and accum once, and writes every output once: the reference's ~60 small kernels (benchmarks/kernels.py
+counts them), most a full read or write of an [N, z_dim] or [N, A] tensor, become one launch. Rows that
+do not step (frozen, or reaching their target now) skip the gradient read; rows that are not ACTIVE skip
+the logits and weights too.
 Imported lazily by kernels/ascent_update.py only when impl resolves to "triton".
 """
 
@@ -13,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import block, check_device, check_float, check_shape, row_tiling
+from ._triton_common import block, check_device, check_float, check_shape, on_device, row_tiling
 from .ascent_update import ACTIVE, MAX_SHIFT, NON_FINITE, TARGET_REACHED, UpdateResult
 
 
@@ -145,7 +146,8 @@ def ascent_update_triton(
     device = check_device(op, _ascent_update_kernel, tensors)
     if z.dim() != 2 or logits.dim() != 2:
         raise ValueError(
-            f"zsteer.kernels.{op}: z must be [N, D] and logits [N, A], got {list(z.shape)}, {list(logits.shape)}"
+            f"zsteer.kernels.{op}: z must be [N, D] and logits [N, A], "
+            f"got {list(z.shape)} and {list(logits.shape)}"
         )
     n, d = z.shape
     a = logits.shape[1]
@@ -185,18 +187,22 @@ def ascent_update_triton(
     # Without accum, z stands in for its pointers and strides: the HAS_ACCUM=False kernel never reads them.
     acc_in = z if accum is None else accum
     acc_out = out.z if accum is None else out.accum
-    _ascent_update_kernel[(programs,)](
-        z, z0, grad, acc_in, logits, weights, stop_prob, status,
-        out.z, acc_out, out.grad_norm, out.shift, out.status, out.moved,
-        float(lr), float(max_shift), n, d, a,
-        *z.stride(), *z0.stride(), *grad.stride(), *acc_in.stride(),
-        *logits.stride(), *weights.stride(), *stop_prob.stride(), *status.stride(),
-        *out.z.stride(), *acc_out.stride(), *out.grad_norm.stride(), *out.shift.stride(),
-        *out.status.stride(), *out.moved.stride(),
-        ACTIVE_CODE=ACTIVE, REACHED_CODE=TARGET_REACHED, MAX_SHIFT_CODE=MAX_SHIFT, NON_FINITE_CODE=NON_FINITE,
-        HAS_ACCUM=accum is not None, NORMALIZE=bool(normalize),
-        BLOCK_N=block_n, BLOCK_D=block(d), BLOCK_A=block(a), num_warps=num_warps,
-    )  # fmt: skip
+    with on_device(device):
+        _ascent_update_kernel[(programs,)](
+            z, z0, grad, acc_in, logits, weights, stop_prob, status,
+            out.z, acc_out, out.grad_norm, out.shift, out.status, out.moved,
+            float(lr), float(max_shift), n, d, a,
+            *z.stride(), *z0.stride(), *grad.stride(), *acc_in.stride(),
+            *logits.stride(), *weights.stride(), *stop_prob.stride(), *status.stride(),
+            *out.z.stride(), *acc_out.stride(), *out.grad_norm.stride(), *out.shift.stride(),
+            *out.status.stride(), *out.moved.stride(),
+            ACTIVE_CODE=ACTIVE, REACHED_CODE=TARGET_REACHED, MAX_SHIFT_CODE=MAX_SHIFT,
+            NON_FINITE_CODE=NON_FINITE,
+            HAS_ACCUM=accum is not None, NORMALIZE=bool(normalize),
+            BLOCK_N=block_n, BLOCK_D=block(d), BLOCK_A=block(a), num_warps=num_warps,
+            # No FMA contraction: the same roundings as torch's separate ops (and no Triton 3.9 warning).
+            enable_fp_fusion=False,
+        )  # fmt: skip
     return out
 
 

@@ -1,4 +1,4 @@
-"""What the Triton kernel wrappers share: input checks and the tile layout. Imported only by _triton_* modules.
+"""What the Triton kernel wrappers share: input checks and the tile layout. Imported by _triton_* only.
 
 Each kernel program handles a block of BLOCK_N whole rows: every row's reductions (norms, "all targets
 reached") are done in registers in one pass, and the rows of a block are adjacent in memory, so the loads
@@ -6,6 +6,8 @@ are coalesced when the feature dimension is small (z_dim 64, 40 attributes).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -15,7 +17,7 @@ from triton.runtime.jit import JITFunction
 SUPPORTED_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 # Elements of one [BLOCK_N, BLOCK] tile: 2048 fp32 is 16 per thread at 4 warps, well inside the registers.
 TILE_ELEMENTS = 2048
-# Widest row one program holds in registers. Wider rows would spill; the torch reference serves them.
+# Widest row one program holds in registers; wider rows would spill, so they are refused (use impl="torch").
 MAX_ROW_ELEMENTS = 16384
 
 
@@ -38,6 +40,11 @@ def check_device(op: str, kernel, tensors: list[torch.Tensor]) -> torch.device:
             "set TRITON_INTERPRET=1 before triton is first imported, or use impl='torch' (or 'auto')"
         )
     return device
+
+
+def on_device(device: torch.device):
+    """Context that makes ``device`` current: Triton launches on the current CUDA device, not the tensors'."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def check_float(op: str, name: str, t: torch.Tensor) -> None:

@@ -32,7 +32,7 @@ STATUS_NAMES = {
 class UpdateResult(NamedTuple):
     z: torch.Tensor  # [N, D] next z
     accum: torch.Tensor | None  # [N, D] running gradient sum (lab-compatible mode), else None
-    grad_norm: torch.Tensor  # [N] norm of the step direction before normalisation (0 for frozen rows)
+    grad_norm: torch.Tensor  # [N] norm of the step direction before normalisation (0 for rows that did not step)
     shift: torch.Tensor  # [N] ||z_next - z0||
     status: torch.Tensor  # [N] int32 status codes (ACTIVE, ...)
     moved: torch.Tensor  # [N] int32: 1 where this call changed z
@@ -79,10 +79,10 @@ def ascent_update_torch(
 
     moved = stepping & finite
     new_z = torch.where(moved.unsqueeze(1), candidate, z)
-    new_status = status.clone()
-    new_status[reached] = TARGET_REACHED
-    new_status[moved & capped] = MAX_SHIFT
-    new_status[stepping & ~finite] = NON_FINITE
+    # torch.where rather than masked writes: no host-device sync on CUDA.
+    new_status = torch.where(reached, TARGET_REACHED, status)
+    new_status = torch.where(moved & capped, MAX_SHIFT, new_status)
+    new_status = torch.where(stepping & ~finite, NON_FINITE, new_status).to(status.dtype)
     if new_accum is not None:
         new_accum = torch.where((stepping & ~finite).unsqueeze(1), accum, new_accum)
     new_shift = torch.linalg.vector_norm(new_z - z0, dim=1)

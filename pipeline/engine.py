@@ -120,7 +120,9 @@ class AscentEngine:
         logits, vjp = torch.func.vjp(self.net, z_in)
         # Step 0 takes its starting logits from its own forward: delta is exactly 0 (DESIGN.md).
         start = logits if logits0 is None else logits0
-        score, grad_logits = objective(logits, start, weights, preserve, penalty, impl=self.engine.impl)
+        # Inside a compiled step inductor fuses the reference itself; Triton serves the eager path.
+        impl = "torch" if self.compiled else self.engine.impl
+        score, grad_logits = objective(logits, start, weights, preserve, penalty, impl=impl)
         (grad_in,) = vjp(grad_logits)
         return logits, score, grad_in
 
