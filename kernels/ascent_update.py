@@ -32,7 +32,7 @@ STATUS_NAMES = {
 class UpdateResult(NamedTuple):
     z: torch.Tensor  # [N, D] next z
     accum: torch.Tensor | None  # [N, D] running gradient sum (lab-compatible mode), else None
-    grad_norm: torch.Tensor  # [N] norm of the step direction before normalisation (0 for rows that did not step)
+    grad_norm: torch.Tensor  # [N] norm of the step direction before normalising; 0 where no step was taken
     shift: torch.Tensor  # [N] ||z_next - z0||
     status: torch.Tensor  # [N] int32 status codes (ACTIVE, ...)
     moved: torch.Tensor  # [N] int32: 1 where this call changed z
