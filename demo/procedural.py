@@ -114,110 +114,138 @@ def render(labels: torch.Tensor, nz: dict[str, torch.Tensor]) -> torch.Tensor:
     """Images [n, 3, 64, 64] in [-1, 1] from labels [n, A] and a nuisance dict from ``sample_nuisance``."""
     n = labels.shape[0]
     lab = {name: labels[:, i].view(n, 1, 1) for i, name in enumerate(ATTRIBUTES)}  # each [n, 1, 1]
-
-    def p(key: str) -> torch.Tensor:  # a per-image scalar as [n, 1, 1] for broadcasting over pixels
-        return nz[key].view(n, 1, 1)
-
-    # Head-local coordinates: u right, v down, in units of a scale-1 head; pixel distance = local * s.
-    ys, xs = torch.meshgrid(
-        torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32), indexing="ij"
-    )
-    s = p("scale")
-    lx = xs - (32.0 + p("dx"))  # [n, 64, 64]
-    ly = ys - (33.0 + p("dy"))
-    cos, sin = torch.cos(p("tilt")), torch.sin(p("tilt"))
-    u = (cos * lx + sin * ly) / s
-    v = (-sin * lx + cos * ly) / s
-
-    def soft(sd: torch.Tensor) -> torch.Tensor:
-        # Signed distance (local units, positive inside) -> anti-aliased coverage; smooth edges are easier to
-        # learn and to generate than hard ones.
-        return (sd * s + 0.5).clamp(0.0, 1.0)
-
-    def ellipse(cu: float, cv: float, ru: float, rv: float) -> torch.Tensor:
-        d = torch.sqrt(((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2)
-        return soft((1.0 - d) * min(ru, rv))
-
-    def box(u0: float, u1: float, v0: float, v1: float) -> torch.Tensor:
-        return soft(torch.minimum(torch.minimum(u - u0, u1 - u), torch.minimum(v - v0, v1 - v)))
-
-    def colour(rgb) -> torch.Tensor:  # [1 or n, 3] -> [.., 3, 1, 1]
-        t = torch.as_tensor(rgb, dtype=torch.float32)
-        return t.view(-1, 3, 1, 1)
-
-    def over(img: torch.Tensor, mask: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        m = mask.unsqueeze(1)  # [n, 1, 64, 64]
-        return img * (1.0 - m) + rgb * m
+    canvas = _Canvas(nz, n)
+    c = canvas
 
     # Background: a vertical gradient between two muted random colours.
-    t = (ys / (SIZE - 1)).view(1, 1, SIZE, SIZE)
-    img = colour(nz["bg_top"]) * (1 - t) + colour(nz["bg_bottom"]) * t  # [n, 3, 64, 64]
-    img = img.expand(n, 3, SIZE, SIZE).contiguous()
+    t = (torch.arange(SIZE, dtype=torch.float32) / (SIZE - 1)).view(1, 1, SIZE, 1)
+    c.img = torch.lerp(_rgb(nz["bg_top"]), _rgb(nz["bg_bottom"]), t).expand(n, 3, SIZE, SIZE).contiguous()
 
-    skin = torch.where(
-        lab["DarkSkin"].view(n, 1) > 0.5, colour(_DARK_SKIN).view(1, 3), colour(_LIGHT_SKIN).view(1, 3)
-    )
+    dark, blond = lab["DarkSkin"].view(n, 1) > 0.5, lab["BlondHair"].view(n, 1) > 0.5
+    skin = torch.where(dark, torch.tensor(_DARK_SKIN), torch.tensor(_LIGHT_SKIN))
     skin = (skin + nz["skin"]).clamp(0, 1)  # [n, 3]
-    dark_hair = colour(_BLACK_HAIR).view(1, 3) * (1 - nz["hair_mix"].view(n, 1)) + colour(_BROWN_HAIR).view(
-        1, 3
-    ) * nz["hair_mix"].view(n, 1)
-    hair = torch.where(lab["BlondHair"].view(n, 1) > 0.5, colour(_BLOND).view(1, 3), dark_hair)
-    hair = (hair + nz["hair"]).clamp(0, 1)  # [n, 3]
-    skin_c, hair_c = colour(skin), colour(hair)
+    dark_hair = torch.lerp(torch.tensor(_BLACK_HAIR), torch.tensor(_BROWN_HAIR), nz["hair_mix"].view(n, 1))
+    hair = (torch.where(blond, torch.tensor(_BLOND), dark_hair) + nz["hair"]).clamp(0, 1)  # [n, 3]
+    skin_c, hair_c = _rgb(skin), _rgb(hair)  # [n, 3, 1, 1]
 
-    # Shoulders and neck.
-    img = over(img, ellipse(0.0, 40.0, 24.0, 14.0), colour(nz["shirt"]))
+    # Shoulders, then the head, which covers most of the image.
+    u, v = c.window(-24.0, 24.0, 26.0, 40.0)
+    c.over(c.ellipse(u, v, 0.0, 40.0, 24.0, 14.0), _rgb(nz["shirt"]))
+    u, v = c.window(-21.0, 21.0, -24.0, 30.0)
     # Long hair falls behind the head to the shoulders: a rounded slab wider than the face.
-    long_mask = torch.minimum(box(-19.5, 19.5, -8.0, 26.0), ellipse(0.0, 6.0, 21.0, 24.0))
-    img = over(img, long_mask * lab["LongHair"], hair_c)
-    img = over(img, box(-5.5, 5.5, 10.0, 30.0), skin_c * 0.9)
+    long_mask = torch.minimum(c.box(u, v, -19.5, 19.5, -8.0, 26.0), c.ellipse(u, v, 0.0, 6.0, 21.0, 24.0))
+    c.over(long_mask * lab["LongHair"], hair_c)
+    c.over(c.box(u, v, -5.5, 5.5, 10.0, 30.0), skin_c * 0.9)  # neck
     # Hair cap: an ellipse a bit larger than the face, kept above the temples; the face covers its middle.
-    cap = torch.minimum(ellipse(0.0, -3.0, 17.5, 20.5), soft(-3.0 - v))
-    img = over(img, cap, hair_c)
-    face = ellipse(0.0, 0.0, 14.0, 18.0)
-    img = over(img, face, skin_c)
-    # Ears, then a nose a shade darker than the skin.
-    img = over(img, ellipse(-14.0, 0.0, 2.2, 3.5) + ellipse(14.0, 0.0, 2.2, 3.5), skin_c * 0.92)
-    img = over(img, ellipse(0.0, 3.0, 1.6, 3.2), skin_c * 0.82)
+    c.over(torch.minimum(c.ellipse(u, v, 0.0, -3.0, 17.5, 20.5), c.soft(-3.0 - v)), hair_c)
+    c.over(c.ellipse(u, v, 0.0, 0.0, 14.0, 18.0), skin_c)
+    for side in (-14.0, 14.0):
+        u, v = c.window(side - 2.2, side + 2.2, -3.5, 3.5)
+        c.over(c.ellipse(u, v, side, 0.0, 2.2, 3.5), skin_c * 0.92)  # an ear
 
-    # Beard: the lower face and a fuller chin, below the nose.
-    beard = torch.minimum(ellipse(0.0, 1.0, 15.0, 20.5), soft(v - 5.0))
-    img = over(img, beard * lab["Beard"], hair_c * 0.72)
+    # Nose a shade darker than the skin; beard: the lower face and a fuller chin, below the nose.
+    u, v = c.window(-15.5, 15.5, -1.0, 22.0)
+    c.over(c.ellipse(u, v, 0.0, 3.0, 1.6, 3.2), skin_c * 0.82)
+    beard = torch.minimum(c.ellipse(u, v, 0.0, 1.0, 15.0, 20.5), c.soft(v - 5.0))
+    c.over(beard * lab["Beard"], hair_c * 0.72)
 
-    # Eyes.
-    ey = -3.0 + p("eye_dy")
-    for cu in (-5.5, 5.5):
-        d = torch.sqrt((u - cu) ** 2 + (v - ey) ** 2)
-        img = over(img, soft(1.9 - d), colour((0.08, 0.06, 0.06)))
-    # Eyeglasses: two rings and a bridge, in a dark frame colour.
-    rings = torch.zeros_like(u)
-    for cu in (-5.5, 5.5):
-        d = torch.sqrt((u - cu) ** 2 + (v - ey) ** 2)
-        rings = torch.maximum(rings, soft(0.8 - (d - 4.0).abs()))
-    bridge = soft(torch.minimum(0.7 - (v - ey + 1.0).abs(), 1.8 - u.abs()))
-    frame = colour(nz["frame"].expand(n, 3))
-    img = over(img, torch.maximum(rings, bridge) * lab["Eyeglasses"], frame)
+    # Eyes, and eyeglasses: two rings and a bridge in a dark frame colour.
+    u, v = c.window(-10.5, 10.5, -10.0, 4.0)
+    v = v - c.scalar("eye_dy", u)  # eye line moves up or down a little
+    # Distance to the nearer eye centre at (+-5.5, -3).
+    eye_d = torch.sqrt(torch.addcmul((u.abs() - 5.5) ** 2, v + 3.0, v + 3.0))
+    c.over(c.soft(1.9 - eye_d), _rgb((0.08, 0.06, 0.06)))
+    rings = c.soft(0.8 - (eye_d - 4.0).abs())
+    bridge = c.soft(torch.minimum(0.7 - (v + 4.0).abs(), 1.8 - u.abs()))
+    c.over(torch.maximum(rings, bridge) * lab["Eyeglasses"], _rgb(nz["frame"].expand(n, 3)))
 
     # Mouth. A smile bends the line up at the corners and widens it; an open mouth shows a dark inside
     # with a band of teeth at the top (an "O" when not smiling, a "D" when smiling).
+    u, v = c.window(-8.0, 8.0, 5.0, 15.0)
     smile, mouth_open = lab["Smiling"], lab["MouthOpen"]
-    half_w = 4.5 + 1.5 * smile
-    arc = 9.0 + smile * 2.5 * (0.5 - (u / 6.0) ** 2)  # v of the lip line at u
-    closed_line = soft(torch.minimum(0.85 - (v - arc).abs(), half_w - u.abs()))
-    o_mouth = ellipse(0.0, 9.5, 3.2, 2.6)
-    d_mouth = soft(torch.minimum(torch.minimum(v - 7.2, arc + 1.0 - v), 6.0 - u.abs()))
-    inside = o_mouth * (1 - smile) + d_mouth * smile
-    teeth = inside * soft(8.6 + 0.8 * (1 - smile) - v)
-    img = over(img, closed_line * (1 - mouth_open), colour(_LIP))
-    img = over(img, inside * mouth_open, colour(_MOUTH_INSIDE))
-    img = over(img, teeth * mouth_open, colour(_TEETH))
+    arc = 9.5 + smile * 3.5 * (0.45 - (u / 6.5) ** 2)  # v of the lip line at u
+    closed_line = c.soft(torch.minimum(0.9 - (v - arc).abs(), 5.0 + 1.8 * smile - u.abs()))
+    o_mouth = c.ellipse(u, v, 0.0, 10.0, 3.6, 3.2)
+    d_mouth = c.soft(torch.minimum(torch.minimum(v - 7.0, arc + 1.6 - v), 6.6 - u.abs()))
+    inside = torch.lerp(o_mouth, d_mouth, smile)
+    teeth = inside * c.soft(8.3 + 0.6 * (1 - smile) - v)
+    c.over(closed_line * (1 - mouth_open), _rgb(_LIP))
+    c.over(inside * mouth_open, _rgb(_MOUTH_INSIDE))
+    c.over(teeth * mouth_open, _rgb(_TEETH))
 
     # Hat: a crown over the top of the head and a brim; hair stays visible at the temples below it.
-    crown = torch.minimum(box(-13.5, 13.5, -30.0, -13.0), ellipse(0.0, -16.0, 14.0, 15.0))
-    brim = ellipse(0.0, -13.0, 21.0, 2.6)
-    img = over(img, torch.maximum(crown, brim) * lab["WearingHat"], colour(nz["hat"]))
+    u, v = c.window(-22.0, 22.0, -32.0, -10.0)
+    crown = torch.minimum(c.box(u, v, -13.5, 13.5, -32.0, -13.0), c.ellipse(u, v, 0.0, -16.0, 14.0, 15.0))
+    brim = c.ellipse(u, v, 0.0, -13.0, 21.0, 2.6)
+    c.over(torch.maximum(crown, brim) * lab["WearingHat"], _rgb(nz["hat"]))
 
-    return (img * 2.0 - 1.0).clamp(-1.0, 1.0)
+    return c.img.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0)
+
+
+def _rgb(rgb) -> torch.Tensor:
+    """A colour [3] or per-image colours [n, 3] as [1 or n, 3, 1, 1]."""
+    return torch.as_tensor(rgb, dtype=torch.float32).view(-1, 3, 1, 1)
+
+
+class _Canvas:
+    """Draws soft shapes in head-local coordinates, one rectangular window of the image at a time.
+
+    Local coordinates: u right, v down, in units of a scale-1 head centred near (32, 33); a local distance
+    times the image's scale is a pixel distance. Each feature is evaluated only over the pixel window that
+    its local bounding box can reach in this batch: the mouth or the eyes cover a sixth of the image, and
+    drawing must stay fast because training draws fresh batches every step.
+    """
+
+    def __init__(self, nz: dict[str, torch.Tensor], n: int):
+        self.n = n
+        self.cx, self.cy = 32.0 + nz["dx"], 33.0 + nz["dy"]  # [n]
+        self.s = nz["scale"]
+        self.cos, self.sin = torch.cos(nz["tilt"]), torch.sin(nz["tilt"])
+        self.nz = nz
+        self.img = torch.empty(0)
+        self.box_ = (slice(0, SIZE), slice(0, SIZE))
+        self._s = self.s.view(n, 1, 1)
+
+    def window(self, u0: float, u1: float, v0: float, v1: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Select the pixel window the local box can reach; return local (u, v) over it, each [n, h, w]."""
+        n, s = self.n, self.s
+        cu = torch.tensor([u0, u1, u0, u1]).view(1, 4)
+        cv = torch.tensor([v0, v0, v1, v1]).view(1, 4)
+        # Corners in pixels: x = cx + s (cos u - sin v), y = cy + s (sin u + cos v).
+        xs = self.cx.view(n, 1) + s.view(n, 1) * (self.cos.view(n, 1) * cu - self.sin.view(n, 1) * cv)
+        ys = self.cy.view(n, 1) + s.view(n, 1) * (self.sin.view(n, 1) * cu + self.cos.view(n, 1) * cv)
+        # Two pixels of margin for the anti-aliased edges.
+        x0, x1 = max(int(xs.min()) - 2, 0), min(int(xs.max()) + 3, SIZE)
+        y0, y1 = max(int(ys.min()) - 2, 0), min(int(ys.max()) + 3, SIZE)
+        self.box_ = (slice(y0, y1), slice(x0, x1))
+        gy = torch.arange(y0, y1, dtype=torch.float32).view(1, -1, 1) - self.cy.view(n, 1, 1)  # [n, h, 1]
+        gx = torch.arange(x0, x1, dtype=torch.float32).view(1, 1, -1) - self.cx.view(n, 1, 1)  # [n, 1, w]
+        cos, sin = self.cos.view(n, 1, 1) / self._s, self.sin.view(n, 1, 1) / self._s
+        u = cos * gx + sin * gy  # [n, h, w]
+        v = cos * gy - sin * gx
+        return u, v
+
+    def scalar(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        return self.nz[key].view(self.n, 1, 1).to(like.dtype)
+
+    def soft(self, sd: torch.Tensor) -> torch.Tensor:
+        # Signed distance (local units, positive inside) -> anti-aliased coverage in [0, 1]; smooth edges are
+        # easier to learn and to generate than hard ones.
+        return torch.addcmul(torch.full((), 0.5), sd, self._s).clamp_(0.0, 1.0)
+
+    def ellipse(self, u, v, cu: float, cv: float, ru: float, rv: float) -> torch.Tensor:
+        # 1 - d is about (1 - d^2) / 2 near the edge, where the coverage is fractional; no sqrt needed.
+        du, dv = (u - cu) * (1.0 / ru), (v - cv) * (1.0 / rv)
+        d2 = torch.addcmul(du * du, dv, dv)
+        return self.soft(d2.sub_(1.0).mul_(-0.5 * min(ru, rv)))
+
+    def box(self, u, v, u0: float, u1: float, v0: float, v1: float) -> torch.Tensor:
+        return self.soft(torch.minimum(torch.minimum(u - u0, u1 - u), torch.minimum(v - v0, v1 - v)))
+
+    def over(self, mask: torch.Tensor, rgb: torch.Tensor) -> None:
+        """Paint colour rgb [1 or n, 3, 1, 1] with coverage mask [n, h, w] over the current window."""
+        region = self.img[(slice(None), slice(None), *self.box_)]  # a view: lerp_ writes into the image
+        region.lerp_(rgb.expand_as(region), mask.unsqueeze(1))
 
 
 def make_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,110 @@
+"""onnxruntime as an optional dependency: lazy import, session creation, provider choice and checks.
+
+onnxruntime (extra ``cpu``) and onnxruntime-gpu (extra ``gpu``) cannot share one environment, so nothing
+imports onnxruntime at module level: the error for a missing package names the extra to install.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ExportError
+
+_INSTALL_HINT = "pip install 'zsteer[cpu]' (or 'zsteer[gpu]' for CUDA; not both)"
+
+
+def import_onnxruntime():
+    """The onnxruntime module, or an ExportError that says which extra to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError(f"onnxruntime is not installed: {_INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def import_onnx():
+    """The onnx module, or an ExportError that says which extra to install."""
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError(f"onnx is not installed: {_INSTALL_HINT}") from None
+    return onnx
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where sessions run and where bound tensors live: ("cpu", 0) or ("cuda", device_id)."""
+
+    device_type: str = "cpu"
+    device_id: int = 0
+
+    @classmethod
+    def parse(cls, device: str) -> Placement:
+        """From a torch-style device string: "cpu", "cuda", "cuda:1"."""
+        kind, _, index = device.partition(":")
+        if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+            raise ExportError(f"onnxruntime backend: unknown device {device!r} (use cpu, cuda or cuda:N)")
+        return cls(kind, int(index or 0))
+
+    @property
+    def providers(self) -> list:
+        if self.device_type == "cuda":
+            return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+
+def session_options(threads: int | None = None):
+    """Sequential execution, all graph optimisations, ``threads`` intra-op threads (None: ORT's default)."""
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.log_severity_level = 3  # errors only: the provider check below says what matters, once
+    return opts
+
+
+def make_session(model: bytes | str | Path, placement: Placement, threads: int | None = None):
+    """An InferenceSession on ``placement``; a CUDA request that onnxruntime cannot honour is an error.
+
+    onnxruntime-gpu lists CUDAExecutionProvider as available whether or not a GPU and the CUDA libraries
+    are there, and silently falls back to the CPU when it cannot load them; so the providers the session
+    actually got are checked after it is made.
+    """
+    ort = import_onnxruntime()
+    if placement.device_type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ExportError(
+            f"device {placement.device_type}:{placement.device_id} asked for, but this onnxruntime has no "
+            f"CUDA provider (installed: {', '.join(ort.get_available_providers())}); install 'zsteer[gpu]' "
+            "instead of 'zsteer[cpu]', or run on the cpu"
+        )
+    data = str(model) if isinstance(model, Path) else model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ORT warns about the fallback; the check below is the message
+        session = ort.InferenceSession(data, session_options(threads), providers=placement.providers)
+    if placement.device_type == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise ExportError(
+            f"onnxruntime could not use CUDA device {placement.device_id} (the session got "
+            f"{', '.join(session.get_providers())}): check the GPU, the driver and the CUDA/cuDNN libraries "
+            "onnxruntime-gpu needs, or run on the cpu"
+        )
+    return session
+
+
+def make_sessions(
+    models: dict[str, bytes | str | Path], placement: Placement, threads: int | None = None,
+    cpu_fallback: bool = False,
+) -> tuple[dict, Placement]:  # fmt: skip
+    """Sessions for several models on one placement; with ``cpu_fallback`` a CUDA failure warns and uses CPU."""
+    try:
+        return {name: make_session(m, placement, threads) for name, m in models.items()}, placement
+    except ExportError as exc:
+        if placement.device_type != "cuda" or not cpu_fallback:
+            raise
+        warnings.warn(f"{exc}; falling back to onnxruntime on the CPU", stacklevel=2)
+        cpu = Placement("cpu", 0)
+        return {name: make_session(m, cpu, threads) for name, m in models.items()}, cpu

@@ -1,0 +1,170 @@
+"""`zsteer edit`: the flags of the edit job, parsed into a JobConfig for `run_job`.
+
+Imported only when the command is used (cli.LAZY_COMMANDS): building the option defaults imports the
+engine, and with it torch.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+import torch
+from zsteer.pipeline.engine import AscentConfig, EngineConfig
+from zsteer.pipeline.errors import ZsteerError
+
+from .config import EditSpec, JobConfig, ModelSource, OutputConfig
+from .runner import run_job
+
+_GEN_OVERRIDES = ("z_dim", "gen_hidden_dim", "gen_im_chan", "gen_n_classes", "gen_kind")
+_CLS_OVERRIDES = ("cls_hidden_dim", "cls_im_chan", "cls_n_classes", "cls_image_size")
+
+
+def _overrides(options: dict, names: tuple[str, ...], prefix: str) -> tuple[tuple[str, object], ...]:
+    """Spec overrides given on the command line, keyed by the spec's field names."""
+    return tuple((name.removeprefix(prefix), options[name]) for name in names if options[name] is not None)
+
+
+def _names(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Repeated and/or comma-separated names: --preserve A --preserve B,C."""
+    return tuple(n.strip() for value in values for n in value.split(",") if n.strip())
+
+
+def _edit_options(fn):
+    a, e = AscentConfig(), EngineConfig()
+    workers = OutputConfig(out=Path(".")).workers
+    pos = click.FloatRange(min=0, min_open=True)
+    options = [
+        click.option("--manifest", "-m", "manifests", multiple=True, required=True,
+                     help="Parquet file, directory (every *.parquet below it) or glob; repeatable."),
+        click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+                     help="Job folder. Running the same command again resumes it."),
+        click.option("--generator", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Generator weights (.safetensors + .json, or the course's .pth). Default: demo."),
+        click.option("--classifier", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Classifier weights. Default: the embedded demo classifier."),
+        click.option("--attributes", help="Classifier output names: a file (JSON list or one per line) or "
+                     "'celeba40'. Default: the classifier's own, else celeba40."),
+        click.option("--z-dim", type=click.IntRange(min=1), help="Generator z length (bare .pth files)."),
+        click.option("--gen-hidden-dim", type=click.IntRange(min=1), help="Generator width (bare .pth)."),
+        click.option("--gen-im-chan", type=click.IntRange(min=1), help="Generator image channels (bare .pth)."),
+        click.option("--gen-n-classes", type=click.IntRange(min=0),
+                     help="Classes of a conditional generator (bare .pth); rows then need a label."),
+        click.option("--gen-kind", type=click.Choice(["course_generator", "course_conditional_generator"]),
+                     help="Generator architecture (bare .pth): C1W4B faces or C1W4A conditional MNIST."),
+        click.option("--cls-hidden-dim", type=click.IntRange(min=1), help="Classifier width (bare .pth)."),
+        click.option("--cls-im-chan", type=click.IntRange(min=1), help="Classifier image channels (bare .pth)."),
+        click.option("--cls-n-classes", type=click.IntRange(min=1), help="Classifier outputs (bare .pth)."),
+        click.option("--cls-image-size", type=click.IntRange(min=1), help="Classifier input size (bare .pth)."),
+        click.option("--target", "-t", "targets", multiple=True,
+                     help="NAME or NAME=WEIGHT (e.g. Smiling, Eyeglasses=-1); repeatable. Rows with a "
+                     "'targets' value use theirs instead."),
+        click.option("--preserve", multiple=True,
+                     help="Attributes to hold in place (repeatable or comma-separated). Default: every "
+                     "attribute that is not a target of the row."),
+        click.option("--steps", type=click.IntRange(min=0), default=a.steps, show_default=True,
+                     help="Gradient steps per row (a 'steps' column overrides it per row)."),
+        click.option("--lr", type=pos, help="Step size. Default: 0.1, or 1/steps with --lab-compat."),
+        click.option("--penalty", type=click.FloatRange(min=0), default=a.penalty, show_default=True,
+                     help="Weight of the change in preserved logits."),
+        click.option("--normalize/--no-normalize", default=a.normalize, show_default=True,
+                     help="Unit-length steps: --lr is then a distance in z per step."),
+        click.option("--max-shift", type=pos, help="Cap on ||z_edited - z||; a row that reaches it stops."),
+        click.option("--stop-at-prob", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="Stop a row once its targets reach this probability (a 'stop_at_prob' column "
+                     "overrides it per row)."),
+        click.option("--lab-compat", is_flag=True, help="Reproduce the course notebook number for number."),
+        click.option("--lab-batch", type=click.IntRange(min=1), default=a.lab_batch, show_default=True,
+                     help="The notebook batch size whose 1/n gradient scaling --lab-compat reproduces."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=e.batch_size, show_default=True,
+                     help="Rows per engine batch (results do not depend on it)."),
+        click.option("--device", default=e.device, show_default=True, help="torch device: cpu, cuda, cuda:1."),
+        click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default=e.compile,
+                     show_default=True, help="torch.compile the step (auto: on CUDA only)."),
+        click.option("--impl", type=click.Choice(["auto", "triton", "torch"]), default=e.impl,
+                     show_default=True, help="Kernels: Triton or the torch reference (auto: Triton on CUDA)."),
+        click.option("--images", type=click.Choice(["png", "none"]), default="png", show_default=True,
+                     help="Write each edited image as PNG bytes in an 'image' column, or not."),
+        click.option("--workers", type=click.IntRange(min=0), default=workers, show_default=True,
+                     help="PNG encoder processes (0: encode in the writer thread)."),
+        click.option("--rows-per-shard", type=click.IntRange(min=1), default=4096, show_default=True,
+                     help="Most rows per output file in parts/."),
+        click.option("--read-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+                     help="Rows read at a time from a row group (bounds memory)."),
+        click.option("--threads", type=click.IntRange(min=1),
+                     help="torch CPU threads (default: torch's choice). 1 is far faster on a busy machine."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@_edit_options
+@click.pass_context
+def edit(ctx, **opt):
+    """Edit every latent of the manifest(s) and write the job folder --out.
+
+    \b
+    The job, in order:
+      1. checks every manifest file (schema, z length, label column) against the models;
+      2. streams row groups, rejecting bad rows (null/duplicate id, null z, wrong length, NaN/Inf,
+         label out of range, unknown attribute in a per-row override) to rejects/ with the reason;
+      3. edits the rest in batches of --batch-size by classifier-gradient ascent;
+      4. writes parts/part-*.parquet (id, carried columns, z_edited, logits_before, logits_after,
+         latent_shift, steps_taken, stop_reason, image) and commits each row group when done.
+    Interrupted (Ctrl-C, SIGTERM, a crash), the same command resumes: done row groups are skipped and
+    every row ends up exactly once in parts/ or rejects/. A changed setting or model is refused.
+
+    \b
+    Manifest: id (int64 or string), z (list of float), optional label, optional per-row overrides
+    targets ({"Smiling": 1} JSON, map or list of {name, weight}), steps, stop_at_prob; other
+    columns are carried through. Make one with `zsteer sample`.
+    """
+    if opt["threads"]:
+        torch.set_num_threads(opt["threads"])  # the CLI owns its process; the library leaves this alone
+    preserve = _names(opt["preserve"]) or None
+    try:
+        config = JobConfig(
+            manifests=tuple(opt["manifests"]),
+            output=OutputConfig(
+                out=opt["out"],
+                images=opt["images"],
+                rows_per_shard=opt["rows_per_shard"],
+                workers=opt["workers"],
+            ),
+            models=ModelSource(
+                generator=opt["generator"],
+                classifier=opt["classifier"],
+                attributes=opt["attributes"],
+                generator_overrides=_overrides(opt, _GEN_OVERRIDES, "gen_"),
+                classifier_overrides=_overrides(opt, _CLS_OVERRIDES, "cls_"),
+            ),
+            edit=EditSpec(targets=tuple(opt["targets"]), preserve=preserve),
+            ascent=AscentConfig(
+                steps=opt["steps"],
+                lr=opt["lr"],
+                penalty=opt["penalty"],
+                normalize=opt["normalize"],
+                max_shift=opt["max_shift"],
+                stop_at_prob=opt["stop_at_prob"],
+                lab_compat=opt["lab_compat"],
+                lab_batch=opt["lab_batch"],
+            ),
+            engine=EngineConfig(
+                batch_size=opt["batch_size"],
+                device=opt["device"],
+                compile=opt["compile_mode"],
+                impl=opt["impl"],
+            ),
+            read_rows=opt["read_rows"],
+        )
+    except ValueError as exc:  # a dataclass's own check, for what click's types do not cover
+        raise ZsteerError(f"invalid settings: {exc}") from None
+    result = run_job(config)
+    if result.signum is not None:
+        argv = ctx.obj["argv"] if ctx.obj else sys.argv[1:]
+        click.echo(f"zsteer: interrupted; to resume, run: {shlex.join(['zsteer', *argv])}", err=True)
+    return result.exit_code

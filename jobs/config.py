@@ -1,0 +1,92 @@
+"""The settings of one edit job, as frozen dataclasses the CLI parses into and the library runs from.
+
+What belongs to a job's identity (recorded in job.json and compared on resume) is marked in each
+field's comment; the rest only changes how fast the job runs, not what it writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zsteer.pipeline.engine import AscentConfig, EngineConfig
+
+IMAGE_FORMATS = ("png", "none")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the generator and classifier come from and how to rebuild a bare course .pth file."""
+
+    # Generator weights (.safetensors + JSON, or the course's .pth). None = the embedded demo generator.
+    generator: Path | None = None
+    # Classifier weights. None = the embedded demo classifier.
+    classifier: Path | None = None
+    # Attribute names (a file, or "celeba40"); None = the classifier's own names, else celeba40.
+    attributes: str | None = None
+    # Spec overrides for the generator (z_dim, hidden_dim, im_chan, n_classes, kind); bare .pth files
+    # carry no config, so the command line has to say what the file holds.
+    generator_overrides: tuple[tuple[str, object], ...] = ()
+    # Spec overrides for the classifier (hidden_dim, im_chan, n_classes, image_size).
+    classifier_overrides: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """What to change and what to keep. Identity: a resume with other targets is refused."""
+
+    # "Name" or "Name=weight" strings; the job default for rows without a per-row targets override.
+    targets: tuple[str, ...] = ()
+    # Attributes to hold in place; None = every attribute that is not a target of the row.
+    preserve: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where results go and how they are cut into files."""
+
+    # The job folder: job.json, parts/, rejects/, commits/, summary.json.
+    out: Path
+    # "png" (an `image` column of PNG bytes) or "none". Identity: shards of one job share one schema.
+    images: str = "png"
+    # Upper bound on rows per output shard; keeps files and the writer's buffer bounded.
+    rows_per_shard: int = 4096
+    # Commit finished units at least this often (seconds), so a crash on a slow device loses little work.
+    flush_seconds: float = 30.0
+    # PNG encoder processes; 0 = encode in the writer thread. Processes, because Pillow holds the GIL
+    # for most of a small PNG, so threads do not encode in parallel.
+    workers: int = field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) - 1)))
+
+    def __post_init__(self):
+        if self.images not in IMAGE_FORMATS:
+            raise ValueError(f"images must be one of {IMAGE_FORMATS}, got {self.images!r}")
+        if self.rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be >= 1, got {self.rows_per_shard}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything `zsteer edit` needs; `run_job(JobConfig(...))` is the job without the CLI."""
+
+    # Parquet files, directories (every *.parquet below) or globs; resolved and sorted once, so a
+    # resume sees the same units in the same order. Identity (with each file's size and row count).
+    manifests: tuple[str, ...]
+    # Output folder and shard layout.
+    output: OutputConfig
+    # Models; their fingerprints and specs are identity, their paths are not (files may move).
+    models: ModelSource = ModelSource()
+    # Targets and preserved attributes. Identity.
+    edit: EditSpec = EditSpec()
+    # Ascent settings. Identity.
+    ascent: AscentConfig = AscentConfig()
+    # Batch size, device, compile, kernels: speed only (the engine's rows do not depend on them).
+    engine: EngineConfig = EngineConfig()
+    # Rows per read from a row group: bounds memory whatever the manifest's row-group size.
+    read_rows: int = 4096
+    # Seconds between progress lines when stderr is not a terminal (CI logs).
+    progress_seconds: float = 15.0
+    # Install SIGINT/SIGTERM handlers (finish the batch, commit, exit resumable); main thread only.
+    handle_signals: bool = True

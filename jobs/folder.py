@@ -1,0 +1,154 @@
+"""The job folder on disk and its commit protocol.
+
+    OUT/job.json            identity (settings, model fingerprints, inputs, version) + runtime settings
+    OUT/parts/part-NNNNNN.parquet        edited rows, at most rows_per_shard each
+    OUT/rejects/rejects-NNNNNN.parquet   rejected rows of one commit
+    OUT/commits/commit-NNNNNN.json       completion markers: which units, parts and rejects it commits
+    OUT/summary.json        counts, stop reasons, stage times, throughput, peak memory
+    OUT/.lock               flock held by the running job
+
+Every file is written under a temporary name and renamed into place. A commit marker is written last,
+after the files it names are in place, and lists the units (row groups) whose every row is in those
+files. On start, files that no commit names (a crash between a rename and its commit) are deleted, and
+the units no commit names are done again: every row ends up exactly once in parts/ or rejects/.
+File names come from counters only, never from row ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from zsteer.pipeline.errors import ZsteerError
+
+from .lock import LOCK_NAME
+
+JOB_JSON, SUMMARY_JSON = "job.json", "summary.json"
+PARTS, REJECTS, COMMITS = "parts", "rejects", "commits"
+TMP_PREFIX = ".tmp-"
+_COMMIT_NAME = re.compile(r"commit-(\d{6,})\.json")
+
+
+@dataclass
+class Commit:
+    """One completion marker: these units are done, and these files hold all their rows."""
+
+    seq: int
+    units: list[str]  # unit keys "file:row_group"
+    parts: list[str]  # names in parts/
+    rejects: list[str]  # names in rejects/
+    rows: int  # rows of the units (edited + rejected)
+    edited: int
+    rejected: int
+    stop_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` under a temporary name in the same folder, fsync, rename into place."""
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """One row group per shard: shards are bounded in rows, so a reader never needs more."""
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    pq.write_table(table, tmp, row_group_size=max(table.num_rows, 1))
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class JobFolder:
+    """Paths and bookkeeping of one job folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.parts = self.root / PARTS
+        self.rejects = self.root / REJECTS
+        self.commits = self.root / COMMITS
+        self.job_json = self.root / JOB_JSON
+        self.summary_json = self.root / SUMMARY_JSON
+
+    def check_fresh_or_job(self) -> None:
+        """Refuse a folder that holds anything but a zsteer job: orphan cleanup deletes files there."""
+        if self.job_json.exists() or not self.root.exists():
+            return
+        if not self.root.is_dir():
+            raise ZsteerError(f"--out {self.root}: exists and is not a folder")
+        allowed = {LOCK_NAME, PARTS, REJECTS, COMMITS}
+        for entry in self.root.iterdir():
+            if entry.name not in allowed or (entry.is_dir() and any(entry.iterdir())):
+                raise ZsteerError(
+                    f"--out {self.root}: not a zsteer job folder (no {JOB_JSON}, holds {entry.name!r}); "
+                    "choose a new or empty folder"
+                )
+
+    def make(self) -> None:
+        for path in (self.parts, self.rejects, self.commits):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def read_job(self) -> dict | None:
+        if not self.job_json.exists():
+            return None
+        try:
+            return json.loads(self.job_json.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, OSError) as exc:
+            raise ZsteerError(f"{self.job_json}: unreadable ({exc}); choose another --out") from None
+
+    def write_job(self, doc: dict) -> None:
+        write_json_atomic(self.job_json, doc)
+
+    def load_commits(self) -> list[Commit]:
+        """Commit markers in order. A marker is renamed into place whole, so every one is complete."""
+        commits = []
+        for path in sorted(self.commits.glob("commit-*.json")):
+            if not _COMMIT_NAME.fullmatch(path.name):
+                continue
+            try:
+                commits.append(Commit(**json.loads(path.read_text(encoding="utf-8"))))
+            except (json.JSONDecodeError, TypeError, OSError) as exc:
+                raise ZsteerError(
+                    f"{path}: damaged completion marker ({exc}); the job folder was edited"
+                ) from None
+        return commits
+
+    def remove_orphans(self, commits: list[Commit]) -> int:
+        """Delete files of parts/, rejects/, commits/ that no commit names (left by a crash)."""
+        keep = {self.commits / f"commit-{c.seq:06d}.json" for c in commits}
+        keep |= {self.parts / name for c in commits for name in c.parts}
+        keep |= {self.rejects / name for c in commits for name in c.rejects}
+        removed = 0
+        for folder in (self.parts, self.rejects, self.commits):
+            for path in folder.iterdir():
+                if path.is_file() and path not in keep:
+                    path.unlink()
+                    removed += 1
+        return removed
+
+    def commit(self, commit: Commit) -> None:
+        """Make ``commit`` durable: its files are in place and fsynced; the marker goes last."""
+        for folder in (self.parts, self.rejects):
+            _fsync_dir(folder)
+        write_json_atomic(self.commits / f"commit-{commit.seq:06d}.json", asdict(commit))
+        _fsync_dir(self.commits)

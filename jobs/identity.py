@@ -1,0 +1,76 @@
+"""What makes two runs the same job: job.json's "identity", and the differences that refuse a resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+
+from zsteer.pipeline.checkpoints import LoadedModel
+from zsteer.pipeline.engine import AscentConfig
+
+from .manifest import ManifestPlan
+
+
+def zsteer_version() -> str:
+    try:
+        return version("zsteer")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _model(model: LoadedModel) -> dict:
+    doc = {"fingerprint": model.fingerprint, "spec": model.spec.to_dict()}
+    if model.attributes:
+        doc["attributes"] = list(model.attributes)
+    return doc
+
+
+def job_identity(
+    plan: ManifestPlan,
+    generator: LoadedModel,
+    classifier: LoadedModel,
+    targets: list[tuple[str, float]],
+    preserve: list[str] | None,
+    ascent: AscentConfig,
+    images: str,
+) -> dict:
+    """Everything the job's results depend on, as JSON-able data."""
+    return {
+        "zsteer_version": zsteer_version(),
+        # Keyed by path, so a difference names the file; order is the job's file order.
+        "inputs": {
+            str(f.path): {"bytes": f.size, "rows": f.num_rows, "row_groups": len(f.row_groups)}
+            for f in plan.files
+        },
+        "generator": _model(generator),
+        "classifier": _model(classifier),
+        "targets": [[name, weight] for name, weight in targets],
+        "preserve": preserve,
+        "ascent": asdict(ascent),
+        "images": images,
+    }
+
+
+def _flatten(doc, prefix: str = "") -> dict[str, object]:
+    if isinstance(doc, dict):
+        out: dict[str, object] = {}
+        for key, value in doc.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: doc}
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """'field: old -> new' for each leaf that differs (lists compare whole)."""
+    a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
+    return [
+        f"{key}: {_short(a.get(key))} -> {_short(b.get(key))}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]

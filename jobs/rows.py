@@ -1,0 +1,244 @@
+"""Per-row validation of one chunk of a row group: the rows to edit, as arrays, and the rejects.
+
+A rejected row gets every reason that applies, joined by "; ". Checks: null / duplicate id, null z,
+wrong z length, null values in z, NaN or Inf in z (after the cast to float32), null or out-of-range
+label (conditional generators), unusable per-row targets / steps / stop_at_prob. Duplicate ids are
+checked last, against rows accepted earlier in the job, so the first usable row with an id wins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .idset import IdSet, id_keys
+from .manifest import ID, LABEL, STEPS, STOP_AT_PROB, TARGETS, InputFile, ManifestPlan, ModelShape, Z
+from .targets import TargetParser
+
+
+def reject_schema(id_type: pa.DataType) -> pa.Schema:
+    """rejects/*.parquet: source file, row index in that file, id (null when unreadable), reason."""
+    return pa.schema([("source", pa.string()), ("row", pa.int64()), (ID, id_type), ("reason", pa.string())])
+
+
+def reject_table(id_type: pa.DataType, source: str, rows, ids, reasons: list[str]) -> pa.Table:
+    """Rejects of one chunk; ``ids`` is an Arrow array (or None: all unreadable)."""
+    n = len(reasons)
+    return pa.table(
+        {
+            "source": pa.array([source] * n, pa.string()),
+            "row": pa.array(rows, pa.int64()),
+            ID: ids if ids is not None else pa.nulls(n, id_type),
+            "reason": pa.array(reasons, pa.string()),
+        },
+        schema=reject_schema(id_type),
+    )
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit of work and of resume: one row group of one manifest file."""
+
+    file: int  # index in the job's sorted file list
+    row_group: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.file}:{self.row_group}"
+
+
+@dataclass
+class RowChunk:
+    """Rows read together from one row group, split into rows to edit and rejects."""
+
+    unit: Unit
+    n_rows: int  # rows read (to edit + rejected): what the writer counts a unit's completion by
+    last: bool  # the unit's last chunk
+    carried: pa.Table  # [n] id + carried columns of the rows to edit (output schema)
+    z: np.ndarray  # [n, z_dim] float32
+    weights: np.ndarray  # [n, A] float32 signed target weights
+    preserve: np.ndarray  # [n, A] float32 1.0 = hold in place
+    labels: np.ndarray | None  # [n] int64 class per row (conditional generators), else None
+    max_steps: np.ndarray  # [n] int32 step budget per row
+    stop_prob: np.ndarray  # [n] float32 stop probability per row, NaN = never
+    rejects: pa.Table | None  # rows rejected from this chunk, or None
+
+    @property
+    def n_edit(self) -> int:
+        return len(self.z)
+
+
+@dataclass(frozen=True)
+class RowDefaults:
+    """Job-wide settings a row uses when it has no override."""
+
+    weights: np.ndarray  # [A] the job's targets (zeros when every row brings its own)
+    preserve_mask: np.ndarray | None  # [A] the job's --preserve set, None = every non-target
+    steps: int  # --steps: the step budget of rows without a `steps` value
+    stop_prob: float  # --stop-at-prob of rows without a `stop_at_prob` value; NaN = never
+
+
+class Reasons:
+    """Reasons per row, collected check by check (rejects are rare, so a dict beats string arrays)."""
+
+    def __init__(self, n: int):
+        self.bad = np.zeros(n, bool)
+        self.text: dict[int, list[str]] = {}
+
+    def add(self, mask: np.ndarray, message) -> None:
+        """Reject rows where ``mask``; ``message`` is a string or a function of the row index."""
+        self.add_rows(np.flatnonzero(mask), message)
+
+    def add_rows(self, rows: np.ndarray, message) -> None:
+        for i in rows:
+            self.text.setdefault(int(i), []).append(message if isinstance(message, str) else message(i))
+        self.bad[rows] = True
+
+    def joined(self, rows: np.ndarray) -> list[str]:
+        return ["; ".join(self.text[int(i)]) for i in rows]
+
+
+def _mask(arr: pa.Array) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _check_z(column: pa.Array, z_dim: int, reasons: Reasons) -> np.ndarray:
+    """z as [n, z_dim] float32 (zeros in rows that fail); adds the reasons of the rows that fail."""
+    n = len(column)
+    null = _mask(column.is_null())
+    reasons.add(null, "z is null")
+    if pa.types.is_fixed_size_list(column.type):
+        good = ~null  # the length was checked against z_dim for the whole file
+    else:
+        lengths = pc.list_value_length(column).fill_null(z_dim).to_numpy(zero_copy_only=False)
+        wrong = lengths != z_dim
+        reasons.add(wrong, lambda i: f"z has {lengths[i]} values, expected {z_dim}")
+        good = ~null & ~wrong
+    z = np.zeros((n, z_dim), np.float32)
+    rows = np.flatnonzero(good)
+    if not len(rows):
+        return z
+    # [k * z_dim]; flatten() respects slice offsets (.values would not) and skips null lists
+    values = (column if len(rows) == n else column.filter(pa.array(good))).flatten()
+    if values.null_count:
+        has_null = _mask(values.is_null()).reshape(-1, z_dim).any(axis=1)
+        reasons.add_rows(rows[has_null], "z has null values")
+        values = values.fill_null(0.0)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, rejected below
+        block = values.to_numpy(zero_copy_only=False).reshape(-1, z_dim).astype(np.float32)  # [k, z_dim]
+    finite = np.isfinite(block).all(axis=1)
+    if not finite.all():
+        reasons.add_rows(rows[~finite], "z has NaN or Inf (as float32)")
+    z[rows] = block
+    return z
+
+
+def _int_values(column: pa.Array, fill: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values [n] int64 with nulls filled, null mask [n])."""
+    return column.fill_null(fill).to_numpy(zero_copy_only=False).astype(np.int64), _mask(column.is_null())
+
+
+class RowValidator:
+    """Validates chunks of one job in order, keeping the job's accepted ids to catch duplicates."""
+
+    def __init__(self, plan: ManifestPlan, shape: ModelShape, defaults: RowDefaults, ids: IdSet):
+        self.plan = plan
+        self.shape = shape
+        self.defaults = defaults
+        self.ids = ids
+        self.targets = TargetParser(shape.attributes) if plan.has_targets else None
+
+    def unreadable(self, unit: Unit, offset: int, n_rows: int, reason: str) -> RowChunk:
+        """Every row of a part of a row group that cannot be read, as rejects (ids unknown)."""
+        file = self.plan.files[unit.file]
+        a = len(self.shape.attributes)
+        return RowChunk(
+            unit=unit, n_rows=n_rows, last=True, carried=self.plan.carried.empty_table(),
+            z=np.zeros((0, self.shape.z_dim), np.float32), weights=np.zeros((0, a), np.float32),
+            preserve=np.zeros((0, a), np.float32),
+            labels=np.zeros(0, np.int64) if self.plan.uses_labels else None,
+            max_steps=np.zeros(0, np.int32), stop_prob=np.zeros(0, np.float32),
+            rejects=reject_table(
+                self.plan.id_type, str(file.path), np.arange(offset, offset + n_rows), None, [reason] * n_rows
+            ),
+        )  # fmt: skip
+
+    def validate(self, unit: Unit, offset: int, batch: pa.RecordBatch, last: bool) -> RowChunk:
+        """Split ``batch`` (rows ``offset``.. of its file) into rows to edit and rejects."""
+        file: InputFile = self.plan.files[unit.file]
+        n, shape, d = batch.num_rows, self.shape, self.defaults
+        reasons = Reasons(n)
+        ids = batch.column(ID)
+        ids = ids.cast(self.plan.id_type)  # int64 or string (safe cast: uint64 was refused)
+        id_null = _mask(ids.is_null())
+        reasons.add(id_null, "id is null")
+        z = _check_z(batch.column(Z), shape.z_dim, reasons)
+
+        labels = None
+        if self.plan.uses_labels:
+            labels, null = _int_values(batch.column(LABEL), 0)
+            reasons.add(null, "label is null")
+            out = ~null & ((labels < 0) | (labels >= shape.n_labels))
+            reasons.add(out, lambda i: f"label {labels[i]} out of range [0, {shape.n_labels})")
+
+        weights = np.broadcast_to(d.weights, (n, len(d.weights)))  # [n, A], no copy without overrides
+        has_own = np.zeros(n, bool)
+        if self.targets is not None:
+            own, has_own, errors = self.targets.parse_column(batch.column(TARGETS))
+            for i, text in errors.items():
+                reasons.add_rows(np.array([i]), text)
+            weights = np.where(has_own[:, None], own, weights)
+            has_own[list(errors)] = True  # already rejected for its targets: no second reason
+        if not d.weights.any():
+            reasons.add(~has_own, "no targets: the row's targets are null and no --target was given")
+
+        max_steps = np.full(n, d.steps, np.int32)
+        if self.plan.has_steps:
+            steps, null = _int_values(batch.column(STEPS), d.steps)
+            reasons.add(steps < 0, lambda i: f"steps {steps[i]} is negative")
+            max_steps = np.clip(steps, 0, np.iinfo(np.int32).max).astype(np.int32)
+
+        stop_prob = np.full(n, d.stop_prob, np.float32)
+        if self.plan.has_stop_at_prob:
+            col = batch.column(STOP_AT_PROB)
+            own_p = col.fill_null(math.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+            null = _mask(col.is_null())
+            bad = ~null & ~np.isnan(own_p) & ~((own_p > 0) & (own_p < 1))
+            reasons.add(bad, lambda i: f"stop_at_prob {own_p[i]} is not in (0, 1) (NaN = never)")
+            stop_prob = np.where(null, stop_prob, own_p).astype(np.float32)
+
+        # Duplicates last: only rows that are otherwise usable claim their id.
+        usable = np.flatnonzero(~reasons.bad)
+        new = self.ids.add_new(id_keys(ids.take(pa.array(usable, pa.int64()))))
+        dup_rows = usable[~new]
+        if len(dup_rows):
+            shown = ids.take(pa.array(dup_rows, pa.int64())).to_pylist()
+            text = dict(zip(dup_rows.tolist(), shown, strict=True))
+            reasons.add_rows(dup_rows, lambda i: f"duplicate id {text[int(i)]!r}")
+
+        keep = np.flatnonzero(~reasons.bad)
+        rejects = None
+        if reasons.bad.any():
+            bad_rows = np.flatnonzero(reasons.bad)
+            rejects = reject_table(
+                self.plan.id_type, str(file.path), bad_rows + offset,
+                ids.take(pa.array(bad_rows, pa.int64())), reasons.joined(bad_rows),
+            )  # fmt: skip
+        weights = np.ascontiguousarray(weights[keep], np.float32)  # [k, A]
+        preserve = (weights == 0).astype(np.float32)  # every non-target (engine.default_preserve) ...
+        if d.preserve_mask is not None:
+            preserve *= d.preserve_mask  # ... or only the --preserve set
+        return RowChunk(
+            unit=unit, n_rows=n, last=last, carried=self._carried(batch, ids).take(pa.array(keep, pa.int64())),
+            z=z[keep], weights=weights, preserve=preserve, labels=None if labels is None else labels[keep],
+            max_steps=max_steps[keep], stop_prob=stop_prob[keep], rejects=rejects,
+        )  # fmt: skip
+
+    def _carried(self, batch: pa.RecordBatch, ids: pa.Array) -> pa.Table:
+        """id (normalised) + every other column but z, by name, in the job's column order."""
+        columns = [ids] + [batch.column(name) for name in self.plan.carried.names[1:]]
+        return pa.Table.from_arrays(columns, schema=self.plan.carried)

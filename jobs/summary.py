@@ -1,0 +1,94 @@
+"""summary.json: what the job did (from the commit markers, so it survives resumes) and how fast each run was."""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timezone
+
+from .folder import Commit, JobFolder, write_json_atomic
+
+STAGES = ("read", "compute", "encode", "write")
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """(this process, largest finished child) peak resident memory in MiB (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return round(own, 1), round(children, 1)
+
+
+class RunStats:
+    """This run's counts and per-stage seconds; each pipeline thread adds to its own stage."""
+
+    def __init__(self):
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._t0 = time.perf_counter()
+        self._lock = threading.Lock()
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.edited = 0
+        self.rejected = 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+
+    def count(self, edited: int = 0, rejected: int = 0) -> None:
+        with self._lock:
+            self.edited += edited
+            self.rejected += rejected
+
+    @property
+    def wall(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def as_dict(self, status: str) -> dict:
+        own, child = peak_rss_mb()
+        wall = self.wall
+        return {
+            "started_at": self.started_at,
+            "status": status,
+            "edited": self.edited,
+            "rejected": self.rejected,
+            "wall_seconds": round(wall, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "latents_per_second": round(self.edited / wall, 2) if wall > 0 else 0.0,
+            "peak_rss_mb": own,
+            "encoder_peak_rss_mb": child,
+        }
+
+
+def job_totals(commits: list[Commit]) -> dict:
+    """Counts over every commit of the job, whichever run made it."""
+    reasons: Counter[str] = Counter()
+    for c in commits:
+        reasons.update(c.stop_reasons)
+    return {
+        "rows_done": sum(c.rows for c in commits),
+        "edited": sum(c.edited for c in commits),
+        "rejected": sum(c.rejected for c in commits),
+        "stop_reasons": dict(sorted(reasons.items())),
+        "units_done": sum(len(c.units) for c in commits),
+        "parts": sum(len(c.parts) for c in commits),
+    }
+
+
+def write_summary(
+    folder: JobFolder, commits: list[Commit], rows_in: int, units: int, run: dict, previous: list[dict]
+) -> dict:
+    """Write summary.json: job totals, then this run's speed at the top level and every run in `runs`."""
+    totals = job_totals(commits)
+    doc = {
+        "complete": totals["units_done"] == units,
+        "rows_in": rows_in,
+        "units": units,
+        **totals,
+        "stage_seconds": run["stage_seconds"],
+        "latents_per_second": run["latents_per_second"],
+        "peak_rss_mb": run["peak_rss_mb"],
+        "runs": [*previous, run],
+    }
+    write_json_atomic(folder.summary_json, doc)
+    return doc
