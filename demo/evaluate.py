@@ -141,9 +141,12 @@ All three are the course (C1W4B) architectures of `zsteer.pipeline.models`, stor
 
 {specs}
 
-- `generator`: DCGAN against a course-classifier discriminator (one logit); non-saturating loss, Adam 2e-4
-  betas (0.5, 0.999), course weight init; the saved weights are an exponential moving average of the
-  generator's (decay 0.999), with BatchNorm running statistics recomputed over 8192 fresh latents.
+- `generator`: DCGAN against a discriminator of the course-classifier architecture with one logit, its
+  BatchNorm replaced by spectral normalisation (with BatchNorm the discriminator won within a few hundred
+  steps); non-saturating loss, Adam 2e-4 betas (0.5, 0.999), course weight init except the generator's last
+  layer (std 0.5/sqrt(fan-in): the course's 0.02 leaves a narrow generator's images grey for thousands of
+  steps). The saved weights are an exponential moving average of the generator's (decay in the log), with
+  BatchNorm running statistics recomputed over 8192 fresh latents.
 - `classifier`: the model to steer with; one logit per attribute, BCE-with-logits, Adam 1e-3 betas
   (0.5, 0.999), cosine decay.
 - `judge`: the same recipe at another width, another seed and other batches; use it only to score edits.

@@ -8,9 +8,10 @@ Three models, all course architectures (``zsteer.pipeline.models``):
 - ``classifier``: the course classifier, one logit per attribute, BCE-with-logits; the model users steer with.
 - ``judge``: a second classifier of another width, trained from another seed on other batches; used only to
   score edits, so an edit that fools the steering classifier without changing the image is not counted.
-- ``generator``: the course generator (z_dim 64), trained as a DCGAN against a course-classifier
-  discriminator with one logit, non-saturating loss, Adam 2e-4 (0.5, 0.999). The saved weights are an
-  exponential moving average of the generator's, with BatchNorm statistics recomputed at the end.
+- ``generator``: the course generator (z_dim 64), trained as a DCGAN against a discriminator of the
+  course-classifier architecture (one logit, spectral norm instead of BatchNorm), non-saturating loss,
+  Adam 2e-4 (0.5, 0.999). The saved weights are an exponential moving average of the generator's, with
+  BatchNorm statistics recomputed at the end.
 
 Every random draw is keyed by (seed, step), so a run resumed from ``--state`` continues exactly as an
 uninterrupted one would (bit-exactness still depends on the torch build and thread count).
@@ -57,7 +58,7 @@ class ClassifierConfig:
 @dataclass
 class GanConfig:
     g_hidden: int = 32
-    d_hidden: int = 16
+    d_hidden: int = 32
     z_dim: int = 64
     seed: int = 0
     steps: int = 3000
@@ -78,6 +79,24 @@ def course_init(module: nn.Module) -> None:
         if isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def build_discriminator(hidden_dim: int) -> nn.Module:
+    """The course classifier with one logit, BatchNorm replaced by spectral normalisation of every conv.
+
+    With BatchNorm (the course's discriminator) and the smooth procedural images, the discriminator won
+    within a few hundred steps and the generator never recovered; a spectrally normalised one stays
+    Lipschitz, so its gradients keep telling the generator where the data is.
+    """
+    d = CourseClassifier(im_chan=3, n_classes=1, hidden_dim=hidden_dim)
+    for m in list(d.modules()):
+        if isinstance(m, nn.Sequential):
+            for i, layer in enumerate(m):
+                if isinstance(layer, nn.BatchNorm2d):
+                    m[i] = nn.Identity()
+                elif isinstance(layer, nn.Conv2d):
+                    m[i] = nn.utils.parametrizations.spectral_norm(layer)
+    return d
 
 
 def _rng(seed: int, step: int) -> torch.Generator:
@@ -160,15 +179,14 @@ def train_gan(cfg: GanConfig, state_dir: Path | None = None, log_every: int = 50
     torch.manual_seed(cfg.seed)
     spec = GeneratorSpec(z_dim=cfg.z_dim, hidden_dim=cfg.g_hidden)
     g = build_generator(spec)
-    d = CourseClassifier(im_chan=3, n_classes=1, hidden_dim=cfg.d_hidden)
+    d = build_discriminator(cfg.d_hidden)
     course_init(g)
-    course_init(d)
     # The course init leaves the last layer of a narrow generator so small that its images are grey
     # (pre-tanh std ~0.14 at hidden 32), and Adam at 2e-4 takes thousands of steps to grow it; start
-    # it at unit-ish output gain instead: std 1/sqrt(effective fan-in), about 0.09 at hidden 32.
+    # it at about half unit gain instead: std 0.5/sqrt(effective fan-in), 0.044 at hidden 32.
     last = g.gen[-1][0]
     fan_in = last.in_channels * (last.kernel_size[0] // last.stride[0]) ** 2
-    nn.init.normal_(last.weight, 0.0, fan_in**-0.5)
+    nn.init.normal_(last.weight, 0.0, 0.5 * fan_in**-0.5)
     g_ema = copy.deepcopy(g)
     for p in g_ema.parameters():
         p.requires_grad_(False)
@@ -244,6 +262,7 @@ def train_gan(cfg: GanConfig, state_dir: Path | None = None, log_every: int = 50
         "lr": cfg.lr,
         "seed": cfg.seed,
         "hidden_dim": cfg.g_hidden,
+        "discriminator": "course classifier, 1 logit, spectral norm, no BatchNorm",
         "discriminator_hidden_dim": cfg.d_hidden,
         "ema": cfg.ema,
         "seconds": round(seconds, 1),
@@ -277,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gan-batch", type=int, default=GanConfig.batch)
     ap.add_argument("--g-hidden", type=int, default=GanConfig.g_hidden)
     ap.add_argument("--d-hidden", type=int, default=GanConfig.d_hidden)
-    ap.add_argument("--ema", type=float, default=GanConfig.ema, help="decay of the generator's weight average")
+    ap.add_argument(
+        "--ema", type=float, default=GanConfig.ema, help="decay of the generator's weight average"
+    )
     ap.add_argument("--seed", type=int, default=0, help="GAN seed (the classifiers use seeds 1 and 2)")
     ap.add_argument("--state", type=Path, default=None, help="folder for resumable GAN state")
     ap.add_argument("--threads", type=int, default=2)

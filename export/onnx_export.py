@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from zsteer.pipeline.checkpoints import LoadedModel
 
 from .errors import ExportError
 from .graphs import AscentStepGraph, ClassifierGraph, EditVJP, GeneratorGraph, build_edit_vjp
-from .runtime import import_onnx
+from .runtime import import_onnx, import_onnxscript
 
 EXPORTERS = ("dynamo", "torchscript")
 MANIFEST = "manifest.json"
@@ -63,11 +64,17 @@ def to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, exp
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     onnx = import_onnx()
+    if exporter == "dynamo":
+        import_onnxscript()
     module = module.eval()
     quiet = io.StringIO()
-    # The exporters print progress and warn about deprecations and unused axis names: keep a job's log clean.
+    # The exporters print progress, log about optional torchvision ops and warn about deprecations and
+    # unused axis names: keep a job's log clean (failures still raise).
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         warnings.simplefilter("ignore")
+        logger.setLevel(logging.ERROR)
         try:
             if exporter == "dynamo":
                 batch = torch.export.Dim("N")
@@ -93,6 +100,8 @@ def to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, exp
             raise ExportError(
                 f"torch.onnx.export ({exporter}) failed for {type(module).__name__}: {first}"
             ) from exc
+        finally:
+            logger.setLevel(level)
     onnx.checker.check_model(proto)
     return proto
 

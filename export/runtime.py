@@ -33,6 +33,17 @@ def import_onnx():
     return onnx
 
 
+def import_onnxscript():
+    """The onnxscript module (the dynamo exporter needs it), or an ExportError naming the extra."""
+    try:
+        import onnxscript
+    except ImportError:
+        raise ExportError(
+            f"onnxscript is not installed (the dynamo exporter needs it): {_INSTALL_HINT}"
+        ) from None
+    return onnxscript
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where sessions run and where bound tensors live: ("cpu", 0) or ("cuda", device_id)."""

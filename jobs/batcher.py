@@ -92,9 +92,17 @@ class Batcher:
         return tuple(out)
 
 
-def gather(segments: list[Segment], name: str) -> np.ndarray | None:
-    """One array of a batch: the segments' slices of the chunks' array ``name`` (None stays None)."""
+def gather(segments: list[Segment], name: str, size: int = 0) -> np.ndarray | None:
+    """One array of a batch: the segments' slices of the chunks' array ``name`` (None stays None).
+
+    With ``size`` larger than the rows, the last row is repeated up to ``size`` rows: a compiled
+    engine then sees the job's last, short batch in the shape it compiled for the others.
+    """
     parts = [getattr(s.chunk, name) for s in segments]
     if parts[0] is None:
         return None
-    return np.concatenate([p[s.start : s.stop] for p, s in zip(parts, segments, strict=True)])
+    rows = [p[s.start : s.stop] for p, s in zip(parts, segments, strict=True)]
+    n = sum(len(r) for r in rows)
+    if size > n:
+        rows.append(np.repeat(rows[-1][-1:], size - n, axis=0))
+    return np.concatenate(rows)

@@ -295,26 +295,29 @@ class _Run:
     # -- main thread ---------------------------------------------------------------------------------
 
     def _edit(self, engine, encoder: Encoder, segments: list[Segment]) -> None:
-        labels = gather(segments, "labels")
+        n = sum(s.stop - s.start for s in segments)
+        # A compiled engine gets full batches only (the job's last one padded): one shape, one compile.
+        size = self.config.engine.batch_size if getattr(engine, "compiled", False) else n
+
+        def rows(name: str):  # [size, ...] tensor of the batch, or None
+            array = gather(segments, name, size)
+            return None if array is None else torch.from_numpy(array)
+
         start = time.perf_counter()
         res = engine.edit(
-            torch.from_numpy(gather(segments, "z")),  # [n, z_dim]
-            torch.from_numpy(gather(segments, "weights")),  # [n, A]
-            torch.from_numpy(gather(segments, "preserve")),  # [n, A]
-            labels=None if labels is None else torch.from_numpy(labels),  # [n]
-            max_steps=torch.from_numpy(gather(segments, "max_steps")),  # [n]
-            stop_prob=torch.from_numpy(gather(segments, "stop_prob")),  # [n]
+            rows("z"), rows("weights"), rows("preserve"),  # [size, z_dim], [size, A], [size, A]
+            labels=rows("labels"), max_steps=rows("max_steps"), stop_prob=rows("stop_prob"),  # [size] each
             render=self.images,
-        )
+        )  # fmt: skip
         self.stats.add("compute", time.perf_counter() - start)
         result = BatchResult(
-            res.z_edited.numpy(), res.logits_before.numpy(), res.logits_after.numpy(),
-            res.latent_shift.numpy(), res.steps_taken.numpy(), res.status.numpy(),
+            res.z_edited[:n].numpy(), res.logits_before[:n].numpy(), res.logits_after[:n].numpy(),
+            res.latent_shift[:n].numpy(), res.steps_taken[:n].numpy(), res.status[:n].numpy(),
         )  # fmt: skip
-        pngs = encoder.submit(np.ascontiguousarray(res.images.numpy())) if self.images else None
+        pngs = encoder.submit(np.ascontiguousarray(res.images[:n].numpy())) if self.images else None
         self.write_q.put(_Edited(segments, result, pngs))
-        self.stats.count(edited=len(result.z_edited))
-        self.progress.update(len(result.z_edited))
+        self.stats.count(edited=n)
+        self.progress.update(n)
 
     def _raise_errors(self) -> None:
         if self.errors:

@@ -195,7 +195,7 @@ def test_free_running_drift_is_amplification(small):
     near 1e-2, the prototype's "drift at batch 128"; with 8 rows there are usually none).
     """
     net, vjp = small
-    n = 64
+    n = 32
     z = torch.randn(n, net.z_dim, generator=torch.Generator().manual_seed(n))
     w = _targets(n, vjp.n_logits)
     config = AscentConfig(steps=10, penalty=0.3)

@@ -346,3 +346,27 @@ def test_unreadable_row_group_becomes_rejects(tmp_path, models, monkeypatch):
     assert sorted(read_parts(tmp_path / "job").column("id").to_pylist()) == list(range(14)) + list(
         range(20, 30)
     )
+
+
+def test_a_compiled_engine_sees_full_batches_only(tmp_path, models, manifest):
+    """The job's last, short batch is padded for a compiled engine (one shape, one compile), and the
+    padding rows never reach the output. The factory is also how another backend plugs in."""
+    from zsteer.pipeline.engine import make_engine
+
+    sizes = []
+
+    def factory(generator, classifier, ascent, engine_config):
+        engine = make_engine(generator, classifier, ascent, engine_config)
+
+        class Recording:
+            compiled = True
+
+            def edit(self, z, *args, **kwargs):
+                sizes.append(len(z))
+                return engine.edit(z, *args, **kwargs)
+
+        return Recording()
+
+    run_job(job_config(manifest, tmp_path / "job", models, batch_size=16), engine_factory=factory)
+    assert set(sizes) == {16} and len(sizes) == 13  # 200 rows = 12 full batches + 8 rows padded
+    assert sorted(read_parts(tmp_path / "job").column("id").to_pylist()) == list(range(200))
