@@ -11,6 +11,6 @@ One module, one job:
 - ``encode``: PNG encoding in worker processes; ``output``: the output shard schema and tables;
 - ``writer``: bounded shards and commits; ``folder``: the job folder and its commit protocol;
 - ``lock``: one writer per folder; ``identity``: what a resume must match (job.json);
-- ``summary``, ``progress``, ``signals``: summary.json, progress lines, stopping cleanly;
+- ``summary``, ``memory``, ``progress``, ``signals``: summary.json, peak memory, progress lines, stopping cleanly;
 - ``runner``: ``run_job(JobConfig)``, the job itself; ``sample``: ``zsteer sample``; ``cli``: ``zsteer``.
 """

@@ -109,7 +109,9 @@ def edit(ctx, **opt):
 
     \b
     The job, in order:
-      1. checks every manifest file (schema, z length, label column) against the models;
+      1. checks every manifest file against the models (a file that is not Parquet, truncated, empty,
+         without a usable id / z / label column, or with another z length stops the job before it
+         starts, with one line naming the file);
       2. streams row groups, rejecting bad rows (null/duplicate id, null z, wrong length, NaN/Inf,
          label out of range, unknown attribute in a per-row override) to rejects/ with the reason;
       3. edits the rest in batches of --batch-size by classifier-gradient ascent;

@@ -8,6 +8,7 @@ pickling overhead to one array each way. This module must not import torch: work
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -19,13 +20,15 @@ from concurrent.futures import Future, ProcessPoolExecutor
 import numpy as np
 from PIL import Image
 
+from .memory import peak_rss_mb
+
 # zlib level: 64x64 faces encode at about the same speed at 1 and 6 and 6 is a little smaller.
 COMPRESS_LEVEL = 6
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
-def encode_pngs(images: np.ndarray) -> tuple[list[bytes], float]:
-    """(PNG bytes per image, seconds spent) for uint8 images [N, H, W, C]."""
+def encode_pngs(images: np.ndarray) -> tuple[list[bytes], float, float]:
+    """(PNG bytes per image, seconds spent, peak MiB of the encoding process) for uint8 [N, H, W, C]."""
     start = time.perf_counter()
     mode = MODES[images.shape[3]]
     out = []
@@ -35,7 +38,7 @@ def encode_pngs(images: np.ndarray) -> tuple[list[bytes], float]:
             buf, format="PNG", compress_level=COMPRESS_LEVEL
         )
         out.append(buf.getvalue())
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, peak_rss_mb()
 
 
 def _watch_parent(parent: int) -> None:
@@ -60,8 +63,27 @@ class _Inline:
     def __init__(self, images: np.ndarray):
         self.images = images
 
-    def result(self) -> tuple[list[bytes], float]:
+    def result(self) -> tuple[list[bytes], float, float]:
         return encode_pngs(self.images)
+
+
+def _noop() -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    """SIGINT/SIGTERM ignored while workers start: they inherit SIG_IGN, so a Ctrl-C during their
+    start-up (before their initializer runs) cannot kill them and break the pool."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class Encoder:
@@ -76,6 +98,9 @@ class Encoder:
                 initializer=_init_worker,
                 initargs=(os.getpid(),),
             )
+            with _signals_ignored():  # start every worker now (the pool would start them on demand)
+                for _ in range(workers):
+                    self.pool.submit(_noop)
 
     def submit(self, images: np.ndarray) -> Future | _Inline:
         """Something whose ``result()`` is ``encode_pngs(images)``."""

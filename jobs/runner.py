@@ -279,9 +279,11 @@ class _Run:
         pngs, waited = None, 0.0
         if msg.pngs is not None:
             start = time.perf_counter()
-            pngs, seconds = msg.pngs.result()
+            pngs, seconds, peak_mb = msg.pngs.result()
             waited = time.perf_counter() - start
             self.stats.add("encode", seconds)
+            if self.config.output.workers:
+                self.stats.encoder_peak(peak_mb)
         carried = pa.concat_tables([s.chunk.carried.slice(s.start, s.stop - s.start) for s in msg.segments])
         table = batch_table(carried, msg.result, pngs, self.schema)
         offset = 0

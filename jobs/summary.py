@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import resource
 import threading
 import time
 from collections import Counter
 from datetime import datetime, timezone
 
 from .folder import Commit, JobFolder, write_json_atomic
+from .memory import peak_rss_mb
 
 STAGES = ("read", "compute", "encode", "write")
-
-
-def peak_rss_mb() -> tuple[float, float]:
-    """(this process, largest finished child) peak resident memory in MiB (Linux reports KiB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return round(own, 1), round(children, 1)
 
 
 class RunStats:
@@ -30,10 +23,15 @@ class RunStats:
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.edited = 0
         self.rejected = 0
+        self.encoder_peak_mb = 0.0  # largest peak of the PNG encoder processes (0: none ran)
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.seconds[stage] += seconds
+
+    def encoder_peak(self, mb: float) -> None:
+        with self._lock:
+            self.encoder_peak_mb = max(self.encoder_peak_mb, mb)
 
     def count(self, edited: int = 0, rejected: int = 0) -> None:
         with self._lock:
@@ -45,7 +43,6 @@ class RunStats:
         return time.perf_counter() - self._t0
 
     def as_dict(self, status: str) -> dict:
-        own, child = peak_rss_mb()
         wall = self.wall
         return {
             "started_at": self.started_at,
@@ -55,8 +52,8 @@ class RunStats:
             "wall_seconds": round(wall, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "latents_per_second": round(self.edited / wall, 2) if wall > 0 else 0.0,
-            "peak_rss_mb": own,
-            "encoder_peak_rss_mb": child,
+            "peak_rss_mb": peak_rss_mb(),
+            "encoder_peak_rss_mb": self.encoder_peak_mb,
         }
 
 
