@@ -69,6 +69,15 @@ def fold_batchnorm(layers: list[nn.Module]) -> nn.Sequential:
     return stack
 
 
+def latent_input(z: torch.Tensor, labels: torch.Tensor | None, n_labels: int) -> torch.Tensor:
+    """The generator's input [N, z_dim + n_labels]: a conditional generator gets one_hot(label) after z."""
+    if not n_labels:
+        return z
+    if labels is None:
+        raise ValueError("this generator is conditional: every row needs a label")
+    return torch.cat([z, F.one_hot(labels.long(), n_labels).to(z.dtype)], dim=1)
+
+
 class EditNet(nn.Module):
     """Frozen latent -> logits network. ``z_in`` is z, or [z, one_hot(label)] for a conditional generator."""
 
@@ -103,12 +112,8 @@ class EditNet(nn.Module):
             p.requires_grad_(False)
 
     def latent_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """[N, z_dim] (+ labels [N]) -> [N, input_dim]: the one-hot class is concatenated to z."""
-        if not self.n_labels:
-            return z
-        if labels is None:
-            raise ValueError("this generator is conditional: every row needs a label")
-        return torch.cat([z, F.one_hot(labels.long(), self.n_labels).to(z.dtype)], dim=1)
+        """[N, z_dim] (+ labels [N]) -> [N, input_dim]."""
+        return latent_input(z, labels, self.n_labels)
 
     def generate(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> [N, C, H, W] in [-1, 1]
         x = z_in.reshape(-1, self.input_dim, 1, 1).contiguous(memory_format=self.memory_format)
