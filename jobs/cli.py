@@ -143,3 +143,7 @@ def sample(n, seed, out, z_dim, labels, row_group_size):
     path = write_sample(SampleConfig(n, seed, out, z_dim, labels, row_group_size))
     click.echo(f"zsteer: wrote {n} rows to {path}", err=True)
     return 0
+
+
+if __name__ == "__main__":  # python -m zsteer.jobs.cli
+    main()

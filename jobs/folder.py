@@ -38,7 +38,7 @@ _COMMIT_NAME = re.compile(r"commit-(\d{6,})\.json")
 class Commit:
     """One completion marker: these units are done, and these files hold all their rows."""
 
-    seq: int
+    seq: int  # commit number: the marker's file name, and the order of commits
     units: list[str]  # unit keys "file:row_group"
     parts: list[str]  # names in parts/
     rejects: list[str]  # names in rejects/

@@ -50,6 +50,7 @@ class InputFile:
 
     # Position in the job's sorted file list: units are named by it, never by anything in the data.
     index: int
+    # Resolved path: what rejects name as their source, and job.json's key for the file.
     path: Path
     # Size on disk and rows per row group: with the path, what job.json records to notice a changed input.
     size: int
@@ -70,6 +71,7 @@ class InputFile:
 class ManifestPlan:
     """The checked inputs of a job."""
 
+    # Every input file, in the job's order (sorted paths): units are done in this order.
     files: tuple[InputFile, ...]
     # Output schema of the carried columns (id first, normalised to int64 or string; z left out).
     carried: pa.Schema
