@@ -175,8 +175,12 @@ Classifier/judge agreement on generator samples: {agreement}.
 
 ## Limits
 
-Cartoons, not faces: edits that work here say the machinery works, not that it will on CelebA. The judge
-was trained on the same procedural distribution as the classifier, so it shares its blind spots there.
+- Cartoons, not faces: edits that work here say the machinery works, not that it will on CelebA.
+- The generator is small and briefly trained (CPU): its images are blurrier than the data, with noisy
+  stripes along the right and bottom borders (the last transposed convolution), and fuzzy hats and mouths.
+  Smiling is its weakest attribute (fewest samples, lowest classifier/judge agreement).
+- The judge was trained on the same procedural distribution as the classifier, so it shares its blind
+  spots there.
 """
 
 

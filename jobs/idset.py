@@ -34,6 +34,13 @@ def id_keys(ids: pa.Array) -> np.ndarray:
     )
 
 
+def _sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a and b (disjoint) as one sorted array; sorted in place, so the peak is one copy, not two."""
+    merged = np.concatenate([a, b])
+    merged.sort()
+    return merged
+
+
 class IdSet:
     """A set of int64 keys in two sorted runs (a big main run and a small pending one)."""
 
@@ -64,8 +71,8 @@ class IdSet:
         _, first = np.unique(keys, return_index=True)
         new[first] = True
         new &= ~self._contains(keys)
-        self._pending = np.sort(np.concatenate([self._pending, keys[new]]))
+        self._pending = _sorted_union(self._pending, keys[new])
         if len(self._pending) >= max(MERGE_MIN, len(self._main) // MERGE_FRACTION):
-            self._main = np.sort(np.concatenate([self._main, self._pending]))
+            self._main = _sorted_union(self._main, self._pending)
             self._pending = np.empty(0, np.int64)
         return new
