@@ -39,6 +39,7 @@ def main() -> None:
 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
     from zsteer.pipeline.attributes import CELEBA40
     from zsteer.pipeline.checkpoints import LoadedModel
     from zsteer.pipeline.engine import (

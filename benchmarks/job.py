@@ -66,6 +66,7 @@ def engine_alone(manifest: Path, models, steps: int, batch_size: int) -> float:
     """Latents/s of AscentEngine.edit over the manifest's rows, batch by batch, as the job feeds it."""
     import pyarrow.parquet as pq
     import torch
+
     from zsteer.pipeline.attributes import CELEBA40
     from zsteer.pipeline.checkpoints import load_classifier, load_generator
     from zsteer.pipeline.engine import (

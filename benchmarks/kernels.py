@@ -100,6 +100,7 @@ def main() -> None:
 
     import torch
     import torch.utils.benchmark as tb
+
     from zsteer.kernels.ascent_update import ACTIVE, ascent_update, ascent_update_torch
     from zsteer.kernels.objective import objective_torch
     from zsteer.pipeline.attributes import CELEBA40
@@ -217,6 +218,7 @@ def main() -> None:
         return
 
     import triton.testing
+
     from zsteer.kernels._triton_ascent_update import ascent_update_triton
     from zsteer.kernels._triton_objective import objective_triton
 

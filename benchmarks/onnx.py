@@ -62,6 +62,7 @@ def main() -> None:
     _reexec_with_malloc_env()
 
     import torch
+
     from zsteer.export.backend import OrtAscentEngine
     from zsteer.export.graphs import EditVJP
     from zsteer.export.onnx_export import export_graphs

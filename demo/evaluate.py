@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from zsteer.pipeline.checkpoints import load_classifier, load_generator
 
 from .procedural import ATTRIBUTES, RATES, make_batch

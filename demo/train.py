@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from zsteer.pipeline.checkpoints import save_model
 from zsteer.pipeline.models import (
     ClassifierSpec,

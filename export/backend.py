@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE
 from zsteer.pipeline.engine import AscentConfig, EditResult, EngineConfig
 from zsteer.pipeline.network import EditNet

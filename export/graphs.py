@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from zsteer.kernels.ascent_update import ACTIVE, MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED
 from zsteer.kernels.objective import objective_torch
 from zsteer.pipeline.network import EditNet

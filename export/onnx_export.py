@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from zsteer.kernels.ascent_update import STATUS_NAMES
 from zsteer.pipeline.checkpoints import LoadedModel
 

@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 import torch
+
 from zsteer.pipeline.network import EditNet
 
 from .graphs import AscentStepGraph, EditVJP

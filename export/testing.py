@@ -13,6 +13,7 @@ import math
 
 import torch
 from torch import nn
+
 from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.models import ClassifierSpec, GeneratorSpec, build_classifier, build_generator

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from zsteer.pipeline.errors import ZsteerError
 
 ERROR_EXIT = 2
@@ -28,9 +29,14 @@ MALLOC_ENV = {
     "MALLOC_TRIM_THRESHOLD_": "68719476736",
     "MALLOC_TOP_PAD_": "1073741824",
 }
-REEXEC_COMMANDS = ("edit",)  # the commands that run the engine for long enough to gain from it
+REEXEC_COMMANDS = ("edit", "demo")  # the commands that run the engine for long enough to gain from it
 # name -> "module:attribute" of commands imported only when used (their modules import torch).
-LAZY_COMMANDS = {"edit": "zsteer.jobs.cli_edit:edit"}
+LAZY_COMMANDS = {
+    "edit": "zsteer.jobs.cli_edit:edit",
+    "sheet": "zsteer.jobs.cli_tools:sheet",
+    "demo": "zsteer.jobs.cli_tools:demo",
+    "export": "zsteer.jobs.cli_tools:export",
+}
 
 
 def _one_line(text: str) -> str:

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import click
 import torch
+
 from zsteer.pipeline.engine import AscentConfig, EngineConfig
 from zsteer.pipeline.errors import ZsteerError
 
+from .backends import BACKENDS, BackendConfig, engine_factory
 from .config import EditSpec, JobConfig, ModelSource, OutputConfig
 from .runner import run_job
 
@@ -93,6 +95,12 @@ def _edit_options(fn):
                      help="Most rows per output file in parts/."),
         click.option("--read-rows", type=click.IntRange(min=1), default=4096, show_default=True,
                      help="Rows read at a time from a row group (bounds memory)."),
+        click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+                     help="Runtime of the ascent step; onnxruntime needs the 'cpu' or 'gpu' extra."),
+        click.option("--onnx-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="With --backend onnxruntime: run the graphs `zsteer export` wrote there."),
+        click.option("--cpu-fallback", is_flag=True,
+                     help="With --backend onnxruntime: use the CPU if the CUDA provider is unusable."),
         click.option("--threads", type=click.IntRange(min=1),
                      help="torch CPU threads (default: torch's choice). 1 is far faster on a busy machine."),
     ]  # fmt: skip
@@ -165,7 +173,8 @@ def edit(ctx, **opt):
         )
     except ValueError as exc:  # a dataclass's own check, for what click's types do not cover
         raise ZsteerError(f"invalid settings: {exc}") from None
-    result = run_job(config)
+    backend = BackendConfig(opt["backend"], opt["onnx_dir"], opt["threads"], opt["cpu_fallback"])
+    result = run_job(config, engine_factory(backend))
     if result.signum is not None:
         argv = ctx.obj["argv"] if ctx.obj else sys.argv[1:]
         click.echo(f"zsteer: interrupted; to resume, run: {shlex.join(['zsteer', *argv])}", err=True)

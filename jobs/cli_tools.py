@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import click
+
 from zsteer.pipeline.engine import AscentConfig
 
 from .config import ModelSource

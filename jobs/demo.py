@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from zsteer.pipeline.checkpoints import load_classifier, load_generator
 from zsteer.pipeline.engine import AscentConfig
 from zsteer.pipeline.sheet import contact_sheet, decode_png

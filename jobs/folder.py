@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from zsteer.pipeline.errors import ZsteerError
 
 from .lock import LOCK_NAME

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
 from zsteer.kernels.ascent_update import STATUS_NAMES
 
 # stop_reason strings by status code: "steps", "target_reached", "max_shift", "non_finite".

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.engine import AscentConfig, AscentEngine, EngineConfig, make_engine
 from zsteer.pipeline.errors import ZsteerError

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from zsteer.pipeline.errors import ZsteerError
 
 from .folder import TMP_PREFIX

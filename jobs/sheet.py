@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+
 from zsteer.pipeline.checkpoints import LoadedModel, load_generator
 from zsteer.pipeline.engine import to_uint8_images
 from zsteer.pipeline.errors import ZsteerError

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
 from zsteer.pipeline.attributes import parse_target, resolve_attribute
 from zsteer.pipeline.engine import target_vector
 from zsteer.pipeline.errors import ZsteerError

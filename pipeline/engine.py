@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+
 from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE, ascent_update
 from zsteer.kernels.objective import objective
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from zsteer.pipeline.checkpoints import load_classifier, load_generator, save_model
 from zsteer.pipeline.models import ClassifierSpec, GeneratorSpec, build_classifier, build_generator
 

@@ -9,6 +9,7 @@ import pickle
 import pytest
 import torch
 from modelkit import write_models
+
 from zsteer.pipeline.attributes import CELEBA40, load_attribute_names, parse_target, resolve_attribute
 from zsteer.pipeline.checkpoints import load_classifier, load_generator
 from zsteer.pipeline.errors import AttributeNameError, CheckpointError

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from test_jobs_kit import Z_DIM, latents, one_thread, read_parts, tiny_models, write_manifest
+from jobkit import Z_DIM, latents, one_thread, read_parts, tiny_models, write_manifest
+
 from zsteer.jobs.cli import main
 
 

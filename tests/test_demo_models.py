@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from zsteer.demo import WEIGHTS_DIR, demo_paths
 from zsteer.demo.procedural import ATTRIBUTES, make_batch
 from zsteer.pipeline.checkpoints import load_classifier, load_generator

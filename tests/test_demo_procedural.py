@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+
 from zsteer.demo.procedural import (
     ATTRIBUTES,
     INDEX,

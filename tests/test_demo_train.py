@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from zsteer.demo.procedural import ATTRIBUTES
 from zsteer.demo.train import (
     ClassifierConfig,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from modelkit import load_models
+
 from zsteer.pipeline.directions import (
     apply_direction,
     boundary_directions,

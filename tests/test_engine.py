@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from modelkit import load_models
+
 from zsteer.kernels.ascent_update import MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED
 from zsteer.pipeline.engine import (
     AscentConfig,

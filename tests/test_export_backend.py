@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+
 from zsteer.export.backend import OrtAscentEngine
 from zsteer.export.errors import ExportError
 from zsteer.export.graphs import AscentStepGraph, build_edit_vjp

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from zsteer.export.errors import ExportError
 from zsteer.export.graphs import build_edit_vjp, update_rows
 from zsteer.export.onnx_export import MANIFEST, export_models, load_graphs, to_onnx

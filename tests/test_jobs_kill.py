@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from test_jobs_kit import latents, read_parts, read_rejects, tiny_models, write_manifest
+from jobkit import latents, read_parts, read_rejects, tiny_models, write_manifest
 
 ZSTEER = str(Path(sys.executable).with_name("zsteer"))
 N_A, N_B = 600, 400

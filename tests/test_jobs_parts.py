@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_jobs_kit import ATTRS, latents, write_manifest
+from jobkit import ATTRS, latents, write_manifest
+
 from zsteer.jobs import idset
 from zsteer.jobs.batcher import Batcher, UnitEnd
 from zsteer.jobs.identity import differences

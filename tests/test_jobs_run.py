@@ -11,9 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from modelkit import write_models
-from PIL import Image
-from test_jobs_kit import (
+from jobkit import (
     N_ATTR,
     TINY_CLASSIFIER,
     TINY_GENERATOR,
@@ -27,6 +25,9 @@ from test_jobs_kit import (
     tiny_models,
     write_manifest,
 )
+from modelkit import write_models
+from PIL import Image
+
 from zsteer.jobs import folder as folder_module
 from zsteer.jobs.lock import FolderLock
 from zsteer.jobs.runner import run_job

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from jobkit import job_config, latents, one_thread, tiny_models, write_manifest
 from PIL import Image
-from test_jobs_kit import job_config, latents, one_thread, tiny_models, write_manifest
 
 from zsteer.demo import demo_paths
 from zsteer.jobs.demo import DemoConfig, format_report, run_demo

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+
 from zsteer.kernels import dispatch
 from zsteer.kernels.ascent_update import (
     ACTIVE,

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from modelkit import write_models
+
 from zsteer.jobs.config import EditSpec, JobConfig, ModelSource, OutputConfig
 from zsteer.pipeline.engine import AscentConfig, EngineConfig
 from zsteer.pipeline.models import ClassifierSpec, GeneratorSpec
