@@ -11,21 +11,9 @@ is told to keep large blocks (PERFORMANCE.md): the script re-executes itself wit
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-MALLOC_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_TOP_PAD_": "1073741824",
-}
-
-
-def reexec_with_malloc_settings() -> None:
-    """glibc reads these only at start-up, so the process restarts itself once with them set."""
-    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+from zsteer.jobs.malloc import reexec_with_malloc_settings
 
 
 def main() -> None:

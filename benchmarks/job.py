@@ -28,8 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ascent import MALLOC_ENV, reexec_with_malloc_settings  # noqa: E402
+from zsteer.jobs.malloc import MALLOC_ENV, reexec_with_malloc_settings
 
 ATTRIBUTE = "Smiling"
 

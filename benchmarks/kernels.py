@@ -41,22 +41,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 
 # glibc keeps large blocks only if told at start-up (PERFORMANCE.md): without it page faults on the
 # activations cost 20-40% of a step, which would inflate the step and shrink the ops' share.
-MALLOC_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_TOP_PAD_": "1073741824",
-}
+from zsteer.jobs.malloc import reexec_with_malloc_settings
+
 Z_DIM, HIDDEN, N_ATTR = 64, 64, 40
-
-
-def reexec_with_malloc_settings() -> None:
-    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
 
 def traffic(fn) -> tuple[int, int]:

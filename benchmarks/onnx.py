@@ -26,19 +26,7 @@ import time
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-MALLOC_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_TOP_PAD_": "1073741824",
-}
-
-
-def _reexec_with_malloc_env() -> None:
-    """glibc reads these only at start-up, so a process sets them for itself by re-executing."""
-    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
-        return
-    os.environ.update(MALLOC_ENV)
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+from zsteer.jobs.malloc import MALLOC_ENV, reexec_with_malloc_settings  # noqa: E402 (after the path fix)
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -59,7 +47,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"))
     args = parser.parse_args()
-    _reexec_with_malloc_env()
+    reexec_with_malloc_settings()
 
     import torch
 

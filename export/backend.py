@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE
-from zsteer.pipeline.engine import AscentConfig, EditResult, EngineConfig
+from zsteer.pipeline.engine import AscentConfig, EditResult, EngineConfig, row_settings
 from zsteer.pipeline.network import EditNet
 
 from .errors import ExportError
@@ -165,15 +165,12 @@ class OrtAscentEngine:
         """Edit any number of rows, ``batch_size`` at a time; each row's result depends only on that row."""
         z_np = _np(z, np.float32)
         n, bs = z_np.shape[0], self.engine.batch_size
-        if max_steps is None:
-            max_steps_np = np.full(n, self.ascent.steps, dtype=np.int32)
-        else:
-            max_steps_np = _np(max_steps, np.int32).reshape(n)
-        if stop_prob is None:
-            p = self.ascent.stop_at_prob
-            stop_np = np.full(n, math.nan if p is None else p, dtype=np.float32)
-        else:
-            stop_np = _np(stop_prob, np.float32).reshape(n)
+        as_tensor = [
+            None if x is None else torch.as_tensor(np.asarray(_np(x, np.float64)))
+            for x in (max_steps, stop_prob)
+        ]
+        max_steps_t, stop_t = row_settings(n, self.ascent, *as_tensor)
+        max_steps_np, stop_np = max_steps_t.numpy(), stop_t.numpy()
         weights_np, preserve_np = _np(weights, np.float32), _np(preserve, np.float32)
         labels_np = self._labels(labels, n)
         run = self._edit_bound if self.iobinding else self._edit_host

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zsteer.kernels.ascent_update import ACTIVE, MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED
+from zsteer.kernels.ascent_update import (
+    ACTIVE,
+    STEPS_DONE,
+    ascent_update_torch,
+)
 from zsteer.kernels.objective import objective_torch
 from zsteer.pipeline.network import EditNet
 
@@ -117,48 +121,15 @@ class ClassifierGraph(nn.Module):
 
 
 def update_rows(z, z0, grad, accum, logits, weights, stop_prob, status, lr, max_shift, normalize):
-    """``ascent_update_torch`` with tensor scalars and ``torch.where`` instead of in-place masked writes.
+    """``ascent_update_torch`` as the step graph uses it: (z, accum, grad_norm, shift, status, moved).
 
     ``lr`` / ``max_shift``: 0-d float tensors; ``normalize``: 0-d bool tensor (a graph input, so one graph
-    serves both settings). Returns (z, accum, grad_norm, shift, status, moved) as the reference does.
+    serves both settings).
     """
-    active = status == ACTIVE  # [N]
-    prob = torch.sigmoid(logits)  # [N, A]
-    p = stop_prob.unsqueeze(1)  # [N, 1]
-    # The reference's where(w > 0, prob >= p, where(w < 0, prob <= 1 - p, True)), NaN-for-NaN.
-    ok = (~(weights > 0) | (prob >= p)) & (~(weights < 0) | (prob <= 1 - p))
-    has_target = (weights != 0).any(dim=1)
-    reached = active & ~torch.isnan(stop_prob) & has_target & ok.all(dim=1)
-    stepping = active & ~reached  # [N]
-
-    new_accum = None
-    direction = grad
-    if accum is not None:
-        new_accum = torch.where(stepping.unsqueeze(1), accum + grad, accum)
-        direction = new_accum
-    grad_norm = torch.linalg.vector_norm(direction, dim=1)  # [N]
-    safe = torch.where(grad_norm > 0, grad_norm, torch.ones_like(grad_norm))
-    unit = torch.where((grad_norm > 0).unsqueeze(1), direction / safe.unsqueeze(1), 0.0)
-    direction = torch.where(normalize, unit, direction)
-    candidate = z + lr * direction
-    offset = candidate - z0
-    shift = torch.linalg.vector_norm(offset, dim=1)  # [N]
-    capped = shift > max_shift
-    scale = torch.where(capped, max_shift / torch.where(capped, shift, torch.ones_like(shift)), 1.0)
-    candidate = torch.where(capped.unsqueeze(1), z0 + offset * scale.unsqueeze(1), candidate)
-    finite = torch.isfinite(candidate).all(dim=1) & torch.isfinite(grad).all(dim=1)
-
-    moved = stepping & finite
-    new_z = torch.where(moved.unsqueeze(1), candidate, z)
-    # The three sets are disjoint, so the order of the reference's masked writes does not matter.
-    new_status = torch.where(reached, TARGET_REACHED, status)
-    new_status = torch.where(moved & capped, MAX_SHIFT, new_status)
-    new_status = torch.where(stepping & ~finite, NON_FINITE, new_status).to(torch.int32)
-    if new_accum is not None:
-        new_accum = torch.where((stepping & ~finite).unsqueeze(1), accum, new_accum)
-    new_shift = torch.linalg.vector_norm(new_z - z0, dim=1)
-    grad_norm = torch.where(stepping, grad_norm, 0.0)
-    return new_z, new_accum, grad_norm, new_shift, new_status, moved.to(torch.int32)
+    result = ascent_update_torch(
+        z, z0, grad, accum, logits, weights, stop_prob, status, lr, max_shift, normalize
+    )
+    return (*result[:4], result.status.to(torch.int32), result.moved)
 
 
 # Graph inputs and outputs of the step, in order. "labels" only for a conditional generator, "accum" and

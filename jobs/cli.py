@@ -21,14 +21,9 @@ import click
 
 from zsteer.pipeline.errors import ZsteerError
 
+from .malloc import MALLOC_ENV, reexec_with_malloc_settings
+
 ERROR_EXIT = 2
-# glibc reads these at start-up only: keep large blocks instead of returning them to the OS after every
-# step. PERFORMANCE.md measured 20-40% more latents/s on CPU from the page faults this saves.
-MALLOC_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_TOP_PAD_": "1073741824",
-}
 REEXEC_COMMANDS = ("edit", "demo")  # the commands that run the engine for long enough to gain from it
 # name -> "module:attribute" of commands imported only when used (their modules import torch).
 LAZY_COMMANDS = {
@@ -81,7 +76,7 @@ def _reexec_with_malloc_settings(argv: list[str]) -> None:
         or not script.is_file()
     ):
         return
-    os.execve(sys.executable, [sys.executable, str(script), *argv], {**os.environ, **MALLOC_ENV})
+    reexec_with_malloc_settings([sys.executable, str(script), *argv])
 
 
 class ZsteerGroup(click.Group):

@@ -47,15 +47,16 @@ def ascent_update_torch(
     weights: torch.Tensor,  # [N, A] signed target weights
     stop_prob: torch.Tensor,  # [N] stop once the targets pass this probability; NaN = never
     status: torch.Tensor,  # [N] int32 status codes before this step
-    lr: float,  # step size
-    max_shift: float,  # cap on ||z - z0||; inf = none
-    normalize: bool,  # divide the direction by its norm
+    lr: float | torch.Tensor,  # step size
+    max_shift: float | torch.Tensor,  # cap on ||z - z0||; inf = none
+    normalize: bool | torch.Tensor,  # divide the direction by its norm
 ) -> UpdateResult:
-    """Pure-torch reference."""
+    """Pure-torch reference; also the update inside the exported ONNX step graph (no in-place writes)."""
     active = status == ACTIVE  # [N]
     prob = torch.sigmoid(logits)  # [N, A]
     p = stop_prob.unsqueeze(1)  # [N, 1]
-    ok = torch.where(weights > 0, prob >= p, torch.where(weights < 0, prob <= 1 - p, True))
+    # Boolean algebra rather than nested where(..., True): the same values, and it exports to ONNX.
+    ok = (~(weights > 0) | (prob >= p)) & (~(weights < 0) | (prob <= 1 - p))
     has_target = (weights != 0).any(dim=1)
     reached = active & ~torch.isnan(stop_prob) & has_target & ok.all(dim=1)
     stepping = active & ~reached  # [N]
@@ -66,9 +67,10 @@ def ascent_update_torch(
         new_accum = torch.where(stepping.unsqueeze(1), accum + grad, accum)
         direction = new_accum
     grad_norm = torch.linalg.vector_norm(direction, dim=1)  # [N]
-    if normalize:
-        safe = torch.where(grad_norm > 0, grad_norm, torch.ones_like(grad_norm))
-        direction = torch.where((grad_norm > 0).unsqueeze(1), direction / safe.unsqueeze(1), 0.0)
+    safe = torch.where(grad_norm > 0, grad_norm, torch.ones_like(grad_norm))
+    unit = torch.where((grad_norm > 0).unsqueeze(1), direction / safe.unsqueeze(1), 0.0)
+    # normalize may be a 0-d bool tensor (an ONNX graph input, so one graph serves both settings).
+    direction = torch.where(torch.as_tensor(normalize, device=z.device), unit, direction)
     candidate = z + lr * direction
     offset = candidate - z0
     shift = torch.linalg.vector_norm(offset, dim=1)  # [N]

@@ -137,29 +137,29 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def _load(path: Path, role: str, default_spec, build, overrides: dict):
+    """(frozen module, spec, sidecar config) of a ``role`` checkpoint."""
+    state, config = _read_state_dict(path, role)
+    spec = _spec_from(config, default_spec, overrides, path)
+    try:
+        module = build(spec)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    _load_into(module, state, path, role)
+    return _freeze(module), spec, config
+
+
 def load_generator(path: str | Path, **overrides) -> LoadedModel:
     """Load a generator; ``overrides`` (z_dim, hidden_dim, im_chan, n_classes, kind) beat the file's config."""
     path = Path(path)
-    state, config = _read_state_dict(path, "generator")
-    spec = _spec_from(config, GeneratorSpec(), overrides, path)
-    try:
-        module = build_generator(spec)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    _load_into(module, state, path, "generator")
-    return LoadedModel(_freeze(module), spec, file_fingerprint(path), str(path))
+    module, spec, _ = _load(path, "generator", GeneratorSpec(), build_generator, overrides)
+    return LoadedModel(module, spec, file_fingerprint(path), str(path))
 
 
 def load_classifier(path: str | Path, attributes: tuple[str, ...] | None = None, **overrides) -> LoadedModel:
     """Load a classifier; attribute names come from ``attributes``, the JSON config, or ``celeba40``."""
     path = Path(path)
-    state, config = _read_state_dict(path, "classifier")
-    spec = _spec_from(config, ClassifierSpec(), overrides, path)
-    try:
-        module = build_classifier(spec)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    _load_into(module, state, path, "classifier")
+    module, spec, config = _load(path, "classifier", ClassifierSpec(), build_classifier, overrides)
     names = tuple(attributes or config.get("attributes") or ())
     if not names:
         if spec.n_classes != len(CELEBA40):
@@ -169,7 +169,7 @@ def load_classifier(path: str | Path, attributes: tuple[str, ...] | None = None,
         names = CELEBA40
     if len(names) != spec.n_classes:
         raise CheckpointError(f"{path}: {len(names)} attribute names for {spec.n_classes} classifier outputs")
-    return LoadedModel(_freeze(module), spec, file_fingerprint(path), str(path), names)
+    return LoadedModel(module, spec, file_fingerprint(path), str(path), names)
 
 
 def save_model(

@@ -163,11 +163,7 @@ class AscentEngine:
         """Edit any number of rows, ``batch_size`` at a time; each row's result depends only on that row."""
         n = z.shape[0]
         bs = self.engine.batch_size
-        if max_steps is None:
-            max_steps = torch.full((n,), self.ascent.steps, dtype=torch.int32)
-        if stop_prob is None:
-            p = self.ascent.stop_at_prob
-            stop_prob = torch.full((n,), math.nan if p is None else p)
+        max_steps, stop_prob = row_settings(n, self.ascent, max_steps, stop_prob)
         parts = [
             self._edit_batch(
                 z[s : s + bs], weights[s : s + bs], preserve[s : s + bs],
@@ -257,6 +253,17 @@ def make_engine(
     engine = engine or EngineConfig()
     fast = engine.fast_layout and not ascent.lab_compat
     return AscentEngine(EditNet(generator, classifier, fold=fast, channels_last=fast), ascent, engine)
+
+
+def row_settings(
+    n: int, ascent: AscentConfig, max_steps: torch.Tensor | None, stop_prob: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row step budgets [n] int32 and stop probabilities [n] (NaN = never), the config's where not given."""
+    if max_steps is None:
+        max_steps = torch.full((n,), ascent.steps, dtype=torch.int32)
+    if stop_prob is None:
+        stop_prob = torch.full((n,), math.nan if ascent.stop_at_prob is None else ascent.stop_at_prob)
+    return max_steps.reshape(n).to(torch.int32), stop_prob.reshape(n).to(torch.float32)
 
 
 def _taker(rows: torch.Tensor | None):
