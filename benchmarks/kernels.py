@@ -95,6 +95,7 @@ def main() -> None:
     from zsteer.kernels.objective import objective_torch
     from zsteer.pipeline.attributes import CELEBA40
     from zsteer.pipeline.checkpoints import LoadedModel
+    from zsteer.pipeline.compile import compile_step
     from zsteer.pipeline.engine import (
         AscentConfig,
         EngineConfig,
@@ -175,8 +176,8 @@ def main() -> None:
     compiled = {}
     if not args.no_compile:
         compiled = {
-            "objective": torch.compile(objective_torch, dynamic=False),
-            "ascent_update": torch.compile(ascent_update_torch, dynamic=False),
+            "objective": compile_step(objective_torch, True),
+            "ascent_update": compile_step(ascent_update_torch, True),
         }
 
     print("\nCPU, median ms per call; share = op / whole step (forward + VJP + objective + update)")
