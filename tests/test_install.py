@@ -12,6 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_and_imports_outside_the_source_tree(tmp_path):
+    # Build from a copy: setuptools leaves a build/ folder beside the sources it builds.
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "runs", "*.egg-info")
+    )
     wheels = tmp_path / "wheels"
     subprocess.run(
         [
@@ -24,7 +29,7 @@ def test_wheel_installs_and_imports_outside_the_source_tree(tmp_path):
             "-q",
             "-w",
             str(wheels),
-            str(REPO),
+            str(source),
         ],
         check=True,
         capture_output=True,
