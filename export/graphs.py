@@ -29,10 +29,12 @@ from .vjp import BilinearResize, VJPStack
 class EditVJP(nn.Module):
     """z_in -> images -> logits with a hand-written backward; mirrors ``EditNet`` layer for layer."""
 
-    def __init__(self, net: EditNet):
+    def __init__(self, net: EditNet, mask_by_multiply: bool = True):
+        """``mask_by_multiply``: activation masks of the backward as products (fast in onnxruntime, the
+        default) or as ``torch.where`` (the previous graphs); see ``VJPStack``."""
         super().__init__()
         self.z_dim, self.n_labels, self.input_dim = net.z_dim, net.n_labels, net.input_dim
-        self.gen = VJPStack(list(net.gen), (net.input_dim, 1, 1), "generator")
+        self.gen = VJPStack(list(net.gen), (net.input_dim, 1, 1), "generator", mask_by_multiply)
         chan, height, width = self.gen.output_shape
         self.image_shape = (chan, height, width)
         size = net.class_size
@@ -43,7 +45,7 @@ class EditVJP(nn.Module):
         if net.class_chan != chan and chan != 1:
             raise ExportError(f"classifier reads {net.class_chan} channels but the generator draws {chan}")
         self.expand = net.class_chan if net.class_chan != chan else 0
-        self.cls = VJPStack(list(net.cls), (net.class_chan, size, size), "classifier")
+        self.cls = VJPStack(list(net.cls), (net.class_chan, size, size), "classifier", mask_by_multiply)
         self.logits_shape = self.cls.output_shape  # (A, 1, 1) for the course classifier
         self.n_logits = int(torch.tensor(self.logits_shape).prod())
         # For the conditional generator's one-hot: comparing labels with this row gives the one-hot rows.

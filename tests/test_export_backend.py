@@ -8,8 +8,12 @@ Two kinds of comparison:
   network's gradient is discontinuous at its kinks: a row whose path passes within ~1e-6 of a kink (or
   has a tiny ||delta|| right after step 0) amplifies that difference over the steps, and lab-compatible
   mode carries it on in its gradient sum (tests/test_export_vjp.py shows the same between two torch
-  paths). So, free-running, the typical row must agree within 1e-5 and 90% of rows within 1e-3; and
-  step by step, from the same inputs, the typical row within 1e-5 and 95% of rows within 1e-4.
+  paths). So, free-running, the typical row must agree within 1e-5 and 90% of rows within 1e-3.
+- Step by step, from the same inputs: the typical row within 1e-5, and 95% of rows within 1e-4 or within
+  twice the row's conditioning, whichever is larger. The penalty's gradient is lambda * J^T delta / ||delta||,
+  so a logit difference e between the two forwards turns its direction by about e / ||delta||: a row whose
+  preserved logits have barely moved (small steps, as lab mode's 1 / batch scaling makes them) carries that
+  ratio into its gradient, whatever the backend. What remains are the rows at a kink.
 """
 
 from __future__ import annotations
@@ -138,19 +142,26 @@ def _assert_matches_engine(got, ref, z0):
 
 def _assert_steps_match_torch(calls, module: AscentStepGraph, output_names):
     """Teacher-forced: each recorded onnxruntime step against the torch module on the same inputs."""
-    per_row = []
+    per_row, allowed = [], []
     for feeds, outputs in calls:
         out = dict(zip(output_names, outputs, strict=True))
         with torch.no_grad():
             ref = module(*(torch.from_numpy(np.asarray(feeds[k])) for k in module.input_names))
         ref = dict(zip(module.output_names, (r.numpy() for r in ref), strict=True))
         scale = np.maximum(np.abs(ref["grad"]).max(axis=1), 1e-12)
-        per_row.append(np.abs(out["grad"] - ref["grad"]).max(axis=1) / scale)
+        error = np.abs(out["grad"] - ref["grad"]).max(axis=1) / scale
         np.testing.assert_allclose(out["logits"], ref["logits"], rtol=0, atol=1e-5)
         # A row may take the other side of a stop threshold only with its gradient off (a kink).
         assert np.mean(out["status_next"] == ref["status_next"]) >= 0.9
-    per_row = np.concatenate(per_row)
-    assert np.median(per_row) < 1e-5 and np.mean(per_row < 1e-4) >= 0.95
+        # Conditioning of the penalty's direction (module doc); step 0 starts from its own logits.
+        start = ref["logits"] if int(feeds["t"]) == 0 else feeds["logits0"]
+        delta = np.linalg.norm((ref["logits"] - start) * feeds["preserve"], axis=1)
+        logit_error = np.abs(out["logits"] - ref["logits"]).max(axis=1)
+        conditioning = np.where(delta > 0, logit_error / np.maximum(delta, 1e-30), 0.0)
+        per_row.append(error)
+        allowed.append(np.maximum(1e-4, 2 * conditioning))
+    per_row, allowed = np.concatenate(per_row), np.concatenate(allowed)
+    assert np.median(per_row) < 1e-5 and np.mean(per_row <= allowed) >= 0.95
 
 
 @pytest.mark.parametrize("mode", sorted(CONFIGS))

@@ -84,6 +84,20 @@ def test_stack_backward_matches_autograd(layers, shape):
     assert _rel(stack.backward(g, tape), _autograd_vjp(ref, x, g)) < 1e-5
 
 
+def test_multiplied_masks_equal_where_masks():
+    """The default backward multiplies the ReLU / LeakyReLU masks in (onnxruntime's Where is slow); for
+    finite gradients the result is bit-identical to the torch.where form, zeros at exactly 0 included."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.LeakyReLU(0.2), nn.Conv2d(8, 4, 3)]
+    fast, slow = VJPStack(layers, (3, 12, 12)), VJPStack(layers, (3, 12, 12), mask_by_multiply=False)
+    x = torch.randn(5, 3, 12, 12)
+    x[:, :, :4] = 0.0  # a zero input patch: pre-activations equal to the bias, some of them <= 0
+    y, tape = fast.forward_tape(x)
+    tape[1][0] = 0.0  # a ReLU pre-activation exactly at 0: gradient 0 in both forms
+    g = torch.randn_like(y)
+    assert torch.equal(fast.backward(g, tape), slow.backward(g, tape))
+
+
 def test_unsupported_layer_is_refused_by_name():
     with pytest.raises(ExportError, match="layer 1.*Dropout has no hand-written input-gradient"):
         VJPStack([nn.Conv2d(3, 4, 3), nn.Dropout(0.1)], (3, 8, 8), "classifier")
