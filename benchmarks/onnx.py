@@ -29,13 +29,16 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 from zsteer.jobs.malloc import MALLOC_ENV, reexec_with_malloc_settings  # noqa: E402 (after the path fix)
 
 
-def _timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up: first-call allocations, oneDNN primitive creation, ORT arena growth
-    times = []
+def _timed_pair(fn_a, fn_b, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds per call of two functions, interleaved (a, b, a, b, ...) so that load from elsewhere on
+    a noisy machine falls on both sides alike."""
+    fn_a(), fn_b()  # warm-up: first-call allocations, oneDNN primitive creation, ORT arena growth
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
     return times
 
 
@@ -102,12 +105,13 @@ def main() -> None:
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__} "
         f"({args.threads} intra-op threads), exporter {args.exporter} ({export_s:.1f} s to export)"
     )
-    print(f"course models: z_dim 64, hidden 64, 40 attributes; batch {args.batch}; median of {args.repeats}")
+    print(
+        f"course models: z_dim 64, hidden 64, 40 attributes; batch {args.batch}; median of {args.repeats}, interleaved"
+    )
     print(f"malloc env: {' '.join(f'{k}={os.environ[k]}' for k in MALLOC_ENV)}")
     print(f"{'what':<20}{'unit':<11}{'torch eager':>13}{'onnxruntime':>13}{'ratio':>8}")
     for name, unit, torch_fn, ort_fn in rows:
-        t_torch = statistics.median(_timed(torch_fn, args.repeats))
-        t_ort = statistics.median(_timed(ort_fn, args.repeats))
+        t_torch, t_ort = map(statistics.median, _timed_pair(torch_fn, ort_fn, args.repeats))
         rate_torch, rate_ort = args.batch / t_torch, args.batch / t_ort
         print(f"{name:<20}{unit:<11}{rate_torch:>13.1f}{rate_ort:>13.1f}{rate_ort / rate_torch:>7.2f}x")
 

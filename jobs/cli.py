@@ -6,7 +6,7 @@ returns an exit code. Light commands are decorated here with ``@main.command()``
 imports torch (or onnxruntime) is registered in ``LAZY_COMMANDS`` as "module:attribute", so that it is
 imported only when named and `zsteer sample` / `zsteer --help` do not pay for torch. User errors
 (ZsteerError, click usage errors) are printed as one line, ``zsteer: error: ...``, exit code 2, no
-traceback.
+traceback; so are OS errors (an unwritable --out, a full disk), naming the file.
 """
 
 from __future__ import annotations
@@ -36,6 +36,19 @@ LAZY_COMMANDS = {
 
 def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``FILE: reason`` of an OSError, or its message where it names no file."""
+    reason = exc.strerror or _one_line(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
+
+
+def check_out_parent(flag: str, path: Path) -> None:
+    """Refuse an output path below a file (``--out notes.txt/job``) before any work, naming both."""
+    existing = next((p for p in Path(path).parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ZsteerError(f"{flag} {path}: {existing} is a file, not a folder")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -110,6 +123,9 @@ class ZsteerGroup(click.Group):
         except ZsteerError as exc:
             click.echo(f"zsteer: error: {_one_line(exc)}", err=True)
             sys.exit(ERROR_EXIT)
+        except OSError as exc:  # the backstop: a read-only or full disk, a file where a folder must go
+            click.echo(f"zsteer: error: {_os_error_line(exc)}", err=True)
+            sys.exit(ERROR_EXIT)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -141,6 +157,7 @@ def sample(n, seed, out, z_dim, labels, row_group_size):
     """Write a manifest of N latents z ~ N(0, I) (float32), deterministic from --seed."""
     from .sample import SampleConfig, write_sample
 
+    check_out_parent("--out", out)
     path = write_sample(SampleConfig(n, seed, out, z_dim, labels, row_group_size))
     click.echo(f"zsteer: wrote {n} rows to {path}", err=True)
     return 0

@@ -13,10 +13,12 @@ from pathlib import Path
 import click
 import torch
 
+from zsteer.kernels.dispatch import triton_available
 from zsteer.pipeline.engine import AscentConfig, EngineConfig
 from zsteer.pipeline.errors import ZsteerError
 
 from .backends import BACKENDS, BackendConfig, engine_factory
+from .cli import check_out_parent
 from .config import EditSpec, JobConfig, ModelSource, OutputConfig
 from .runner import run_job
 
@@ -32,6 +34,22 @@ def _overrides(options: dict, names: tuple[str, ...], prefix: str) -> tuple[tupl
 def _names(values: tuple[str, ...]) -> tuple[str, ...]:
     """Repeated and/or comma-separated names: --preserve A --preserve B,C."""
     return tuple(n.strip() for value in values for n in value.split(",") if n.strip())
+
+
+def _check_impl(impl: str, device: str) -> None:
+    """--impl triton off CUDA or without triton would fail mid-job, after job.json: refuse it now."""
+    if impl != "triton":
+        return
+    try:
+        on_cuda = torch.device(device).type == "cuda"
+    except (RuntimeError, ValueError):
+        return  # a malformed --device: the job's own device check names it
+    if not on_cuda or not triton_available():
+        found = f"--device {device}" + ("" if triton_available() else ", triton not installed")
+        raise ZsteerError(
+            f"--impl triton: needs a CUDA device and triton installed (got {found}); "
+            "use --impl auto or --impl torch"
+        )
 
 
 def _edit_options(fn):
@@ -135,6 +153,8 @@ def edit(ctx, **opt):
     """
     if opt["threads"]:
         torch.set_num_threads(opt["threads"])  # the CLI owns its process; the library leaves this alone
+    check_out_parent("--out", opt["out"])
+    _check_impl(opt["impl"], opt["device"])
     preserve = _names(opt["preserve"]) or None
     try:
         config = JobConfig(

@@ -12,6 +12,7 @@ import click
 
 from zsteer.pipeline.engine import AscentConfig
 
+from .cli import check_out_parent
 from .config import ModelSource
 from .demo import DemoConfig, format_report, run_demo
 from .models import load_models
@@ -27,6 +28,7 @@ from .sheet import SheetConfig, job_sheet
 )
 def sheet(job, out, rows, scale):
     """Before/after contact sheet of the edit job in JOB (one row per latent)."""
+    check_out_parent("--out", out)
     path = job_sheet(SheetConfig(job, out, rows, scale))
     click.echo(f"zsteer: wrote {path}", err=True)
     return 0
@@ -47,6 +49,7 @@ _DEMO = DemoConfig()
 @click.option("--penalty", type=click.FloatRange(min=0), default=_DEMO.ascent.penalty, show_default=True)
 def demo(out, n, seed, target, steps, lr, penalty):
     """Edit sampled latents on the embedded demo models; an independent judge scores the result."""
+    check_out_parent("--out", out)
     ascent = AscentConfig(steps=steps, lr=lr, penalty=penalty, normalize=True)
     report = run_demo(DemoConfig(out=out, n=n, seed=seed, target=target, ascent=ascent))
     click.echo(format_report(report))

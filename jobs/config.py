@@ -86,7 +86,16 @@ class JobConfig:
     engine: EngineConfig = EngineConfig()
     # Rows per read from a row group: bounds memory whatever the manifest's row-group size.
     read_rows: int = 4096
+    # Rows per unit of work and of resume: row groups are cut into units of at most this many rows,
+    # so a huge row group still commits (and a stop loses) bounded work. Identity: a resume must cut
+    # the row groups the same way.
+    unit_rows: int = 4096
     # Seconds between progress lines when stderr is not a terminal (CI logs).
     progress_seconds: float = 15.0
     # Install SIGINT/SIGTERM handlers (finish the batch, commit, exit resumable); main thread only.
     handle_signals: bool = True
+
+    def __post_init__(self):
+        for name in ("read_rows", "unit_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -5,34 +5,49 @@ judge (a second classifier, trained apart) score the images before and after. As
 can fool that classifier without changing the picture; the judge tells whether the picture changed.
 The report says how many rows gained the target by the judge and how far the other attributes moved,
 with and without the penalty: the entanglement the penalty is there to hold back.
+
+The demo owns its folder: run again with the same settings, it resumes its two jobs; with other
+settings, it replaces them (a job refuses a resume with other settings, and the user never named them).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from zsteer.pipeline.checkpoints import load_classifier, load_generator
+from zsteer.pipeline.attributes import resolve_attribute
+from zsteer.pipeline.checkpoints import file_fingerprint, load_classifier, load_generator
 from zsteer.pipeline.engine import AscentConfig
 from zsteer.pipeline.sheet import contact_sheet, decode_png
 
 from .config import EditSpec, JobConfig, ModelSource, OutputConfig
-from .folder import PARTS
+from .folder import JOB_JSON, PARTS, TMP_PREFIX, write_json_atomic
+from .identity import zsteer_version
+from .lock import FolderLock
 from .models import demo_model_paths
 from .runner import run_job
 from .sample import SampleConfig, write_sample
 from .sheet import first_rows, render_latents, starting_latents
+
+log = logging.getLogger("zsteer.jobs.demo")
+MANIFEST, SETTINGS_JSON, REPORT_JSON, SHEET_PNG = (
+    "manifest.parquet", "demo_settings.json", "demo_report.json", "sheet.png",
+)  # fmt: skip
+JOB_FOLDERS = {"penalty": "edit", "no_penalty": "edit_no_penalty"}
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     """What the demo edits and where it writes."""
 
-    # Demo folder: manifest.parquet, edit/, edit_no_penalty/, sheet.png, demo_report.json.
+    # Demo folder: manifest.parquet, edit/, edit_no_penalty/, sheet.png, demo_report.json and
+    # demo_settings.json (what the jobs in it were run with).
     out: Path = Path("runs/demo")
     # Latents to edit: enough for stable rates, few enough to run in a minute on 2 cores.
     n: int = 256
@@ -78,13 +93,63 @@ def _judge_run(judge, target: int, before: np.ndarray, after: np.ndarray) -> dic
     }
 
 
+def _settings(config: DemoConfig, manifest: Path, paths: dict[str, Path]) -> dict:
+    """What the demo's jobs depend on: the same settings resume them, other settings replace them."""
+    settings = {
+        "n": config.n,
+        "seed": config.seed,
+        "target": config.target,
+        "ascent": asdict(config.ascent),
+        "manifest": file_fingerprint(manifest),
+        "models": {role: file_fingerprint(paths[role]) for role in ("generator", "classifier")},
+        "zsteer_version": zsteer_version(),  # job.json records it, and a resume compares it
+    }
+    return json.loads(json.dumps(settings))  # as it reads back, so a comparison is exact
+
+
+def _previous_settings(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none (a first run) or damaged: either way the jobs are not known
+        return None
+
+
+def _prepare_folder(config: DemoConfig, paths: dict[str, Path]) -> Path:
+    """Put the manifest in place, replacing the jobs of a demo run with other settings; its path."""
+    out = config.out
+    fresh = write_sample(SampleConfig(config.n, config.seed, out / (TMP_PREFIX + MANIFEST)))
+    settings = _settings(config, fresh, paths)
+    if _previous_settings(out / SETTINGS_JSON) != settings:
+        stale = [out / name for name in JOB_FOLDERS.values() if (out / name / JOB_JSON).exists()]
+        if stale:
+            log.info(
+                "demo settings differ from the last run in %s: replacing %s",
+                out, " and ".join(f"{p.name}/" for p in stale),
+            )  # fmt: skip
+        for path in stale:
+            shutil.rmtree(path)
+        for name in (REPORT_JSON, SHEET_PNG):
+            (out / name).unlink(missing_ok=True)
+    # The manifest before the record: a crash between the two leaves a record that differs, so the
+    # next run replaces the jobs instead of resuming them on another manifest.
+    manifest = fresh.replace(out / MANIFEST)
+    write_json_atomic(out / SETTINGS_JSON, settings)
+    return manifest
+
+
 def run_demo(config: DemoConfig) -> dict:
     """Run the demo; returns the report written to ``out/demo_report.json``."""
     paths = demo_model_paths()
     judge = load_classifier(paths["judge"])
-    manifest = write_sample(SampleConfig(config.n, config.seed, config.out / "manifest.parquet"))
+    target = resolve_attribute(config.target, judge.attributes, where="--target")
+    with FolderLock(config.out):  # one demo per folder: replacing its jobs must not race another run
+        return _run_locked(config, paths, judge, target)
+
+
+def _run_locked(config: DemoConfig, paths: dict[str, Path], judge, target: int) -> dict:
+    manifest = _prepare_folder(config, paths)
     runs = {"penalty": config.ascent, "no_penalty": replace(config.ascent, penalty=0.0)}
-    folders = {"penalty": config.out / "edit", "no_penalty": config.out / "edit_no_penalty"}
+    folders = {name: config.out / sub for name, sub in JOB_FOLDERS.items()}
     summaries = {}
     for name, ascent in runs.items():
         job = JobConfig(
@@ -104,7 +169,6 @@ def run_demo(config: DemoConfig) -> dict:
         before = render_latents(gen_model, z, None)
     order = {key: i for i, key in enumerate(ids_np)}
     after_np = after_np[[order[key] for key in ids]]
-    target = judge.attributes.index(config.target)
     report = {
         "config": {**asdict(config), "out": str(config.out)},
         "judge": {
@@ -122,8 +186,8 @@ def run_demo(config: DemoConfig) -> dict:
     sheet = contact_sheet(
         [before[:k], after[:k], after_np[:k]], ["before", f"penalty {lam:g}", "penalty 0"], captions
     )
-    sheet.save(config.out / "sheet.png")
-    (config.out / "demo_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    sheet.save(config.out / SHEET_PNG)
+    (config.out / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 

@@ -2,15 +2,16 @@
 
     OUT/job.json            identity (settings, model fingerprints, inputs, version) + runtime settings
     OUT/parts/part-NNNNNN.parquet        edited rows, at most rows_per_shard each
-    OUT/rejects/rejects-NNNNNN.parquet   rejected rows of one commit
+    OUT/rejects/rejects-NNNNNN.parquet   rejected rows, at most rows_per_shard each
     OUT/commits/commit-NNNNNN.json       completion markers: which units, parts and rejects it commits
     OUT/summary.json        counts, stop reasons, stage times, throughput, peak memory
     OUT/.lock               flock held by the running job
 
 Every file is written under a temporary name and renamed into place. A commit marker is written last,
-after the files it names are in place, and lists the units (row groups) whose every row is in those
-files. On start, files that no commit names (a crash between a rename and its commit) are deleted, and
-the units no commit names are done again: every row ends up exactly once in parts/ or rejects/.
+after the files it names are in place, and lists the units (runs of at most unit_rows rows of a row
+group) whose every row is in those files. On start, files that no commit names (a crash between a
+rename and its commit) are deleted, and the units no commit names are done again: every row ends up
+exactly once in parts/ or rejects/.
 File names come from counters only, never from row ids.
 """
 
@@ -40,7 +41,7 @@ class Commit:
     """One completion marker: these units are done, and these files hold all their rows."""
 
     seq: int  # commit number: the marker's file name, and the order of commits
-    units: list[str]  # unit keys "file:row_group"
+    units: list[str]  # unit keys "file:row_group:chunk"
     parts: list[str]  # names in parts/
     rejects: list[str]  # names in rejects/
     rows: int  # rows of the units (edited + rejected)

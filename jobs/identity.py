@@ -34,15 +34,25 @@ def job_identity(
     preserve: list[str] | None,
     ascent: AscentConfig,
     images: str,
+    unit_rows: int,
 ) -> dict:
-    """Everything the job's results depend on, as JSON-able data."""
+    """Everything the job's results depend on, and how its work is cut into units, as JSON-able data."""
     return {
         "zsteer_version": zsteer_version(),
-        # Keyed by path, so a difference names the file; order is the job's file order.
+        # Keyed by path, so a difference names the file; order is the job's file order. The mtime and
+        # the footer's hash tell a file written again (same size, same rows) from the one the job read.
         "inputs": {
-            str(f.path): {"bytes": f.size, "rows": f.num_rows, "row_groups": len(f.row_groups)}
+            str(f.path): {
+                "bytes": f.size,
+                "rows": f.num_rows,
+                "row_groups": len(f.row_groups),
+                "mtime_ns": f.mtime_ns,
+                "footer_blake2b": f.footer_hash,
+            }
             for f in plan.files
         },
+        # Unit keys in commits/ name chunks of unit_rows rows: another value would name other rows.
+        "unit_rows": unit_rows,
         "generator": _model(generator),
         "classifier": _model(classifier),
         "targets": [[name, weight] for name, weight in targets],

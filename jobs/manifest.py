@@ -7,8 +7,9 @@ A manifest is one or more Parquet files with these columns:
 - ``label``: int in [0, n_classes), required for a conditional generator (else carried as it is);
 - per-row edit overrides, all optional, null = the job's setting:
   ``targets`` (map<string, number>, list<struct<name: string, weight: number>>, or a JSON object string
-  such as ``{"Smiling": 1, "Eyeglasses": -1}``), ``steps`` (int >= 0), ``stop_at_prob`` (float in (0, 1),
-  NaN = never stop early);
+  such as ``{"Smiling": 1, "Eyeglasses": -1}``), ``steps`` (int in [0, max(MAX_ROW_STEPS, --steps)]: a
+  row asking for more is rejected, it would hold its whole batch for that long), ``stop_at_prob``
+  (float in (0, 1), NaN = never stop early);
 - anything else is carried to the output untouched (every column but ``z`` is carried).
 
 Whole-file faults (not Parquet, truncated, empty, no rows, a missing or mistyped column, a z length that
@@ -18,6 +19,7 @@ line naming the file and the column. Row faults are found while streaming and go
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,8 @@ import pyarrow.parquet as pq
 from zsteer.pipeline.errors import ZsteerError
 
 ID, Z, LABEL, TARGETS, STEPS, STOP_AT_PROB = "id", "z", "label", "targets", "steps", "stop_at_prob"
+# Most steps a row's `steps` value may ask for (or the job's --steps, if larger).
+MAX_ROW_STEPS = 10_000
 # Columns the job writes; a manifest column of the same name would be ambiguous in the output.
 OUTPUT_COLUMNS = (
     "z_edited", "logits_before", "logits_after", "latent_shift", "steps_taken", "stop_reason", "image",
@@ -53,11 +57,15 @@ class InputFile:
     index: int
     # Resolved path: what rejects name as their source, and job.json's key for the file.
     path: Path
-    # Size on disk and rows per row group: with the path, what job.json records to notice a changed input.
+    # Size on disk, modification time, a hash of the Parquet footer (schema, row groups, column chunk
+    # offsets and statistics) and rows per row group: with the path, what job.json records to notice
+    # a changed input (a file written again with the same size and row count has another footer or mtime).
     size: int
     row_groups: tuple[int, ...]
     # Arrow schema as stored (z of either list type, id of any accepted type).
     schema: pa.Schema
+    mtime_ns: int = 0
+    footer_hash: str = ""
 
     @property
     def num_rows(self) -> int:
@@ -101,23 +109,38 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def footer_hash(path: Path) -> str:
+    """BLAKE2b of the file's footer bytes (the thrift metadata before the trailing length and magic).
+
+    Cheap (one small read at the end of the file) and it changes whenever the data is written again:
+    the footer holds every column chunk's offsets, sizes and statistics.
+    """
+    with open(path, "rb") as fh:
+        fh.seek(-8, 2)
+        tail = fh.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        fh.seek(-(8 + length), 2)
+        return hashlib.blake2b(fh.read(length) + tail, digest_size=16).hexdigest()
+
+
 def read_footer(index: int, path: Path) -> InputFile:
     """Open ``path``'s footer (no data is read); a file that is not Parquet is a one-line error."""
     try:
-        size = path.stat().st_size
+        stat = path.stat()
     except OSError as exc:
         raise _fail(path, f"cannot read ({exc.strerror})") from None
-    if size == 0:
+    if stat.st_size == 0:
         raise _fail(path, "empty file (0 bytes), not a Parquet file")
     try:
         with pq.ParquetFile(path) as pf:
             meta, schema = pf.metadata, pf.schema_arrow
+        digest = footer_hash(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _fail(path, f"not a readable Parquet file (truncated or corrupt? {_first_line(exc)})") from None
     row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     if sum(row_groups) == 0:
         raise _fail(path, "has no rows")
-    return InputFile(index, path, size, row_groups, schema)
+    return InputFile(index, path, stat.st_size, row_groups, schema, stat.st_mtime_ns, digest)
 
 
 def _is_number(t: pa.DataType) -> bool:

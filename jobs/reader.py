@@ -1,8 +1,22 @@
-"""Streaming the manifest: row group by row group, a bounded number of rows at a time.
+"""Streaming the manifest: unit by unit, a bounded number of rows at a time.
 
-Memory is bounded by ``read_rows`` whatever the row-group size: a row group is never read whole. A
-row group that turns out to be unreadable part way (a corrupt page) is not fatal: its remaining rows
-become rejects with the reason, so every row is still accounted for exactly once.
+Memory is bounded by ``read_rows`` whatever the row-group size: a row group is never read whole. Files
+are opened without pre-buffering (which would read every column chunk of a row group at once: 256 MB for
+a 1M-row row group of 64 floats) and with a small read buffer, so a column chunk is read page by page.
+
+The units of one row group are read from one stream, in order. A resume that starts inside a row group
+decodes the rows before its first unit to skip them (there is no seek to a row in Parquet); that costs
+read time only, memory stays bounded.
+
+Faults are of two kinds:
+
+- the data of a row group cannot be decoded part way (a corrupt page, a bad compressed block): not
+  fatal; its remaining rows, in every unit of the row group still to do, become rejects with the reason,
+  so every row is still accounted for exactly once;
+- the file cannot be opened or read (gone, permission denied, an I/O error of the disk or the network):
+  a ``ReadError``, which stops the job with one line naming the file; nothing of the unit was committed,
+  so the same command resumes once the file is back. Such a fault says nothing about the rows, so they
+  are never rejected for it.
 """
 
 from __future__ import annotations
@@ -13,13 +27,25 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .manifest import ManifestPlan
+from zsteer.pipeline.errors import ZsteerError
+
+from .manifest import InputFile, ManifestPlan
 from .rows import Unit
+
+READ_BUFFER = 1 << 20  # bytes read at a time from a column chunk (pyarrow's buffered stream)
+
+
+class ReadError(ZsteerError):
+    """A manifest file could not be opened or read (an OS-level fault, not the data): fatal, resumable."""
+
+
+class _Undecodable(Exception):
+    """The data of a row group could not be decoded (wraps what pyarrow raised)."""
 
 
 @dataclass
 class Piece:
-    """A slice of a row group as read: either a record batch, or a reason it could not be read."""
+    """A slice of a unit as read: either a record batch, or a reason it could not be read."""
 
     unit: Unit
     offset: int  # index in its file of the piece's first row
@@ -29,41 +55,113 @@ class Piece:
     fault: str | None = None
 
 
-def _reason(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"row group unreadable: {text[0] if text else type(exc).__name__}"
+    return text[0] if text else type(exc).__name__
+
+
+def _is_os_fault(exc: BaseException) -> bool:
+    """An error of the operating system (it has an errno), as opposed to one of decoding the data.
+
+    pyarrow raises OSError for both: decoding faults of Parquet ("Corrupt snappy compressed data",
+    "Couldn't deserialize thrift") carry no errno, failed system calls do.
+    """
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
+def _read_error(file: InputFile, what: str, exc: BaseException) -> ReadError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+    return ReadError(
+        f"{file.path}: cannot {what} ({reason}); nothing unfinished was committed: "
+        "make the file readable and run the same command again to resume"
+    )
+
+
+class _RowGroupStream:
+    """The rows of one row group in order, as record batches of at most ``read_rows`` rows."""
+
+    def __init__(self, pf: pq.ParquetFile, file: InputFile, row_group: int, read_rows: int):
+        self.file, self.row_group = file, row_group
+        self.size = file.row_groups[row_group]
+        self.pos = 0  # rows of the row group handed out (or skipped) so far
+        # Threads off: two cores are the engine's; reading is far from the bottleneck (PERFORMANCE.md).
+        self._batches = pf.iter_batches(
+            batch_size=read_rows, row_groups=[row_group], columns=file.schema.names, use_threads=False
+        )
+        self._head: pa.RecordBatch | None = None  # the rest of a batch cut at a unit boundary
+
+    def _next(self, limit: int) -> pa.RecordBatch:
+        """The next at most ``limit`` rows (at least one); raises _Undecodable or an OS fault."""
+        if self._head is None:
+            try:
+                batch = next(self._batches, None)
+            except Exception as exc:
+                if _is_os_fault(exc):
+                    raise
+                raise _Undecodable(_first_line(exc)) from exc
+            if batch is None or batch.num_rows == 0:
+                raise _Undecodable(f"read {self.pos} rows, the footer says {self.size}")
+            self._head = batch
+        batch, self._head = self._head.slice(0, limit), self._head.slice(limit)
+        if self._head.num_rows == 0:
+            self._head = None
+        self.pos += batch.num_rows
+        return batch
+
+    def take(self, n: int) -> Iterator[pa.RecordBatch]:
+        """The next ``n`` rows, in batches."""
+        stop = self.pos + n
+        while self.pos < stop:
+            yield self._next(stop - self.pos)
+
+    def skip_to(self, row: int) -> None:
+        """Read past the rows before ``row`` (index in the row group), keeping none of them."""
+        for _ in self.take(row - self.pos):
+            pass
 
 
 def read_units(plan: ManifestPlan, units: list[Unit], read_rows: int) -> Iterator[Piece]:
-    """Pieces of ``units`` (in the given order), at most ``read_rows`` rows each, every column."""
-    open_file: tuple[int, pq.ParquetFile] | None = None
+    """Pieces of ``units`` (in job order), at most ``read_rows`` rows each, every column.
+
+    Raises ReadError when a file cannot be opened or read; see the module docstring.
+    """
+    pf: pq.ParquetFile | None = None
+    pf_index = -1
+    stream: _RowGroupStream | None = None
+    broken: tuple[int, int, str] | None = None  # (file, row group, reason): undecodable from here on
     try:
         for unit in units:
             file = plan.files[unit.file]
-            size, start = file.row_groups[unit.row_group], file.row_offset(unit.row_group)
+            group_start = file.row_offset(unit.row_group)
+            first = unit.start - group_start  # the unit's first row, in its row group
+            if broken is not None and broken[:2] == (unit.file, unit.row_group):
+                yield Piece(unit, unit.start, unit.n_rows, True, fault=broken[2])
+                continue
+            if pf_index != unit.file:
+                if pf is not None:
+                    pf.close()
+                    pf, stream = None, None
+                try:
+                    pf = pq.ParquetFile(file.path, pre_buffer=False, buffer_size=READ_BUFFER)
+                except Exception as exc:  # gone, unreadable, or no longer the file job.json describes
+                    raise _read_error(file, "open it", exc) from None
+                pf_index = unit.file
+            if stream is None or stream.row_group != unit.row_group or stream.pos > first:
+                stream = _RowGroupStream(pf, file, unit.row_group, read_rows)
             done = 0
             try:
-                if open_file is None or open_file[0] != unit.file:
-                    if open_file is not None:
-                        open_file[1].close()
-                        open_file = None
-                    open_file = (unit.file, pq.ParquetFile(file.path))
-                # Threads off: two cores are the engine's; reading is far from the bottleneck (PERFORMANCE.md).
-                batches = open_file[1].iter_batches(
-                    batch_size=read_rows,
-                    row_groups=[unit.row_group],
-                    columns=file.schema.names,
-                    use_threads=False,
-                )
-                for batch in batches:
+                stream.skip_to(first)
+                for batch in stream.take(unit.n_rows):
                     n = batch.num_rows
-                    yield Piece(unit, start + done, n, done + n == size, batch=batch)
+                    yield Piece(unit, unit.start + done, n, done + n == unit.n_rows, batch=batch)
                     done += n
-                if done != size:
-                    raise OSError(f"read {done} rows, the footer says {size}")
-            except (pa.ArrowException, OSError, ValueError) as exc:
-                if done < size:
-                    yield Piece(unit, start + done, size - done, True, fault=_reason(exc))
+            except _Undecodable as exc:
+                # The stream of this row group is broken: its rows from here on cannot be read.
+                broken = (unit.file, unit.row_group, f"row group unreadable: {exc}")
+                stream = None
+                yield Piece(unit, unit.start + done, unit.n_rows - done, True, fault=broken[2])
+            except OSError as exc:
+                raise _read_error(file, f"read row group {unit.row_group}", exc) from None
     finally:
-        if open_file is not None:
-            open_file[1].close()
+        if pf is not None:
+            pf.close()

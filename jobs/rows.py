@@ -1,8 +1,9 @@
-"""Per-row validation of one chunk of a row group: the rows to edit, as arrays, and the rejects.
+"""Per-row validation of one piece of a unit: the rows to edit, as arrays, and the rejects.
 
 A rejected row gets every reason that applies, joined by "; ". Checks: null / duplicate id, null z,
 wrong z length, null values in z, NaN or Inf in z (after the cast to float32), null or out-of-range
-label (conditional generators), unusable per-row targets / steps / stop_at_prob. Duplicate ids are
+label (conditional generators), unusable per-row targets / steps (negative, or above
+max(MAX_ROW_STEPS, --steps)) / stop_at_prob. Duplicate ids are
 checked last, against rows accepted earlier in the job, so the first usable row with an id wins.
 """
 
@@ -16,7 +17,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .idset import IdSet, id_keys
-from .manifest import ID, LABEL, STEPS, STOP_AT_PROB, TARGETS, InputFile, ManifestPlan, ModelShape, Z
+from .manifest import (
+    ID,
+    LABEL,
+    MAX_ROW_STEPS,
+    STEPS,
+    STOP_AT_PROB,
+    TARGETS,
+    InputFile,
+    ManifestPlan,
+    ModelShape,
+    Z,
+)
 from .targets import TargetParser
 
 
@@ -41,19 +53,39 @@ def reject_table(id_type: pa.DataType, source: str, rows, ids, reasons: list[str
 
 @dataclass(frozen=True)
 class Unit:
-    """A unit of work and of resume: one row group of one manifest file."""
+    """A unit of work and of resume: at most ``unit_rows`` consecutive rows of one row group.
+
+    A row group is cut into chunks of the job's ``unit_rows`` (recorded in job.json, so a resume cuts
+    the same way): however big a row group is, a unit is committed, and a stop loses, a bounded amount
+    of work.
+    """
 
     file: int  # index in the job's sorted file list
     row_group: int
+    chunk: int = 0  # the unit's rows are [chunk * unit_rows, ...) of its row group
+    start: int = 0  # index in its file of the unit's first row
+    n_rows: int = 0
 
     @property
     def key(self) -> str:
-        return f"{self.file}:{self.row_group}"
+        return f"{self.file}:{self.row_group}:{self.chunk}"
+
+
+def plan_units(plan: ManifestPlan, unit_rows: int) -> list[Unit]:
+    """Every unit of the job, in job order (files, row groups, chunks)."""
+    units = []
+    for file in plan.files:
+        offset = 0
+        for group, rows in enumerate(file.row_groups):
+            for chunk, first in enumerate(range(0, rows, unit_rows)):
+                units.append(Unit(file.index, group, chunk, offset + first, min(unit_rows, rows - first)))
+            offset += rows
+    return units
 
 
 @dataclass
 class RowChunk:
-    """Rows read together from one row group, split into rows to edit and rejects."""
+    """Rows read together from one unit, split into rows to edit and rejects."""
 
     unit: Unit
     n_rows: int  # rows read (to edit + rejected): what the writer counts a unit's completion by
@@ -199,8 +231,12 @@ class RowValidator:
         max_steps = np.full(n, d.steps, np.int32)
         if self.plan.has_steps:
             steps, null = _int_values(batch.column(STEPS), d.steps)
+            cap = max(MAX_ROW_STEPS, d.steps)
             reasons.add(steps < 0, lambda i: f"steps {steps[i]} is negative")
-            max_steps = np.clip(steps, 0, np.iinfo(np.int32).max).astype(np.int32)
+            reasons.add(
+                steps > cap, lambda i: f"steps {steps[i]} is above the most a row may ask for ({cap})"
+            )
+            max_steps = np.clip(steps, 0, cap).astype(np.int32)
 
         stop_prob = np.full(n, d.stop_prob, np.float32)
         if self.plan.has_stop_at_prob:

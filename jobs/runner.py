@@ -12,7 +12,6 @@ a stop is wanted.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -45,7 +44,7 @@ from .models import load_models
 from .output import BatchResult, batch_table, output_schema
 from .progress import Progress
 from .reader import read_units
-from .rows import RowDefaults, RowValidator, Unit
+from .rows import RowDefaults, RowValidator, Unit, plan_units
 from .signals import StopFlag
 from .sources import resolve_manifests
 from .summary import RunStats, write_summary
@@ -54,6 +53,7 @@ from .writer import ShardWriter
 
 log = logging.getLogger("zsteer.jobs")
 READ_QUEUE = 4  # chunks read ahead of the engine (read_rows rows each)
+POLL_SECONDS = 0.2  # how often a thread waiting on a queue looks whether another one failed
 WRITE_QUEUE = 8  # edited batches in flight between the engine and the writer (encoding included)
 _END = object()  # end of a queue's stream: the writer commits what is finished and stops
 _ABORT = object()  # the main thread failed: the writer stops without committing anything more
@@ -124,7 +124,7 @@ def prepare_job(config: JobConfig) -> _Prepared:
     )
     identity = job_identity(
         plan, generator, classifier, list(targets.targets), list(targets.preserve) if targets.preserve else None,
-        config.ascent, config.output.images,
+        config.ascent, config.output.images, config.unit_rows,
     )  # fmt: skip
     runtime = {
         "engine": asdict(config.engine),
@@ -170,7 +170,7 @@ def run_job(config: JobConfig, engine_factory: EngineFactory = make_engine) -> J
         folder.write_job({"identity": prep.identity, "runtime": prep.runtime})
         commits = folder.load_commits()
         removed = folder.remove_orphans(commits)
-        units = [Unit(f.index, g) for f in prep.plan.files for g, rows in enumerate(f.row_groups) if rows]
+        units = plan_units(prep.plan, config.unit_rows)
         done = {key for c in commits for key in c.units}
         todo = [u for u in units if u.key not in done]
         previous = _previous_runs(folder)
@@ -228,7 +228,7 @@ class _Run:
         """
         while True:
             try:
-                self.read_q.put(item, timeout=0.2)
+                self.read_q.put(item, timeout=POLL_SECONDS)
                 return True
             except queue.Full:
                 if self.halt.is_set():
@@ -357,8 +357,13 @@ class _Run:
             self.halt.set()
             if not finished and writer.is_alive():
                 # The run failed: stop the writer without committing more (a resume redoes the rest).
-                with contextlib.suppress(queue.Full):
-                    self.write_q.put(_ABORT, timeout=5)
+                # The writer drains its queue whatever happens, so the put gets through; joining it
+                # here, inside the folder's lock, means no file is written after the lock is released.
+                self.write_q.put(_ABORT)
+            if writer.ident is not None:
+                writer.join()
+            if reader.ident is not None:  # halted, it stops at its next piece; it writes nothing
+                reader.join(timeout=10)
             self.progress.close()
             encoder.close()
         return self._finish(stop.signum)
@@ -370,7 +375,7 @@ class _Run:
             for end in batcher.finished():
                 self.write_q.put(end)
 
-        while (chunk := self.read_q.get()) is not _END:
+        while (chunk := self._next_chunk()) is not _END:
             if chunk.rejects is not None:
                 self.write_q.put(_Rejected(chunk.unit, chunk.rejects))
                 self.stats.count(rejected=chunk.rejects.num_rows)
@@ -388,8 +393,23 @@ class _Run:
             self._edit(engine, encoder, batcher.take())
         hand_over_finished_units()
 
+    def _next_chunk(self):
+        """The next chunk from the reader, or _END; raises what the reader or writer raised meanwhile.
+
+        Never a bare blocking get: a reader that gave up (the writer failed and halted the run) puts no
+        _END, and waiting for one would hang the job.
+        """
+        while True:
+            try:
+                return self.read_q.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                self._raise_errors()
+
     def _finish(self, signum: int | None) -> JobResult:
         folder = self.prep.folder
+        done = sum(len(c.units) for c in self.commits) == self.n_units
+        if done:  # a signal that came after the last batch stopped nothing: the job is complete
+            signum = None
         status = "interrupted" if signum is not None else "complete"
         summary = write_summary(
             folder,

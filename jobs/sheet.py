@@ -6,11 +6,11 @@ the job's generator (its fingerprint is checked), so the sheet needs nothing the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -20,7 +20,7 @@ from zsteer.pipeline.errors import ZsteerError
 from zsteer.pipeline.network import latent_input
 from zsteer.pipeline.sheet import contact_sheet, decode_png
 
-from .folder import JOB_JSON, PARTS
+from .folder import JOB_JSON, PARTS, JobFolder
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,15 @@ def starting_latents(inputs: list[str], ids: list) -> tuple[np.ndarray, np.ndarr
     z: list = [None] * len(ids)
     labels: list = [None] * len(ids)
     for path in inputs:
-        reader = pq.ParquetFile(path)
+        if not Path(path).is_file():
+            raise ZsteerError(
+                f"{path}: the job's manifest is not there (moved or deleted); the sheet renders the "
+                "'before' images from it: put it back at that path"
+            )
+        try:
+            reader = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise ZsteerError(f"{path}: the job's manifest is no longer readable Parquet ({exc})") from None
         columns = [c for c in ("id", "z", "label") if c in reader.schema_arrow.names]
         for group in range(reader.num_row_groups):
             table = reader.read_row_group(group, columns=columns).to_pydict()
@@ -80,28 +88,55 @@ def _caption(row: int, columns: dict[str, list], target: int | None, name: str) 
     return f"id {columns['id'][row]}: {name} {before:.2f}->{after:.2f}"
 
 
+def _job_field(job: dict, key: str, kind: type, where: Path):
+    """``job["a"]["b"]`` for key "a.b", checked to be a ``kind``; a missing or odd value is one line."""
+    value = job
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, kind):
+        raise ZsteerError(
+            f"{where}: no valid {key!r} (expected a {kind.__name__}); the file was edited or written by "
+            "another zsteer version"
+        )
+    return value
+
+
 def job_sheet(config: SheetConfig) -> Path:
     """Write the contact sheet of ``config.job``; returns its path."""
-    job_json = config.job / JOB_JSON
-    if not job_json.is_file():
+    folder = JobFolder(config.job)
+    if not folder.job_json.is_file():
         raise ZsteerError(f"{config.job}: not a zsteer job folder (no {JOB_JSON})")
-    job = json.loads(job_json.read_text(encoding="utf-8"))
-    identity, runtime = job["identity"], job["runtime"]
+    try:
+        job = folder.read_job()
+    except UnicodeDecodeError as exc:  # read_job reports bad JSON, not bytes that are not text
+        raise ZsteerError(f"{folder.job_json}: unreadable (not UTF-8 text at byte {exc.start})") from None
+    where = folder.job_json
+    gen_path = _job_field(job, "runtime.generator_path", str, where)
+    gen_spec = _job_field(job, "identity.generator.spec", dict, where)
+    fingerprint = _job_field(job, "identity.generator.fingerprint", str, where)
+    inputs = _job_field(job, "identity.inputs", dict, where)
+    for path, recorded in inputs.items():  # a manifest rewritten in place would give wrong 'before' images
+        size = recorded.get("bytes") if isinstance(recorded, dict) else None
+        if size is not None and Path(path).is_file() and Path(path).stat().st_size != size:
+            raise ZsteerError(f"{path}: the job's manifest changed since the job ran ({size} bytes then)")
+    job_targets = _job_field(job, "identity.targets", list, where)
+    if not all(isinstance(t, list) and len(t) == 2 and isinstance(t[1], int | float) for t in job_targets):
+        raise ZsteerError(f"{where}: 'identity.targets' must hold [name, weight] pairs")
+    names = _job_field(job, "identity.classifier", dict, where).get("attributes")
+    names = names if isinstance(names, list) else []
     columns = first_rows(config.job / PARTS, config.rows)
     if not columns.get("id"):
         raise ZsteerError(f"{config.job}: the job has no edited rows yet")
-    gen_doc = identity["generator"]
-    generator = load_generator(runtime["generator_path"], **gen_doc["spec"])
-    if generator.fingerprint != gen_doc["fingerprint"]:
-        raise ZsteerError(f"{runtime['generator_path']}: changed since the job ran (fingerprint differs)")
-    z, labels = starting_latents(list(identity["inputs"]), columns["id"])
+    generator = load_generator(gen_path, **gen_spec)
+    if generator.fingerprint != fingerprint:
+        raise ZsteerError(f"{gen_path}: changed since the job ran (fingerprint differs)")
+    z, labels = starting_latents(list(inputs), columns["id"])
     z_edited = np.asarray(columns["z_edited"], dtype=np.float32)
     with torch.no_grad():
         before, after = (render_latents(generator, v, labels) for v in (z, z_edited))
     if "image" in columns:  # what the job wrote is what the user gets: show that
         after = np.stack([decode_png(png) for png in columns["image"]])
-    names = identity["classifier"].get("attributes") or []
-    targets = [n for n, w in identity["targets"] if w > 0] or [n for n, _ in identity["targets"]]
+    targets = [n for n, w in job_targets if w > 0] or [n for n, _ in job_targets]
     target = names.index(targets[0]) if targets and targets[0] in names else None
     captions = [
         _caption(i, columns, target, targets[0] if targets else "") for i in range(len(columns["id"]))

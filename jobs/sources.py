@@ -20,33 +20,35 @@ def resolve_manifests(specs: tuple[str, ...] | list[str], exclude: Path | None =
     dot and underscore names found by a directory walk or a glob are skipped.
 
     The result is sorted and deduplicated by resolved path, so the same arguments always give the same
-    units in the same order (what resume relies on). Files under ``exclude`` (the job's own output
-    folder) are refused: a job must not read what it writes.
+    units in the same order (what resume relies on). ``exclude`` is the job's own output folder: a job
+    must not read what it writes, so files below it that a directory walk or a glob finds are skipped
+    (``-m data --out data/run`` resumes), and a file below it named on its own is refused.
     """
     if not specs:
         raise ZsteerError("--manifest: give at least one Parquet file, directory or glob")
+    out = exclude.resolve() if exclude is not None else None
+
+    def outside(files: list[Path]) -> list[Path]:
+        return [p for p in files if out is None or not p.resolve().is_relative_to(out)]
+
     found: dict[Path, None] = {}
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            files = [p for p in path.rglob("*.parquet") if p.is_file() and not _is_hidden(p, path)]
+            files = outside([p for p in path.rglob("*.parquet") if p.is_file() and not _is_hidden(p, path)])
             if not files:
                 raise ZsteerError(f"--manifest {spec}: directory holds no *.parquet files")
         elif path.exists():
+            if out is not None and path.resolve().is_relative_to(out):
+                raise ZsteerError(f"--manifest {spec}: is inside the output folder --out {exclude}")
             files = [path]
         elif GLOB_CHARS & set(spec):
             matches = [Path(p) for p in glob.glob(spec, recursive=True)]
-            files = [p for p in matches if p.is_file() and not _is_hidden(p, p.parent)]
+            files = outside([p for p in matches if p.is_file() and not _is_hidden(p, p.parent)])
             if not files:
                 raise ZsteerError(f"--manifest {spec}: the pattern matches no files")
         else:
             raise ZsteerError(f"--manifest {spec}: no such file or directory")
         for file in files:
             found.setdefault(file.resolve(), None)
-    paths = sorted(found)
-    if exclude is not None:
-        out = exclude.resolve()
-        inside = [p for p in paths if p.is_relative_to(out)]
-        if inside:
-            raise ZsteerError(f"--manifest {inside[0]}: is inside the output folder --out {exclude}")
-    return paths
+    return sorted(found)

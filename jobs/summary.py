@@ -1,4 +1,4 @@
-"""summary.json: what the job did (from the commit markers, so it survives resumes) and how fast each run was."""
+"""summary.json: what the job did (from the commit markers, so it survives resumes) and how fast it and each run were."""
 
 from __future__ import annotations
 
@@ -72,20 +72,37 @@ def job_totals(commits: list[Commit]) -> dict:
     }
 
 
+def run_totals(runs: list[dict]) -> dict:
+    """Stage seconds and throughput over every run of the job, peak memory the largest of any run.
+
+    Totals, not the last run's figures: a resume that finds nothing left to do (or a short last run)
+    does not hide what the job cost.
+    """
+    wall = sum(r.get("wall_seconds", 0.0) for r in runs)
+    edited = sum(r.get("edited", 0) for r in runs)
+    return {
+        "wall_seconds": round(wall, 3),
+        "stage_seconds": {
+            k: round(sum(r.get("stage_seconds", {}).get(k, 0.0) for r in runs), 3) for k in STAGES
+        },
+        "latents_per_second": round(edited / wall, 2) if wall > 0 else 0.0,
+        "peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in runs), default=0.0),
+    }
+
+
 def write_summary(
     folder: JobFolder, commits: list[Commit], rows_in: int, units: int, run: dict, previous: list[dict]
 ) -> dict:
-    """Write summary.json: job totals, then this run's speed at the top level and every run in `runs`."""
+    """Write summary.json: job totals (counts, seconds, speed over every run), and every run in `runs`."""
     totals = job_totals(commits)
+    runs = [*previous, run]
     doc = {
         "complete": totals["units_done"] == units,
         "rows_in": rows_in,
         "units": units,
         **totals,
-        "stage_seconds": run["stage_seconds"],
-        "latents_per_second": run["latents_per_second"],
-        "peak_rss_mb": run["peak_rss_mb"],
-        "runs": [*previous, run],
+        **run_totals(runs),
+        "runs": runs,
     }
     write_json_atomic(folder.summary_json, doc)
     return doc

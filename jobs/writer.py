@@ -3,7 +3,9 @@ only once every one of their rows is in a file that is in place (the protocol is
 
 Shards are cut at unit boundaries, so a commit's files hold exactly its units' rows. A unit with more
 rows than a shard holds is split; its shards are held uncommitted until its last one is written, then
-committed together. Units are committed in input order.
+committed together. Units are committed in input order, once their rows fill a shard, once their
+rejects fill a rejects file, or flush_seconds after the last commit, whichever comes first: the
+writer's buffers stay bounded by rows_per_shard (plus one unit's rejects).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class ShardWriter:
         self.flush_seconds = flush_seconds
         self.on_commit = on_commit  # called with each Commit once it is durable
         self._seq = max((c.seq for c in commits), default=-1) + 1
-        names = [n for c in commits for n in c.parts]
-        self._part = max((int(n[len("part-") : -len(".parquet")]) for n in names), default=-1) + 1
+        self._part = _next_number((n for c in commits for n in c.parts), "part-")
+        self._reject_file = _next_number((n for c in commits for n in c.rejects), "rejects-")
         self._buf: list[tuple[Unit, pa.Table]] = []  # rows of closed units, then of the open unit
         self._buf_rows = 0
         self._closed: list[Unit] = []  # finished units waiting for a commit, in order
@@ -54,6 +56,7 @@ class ShardWriter:
         self._pending_parts: list[str] = []  # shards of the open unit, written but uncommitted
         self._pending_unit: Unit | None = None  # the unit those shards belong to
         self._logs: dict[Unit, _UnitLog] = {}
+        self._closed_rejects = 0  # rejected rows of the finished units waiting for a commit
         self._last_commit = time.monotonic()
 
     def _log(self, unit: Unit) -> _UnitLog:
@@ -89,16 +92,18 @@ class ShardWriter:
             self._buf, self._buf_rows = [], 0
 
     def end_unit(self, unit: Unit, n_rows: int) -> None:
-        """Every row of ``unit`` (``n_rows`` in the manifest) has been handed over."""
+        """Every row of ``unit`` (``n_rows`` rows read) has been handed over."""
         log = self._log(unit)
-        if log.edited + log.rejected != n_rows:
+        if log.edited + log.rejected != n_rows or (unit.n_rows and n_rows != unit.n_rows):
             raise RuntimeError(
-                f"unit {unit.key}: {log.edited} edited + {log.rejected} rejected != {n_rows} rows read"
+                f"unit {unit.key}: {log.edited} edited + {log.rejected} rejected, {n_rows} rows read, "
+                f"{unit.n_rows} in the manifest"
             )
         self._open = None
         self._closed.append(unit)
+        self._closed_rejects += log.rejected
         split = bool(self._pending_parts)  # a split unit's shards are committed together, now
-        full = self._buf_rows >= self.rows_per_shard
+        full = max(self._buf_rows, self._closed_rejects) >= self.rows_per_shard
         if split or full or time.monotonic() - self._last_commit >= self.flush_seconds:
             self._flush_closed()
 
@@ -115,6 +120,16 @@ class ShardWriter:
         write_parquet_atomic(pa.concat_tables(tables), self.folder.parts / name)
         return name
 
+    def _write_rejects(self, tables: list[pa.Table]) -> list[str]:
+        """The rejects of a commit, in files of at most rows_per_shard rows, as parts are."""
+        table, names = pa.concat_tables(tables), []
+        for start in range(0, table.num_rows, self.rows_per_shard):
+            name = f"rejects-{self._reject_file:06d}.parquet"
+            self._reject_file += 1
+            write_parquet_atomic(table.slice(start, self.rows_per_shard), self.folder.rejects / name)
+            names.append(name)
+        return names
+
     def _flush_closed(self) -> None:
         """Write the finished units' buffered rows as one shard and commit those units."""
         if not self._closed:
@@ -128,11 +143,7 @@ class ShardWriter:
         parts = self._pending_parts + ([self._write_part(rows)] if rows else [])
         logs = [self._logs.pop(u) for u in self._closed]
         rejects = [t for log in logs for t in log.rejects]
-        reject_files = []
-        if rejects:
-            name = f"rejects-{self._seq:06d}.parquet"
-            write_parquet_atomic(pa.concat_tables(rejects), self.folder.rejects / name)
-            reject_files.append(name)
+        reject_files = self._write_rejects(rejects) if rejects else []
         reasons: Counter = Counter()
         for log in logs:
             reasons.update(log.stop_reasons)
@@ -149,6 +160,12 @@ class ShardWriter:
         self.folder.commit(commit)
         self._seq += 1
         self._closed, self._pending_parts, self._pending_unit = [], [], None
+        self._closed_rejects = 0
         self._last_commit = time.monotonic()
         if self.on_commit is not None:
             self.on_commit(commit)
+
+
+def _next_number(names, prefix: str) -> int:
+    """One more than the largest counter in ``names`` (``PREFIX-NNNNNN.parquet``), 0 for none."""
+    return max((int(n[len(prefix) : -len(".parquet")]) for n in names), default=-1) + 1

@@ -21,6 +21,14 @@ CELEBA40 = (
 NAMED_LISTS = {"celeba40": CELEBA40}
 
 
+def read_utf8(path: Path, error: type[Exception]) -> str:
+    """The text of ``path``; bytes that are not UTF-8 raise ``error`` naming the file and the offset."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8") from None
+
+
 def load_attribute_names(source: str) -> tuple[str, ...]:
     """A named list (``celeba40``), a JSON file holding a list of names, or a text file, one name a line."""
     if source in NAMED_LISTS:
@@ -30,7 +38,7 @@ def load_attribute_names(source: str) -> tuple[str, ...]:
         raise AttributeNameError(
             f"attribute names {source!r}: not a named list ({', '.join(NAMED_LISTS)}) nor a readable file"
         )
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, AttributeNameError)
     if path.suffix.lower() == ".json":
         try:
             names = json.loads(text)

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .attributes import CELEBA40
+from .attributes import CELEBA40, read_utf8
 from .errors import CheckpointError
 from .models import ClassifierSpec, GeneratorSpec, build_classifier, build_generator
 
@@ -61,9 +61,13 @@ def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], di
         config = {}
         if sidecar.is_file():
             try:
-                config = json.loads(sidecar.read_text(encoding="utf-8"))
+                config = json.loads(read_utf8(sidecar, CheckpointError))
             except json.JSONDecodeError as exc:
                 raise CheckpointError(f"{sidecar}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+            if not isinstance(config, dict):
+                raise CheckpointError(
+                    f"{sidecar}: expected a JSON object of model settings, found {type(config).__name__}"
+                )
         try:
             return load_file(str(path)), config
         except (SafetensorError, OSError, ValueError) as exc:
@@ -99,14 +103,31 @@ def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], di
     return obj, {}
 
 
+def _check_field(name: str, value, default, where: str) -> None:
+    """A spec value has its default's type: a string, or an int >= 1 (>= 0 where 0 is the default)."""
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise CheckpointError(f"{where}: field {name!r} must be a string, got {json.dumps(value, default=str)}")
+        return
+    low = min(1, default)  # generator n_classes defaults to 0, meaning unconditional
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive integer" if low else "an integer >= 0"
+        raise CheckpointError(f"{where}: field {name!r} must be {kind}, got {json.dumps(value, default=str)}")
+
+
 def _spec_from(config: dict, default, overrides: dict, path: Path):
-    known = {f.name for f in fields(default)}
-    values = {k: v for k, v in config.items() if k in known}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return replace(default, **values)
-    except TypeError as exc:
-        raise CheckpointError(f"{path}: bad model config ({exc})") from None
+    defaults = {f.name: getattr(default, f.name) for f in fields(default)}
+    values = {k: v for k, v in config.items() if k in defaults}
+    for name, value in values.items():
+        _check_field(name, value, defaults[name], str(path.with_suffix(".json")))
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in defaults:
+            raise CheckpointError(f"{path}: unknown model setting {name!r}; known: {', '.join(defaults)}")
+        _check_field(name, value, defaults[name], f"{path}: override")
+        values[name] = value
+    return replace(default, **values)
 
 
 def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, role: str) -> None:
@@ -160,7 +181,12 @@ def load_classifier(path: str | Path, attributes: tuple[str, ...] | None = None,
     """Load a classifier; attribute names come from ``attributes``, the JSON config, or ``celeba40``."""
     path = Path(path)
     module, spec, config = _load(path, "classifier", ClassifierSpec(), build_classifier, overrides)
-    names = tuple(attributes or config.get("attributes") or ())
+    from_file = config.get("attributes")
+    if not attributes and from_file is not None and (
+        not isinstance(from_file, list) or not all(isinstance(n, str) for n in from_file)
+    ):
+        raise CheckpointError(f"{path.with_suffix('.json')}: field 'attributes' must be a list of strings")
+    names = tuple(attributes or from_file or ())
     if not names:
         if spec.n_classes != len(CELEBA40):
             raise CheckpointError(

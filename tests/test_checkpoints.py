@@ -92,3 +92,42 @@ def test_attribute_names_and_targets(tmp_path):
     assert load_attribute_names(str(tmp_path / "names.json")) == ("a", "b")
     assert load_attribute_names(str(tmp_path / "names.txt")) == ("a", "b")
     assert load_attribute_names("celeba40") == CELEBA40
+
+
+def _rewrite_sidecar(path, edit) -> None:
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(json.dumps(edit(json.loads(sidecar.read_text()))))
+
+
+@pytest.mark.parametrize(
+    ("role", "edit", "fragments"),
+    [
+        ("generator", lambda c: [1, 2], ["generator.json", "expected a JSON object", "found list"]),
+        ("generator", lambda c: {**c, "z_dim": "8"}, ["generator.json", "'z_dim'", "positive integer", '"8"']),
+        ("generator", lambda c: {**c, "hidden_dim": None}, ["'hidden_dim'", "positive integer", "null"]),
+        ("generator", lambda c: {**c, "im_chan": True}, ["'im_chan'", "positive integer", "true"]),
+        ("generator", lambda c: {**c, "z_dim": 0}, ["'z_dim'", "positive integer", "got 0"]),
+        ("generator", lambda c: {**c, "n_classes": -1}, ["'n_classes'", "integer >= 0"]),
+        ("generator", lambda c: {**c, "kind": 3}, ["'kind'", "must be a string"]),
+        ("classifier", lambda c: {**c, "n_classes": 6.0}, ["classifier.json", "'n_classes'", "6.0"]),
+        ("classifier", lambda c: {**c, "attributes": "attr0"}, ["'attributes'", "list of strings"]),
+    ],
+)
+def test_bad_sidecar_values_name_the_file_and_field(tmp_path, role, edit, fragments):
+    paths = dict(zip(("generator", "classifier"), write_models(tmp_path), strict=True))
+    _rewrite_sidecar(paths[role], edit)
+    load = load_generator if role == "generator" else load_classifier
+    with pytest.raises(CheckpointError) as info:
+        load(paths[role])
+    message = str(info.value)
+    assert "\n" not in message and all(f in message for f in fragments), message
+
+
+def test_text_files_that_are_not_utf8_are_one_line_errors(tmp_path):
+    gpath, _ = write_models(tmp_path)
+    gpath.with_suffix(".json").write_bytes(b'{"z_dim": 16, "kind": "caf\xe9"}')  # Latin-1, not UTF-8
+    with pytest.raises(CheckpointError, match=r"generator\.json: not UTF-8 text \(invalid byte at offset 26\)"):
+        load_generator(gpath)
+    (tmp_path / "names.txt").write_bytes(b"Smiling\nCaf\xe9\n")
+    with pytest.raises(AttributeNameError, match=r"names\.txt: not UTF-8 text"):
+        load_attribute_names(str(tmp_path / "names.txt"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from zsteer.demo.procedural import ATTRIBUTES
@@ -14,16 +16,31 @@ from zsteer.demo.train import (
     train_gan,
 )
 from zsteer.pipeline.checkpoints import load_classifier, load_generator
+from zsteer.pipeline.models import ClassifierSpec
 
 TINY_GAN = GanConfig(g_hidden=4, d_hidden=4, steps=4, batch=4)
 
 
-def test_classifier_loss_falls_and_is_deterministic():
-    cfg = ClassifierConfig(hidden_dim=4, seed=1, steps=3, batch=8)
-    a, spec, info = train_classifier(cfg, "classifier", log_every=1000)
-    b, _, _ = train_classifier(cfg, "classifier", log_every=1000)
-    assert spec.n_classes == len(ATTRIBUTES) and info["steps"] == 3
+def _trained_with_losses(cfg: ClassifierConfig, capsys) -> tuple[torch.nn.Module, ClassifierSpec, dict, list]:
+    """train_classifier logging every step, and the loss of each step read back from its log lines."""
+    capsys.readouterr()
+    model, spec, info = train_classifier(cfg, "classifier", log_every=1)
+    losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)]
+    assert len(losses) == cfg.steps
+    return model, spec, info, losses
+
+
+def test_classifier_loss_falls_and_is_deterministic(capsys):
+    # 20 steps of batch 16 at width 4 take a fraction of a second; with fewer the batch noise is
+    # larger than the fall.
+    cfg = ClassifierConfig(hidden_dim=4, seed=1, steps=20, batch=16)
+    a, spec, info, losses = _trained_with_losses(cfg, capsys)
+    b, _, _, again = _trained_with_losses(cfg, capsys)
+    assert spec.n_classes == len(ATTRIBUTES) and info["steps"] == 20
     assert not a.training
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.05, losses
+    assert again == losses
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
 

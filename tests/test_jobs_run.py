@@ -321,7 +321,7 @@ def test_big_row_groups_are_split_into_bounded_shards(tmp_path, models):
     out = tmp_path / "job"
     run_job(job_config(path, out, models, read_rows=40, output={"rows_per_shard": 32}))
     commits = [json.loads(p.read_text()) for p in (out / "commits").glob("commit-*.json")]
-    assert len(commits) == 1 and len(commits[0]["parts"]) == 5 and commits[0]["units"] == ["0:0"]
+    assert len(commits) == 1 and len(commits[0]["parts"]) == 5 and commits[0]["units"] == ["0:0:0"]
     assert sorted(read_parts(out).column("id").to_pylist()) == list(range(150))
 
 
