@@ -119,20 +119,27 @@ def _prepare_folder(config: DemoConfig, paths: dict[str, Path]) -> Path:
     out = config.out
     fresh = write_sample(SampleConfig(config.n, config.seed, out / (TMP_PREFIX + MANIFEST)))
     settings = _settings(config, fresh, paths)
-    if _previous_settings(out / SETTINGS_JSON) != settings:
-        stale = [out / name for name in JOB_FOLDERS.values() if (out / name / JOB_JSON).exists()]
-        if stale:
-            log.info(
-                "demo settings differ from the last run in %s: replacing %s",
-                out, " and ".join(f"{p.name}/" for p in stale),
-            )  # fmt: skip
-        for path in stale:
-            shutil.rmtree(path)
-        for name in (REPORT_JSON, SHEET_PNG):
-            (out / name).unlink(missing_ok=True)
+    manifest = out / MANIFEST
+    if (
+        _previous_settings(out / SETTINGS_JSON) == settings
+        and manifest.is_file()
+        and file_fingerprint(manifest) == settings["manifest"]
+    ):
+        fresh.unlink()  # the same rows: keep the file the jobs recorded (a rewrite would change its mtime)
+        return manifest
+    stale = [out / name for name in JOB_FOLDERS.values() if (out / name / JOB_JSON).exists()]
+    if stale:
+        log.info(
+            "demo settings differ from the last run in %s: replacing %s",
+            out, " and ".join(f"{p.name}/" for p in stale),
+        )  # fmt: skip
+    for path in stale:
+        shutil.rmtree(path)
+    for name in (REPORT_JSON, SHEET_PNG):
+        (out / name).unlink(missing_ok=True)
     # The manifest before the record: a crash between the two leaves a record that differs, so the
     # next run replaces the jobs instead of resuming them on another manifest.
-    manifest = fresh.replace(out / MANIFEST)
+    fresh.replace(manifest)
     write_json_atomic(out / SETTINGS_JSON, settings)
     return manifest
 

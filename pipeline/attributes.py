@@ -26,7 +26,9 @@ def read_utf8(path: Path, error: type[Exception]) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8") from None
+        raise error(
+            f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8"
+        ) from None
 
 
 def load_attribute_names(source: str) -> tuple[str, ...]:

@@ -107,7 +107,9 @@ def _check_field(name: str, value, default, where: str) -> None:
     """A spec value has its default's type: a string, or an int >= 1 (>= 0 where 0 is the default)."""
     if isinstance(default, str):
         if not isinstance(value, str):
-            raise CheckpointError(f"{where}: field {name!r} must be a string, got {json.dumps(value, default=str)}")
+            raise CheckpointError(
+                f"{where}: field {name!r} must be a string, got {json.dumps(value, default=str)}"
+            )
         return
     low = min(1, default)  # generator n_classes defaults to 0, meaning unconditional
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -182,8 +184,10 @@ def load_classifier(path: str | Path, attributes: tuple[str, ...] | None = None,
     path = Path(path)
     module, spec, config = _load(path, "classifier", ClassifierSpec(), build_classifier, overrides)
     from_file = config.get("attributes")
-    if not attributes and from_file is not None and (
-        not isinstance(from_file, list) or not all(isinstance(n, str) for n in from_file)
+    if (
+        not attributes
+        and from_file is not None
+        and (not isinstance(from_file, list) or not all(isinstance(n, str) for n in from_file))
     ):
         raise CheckpointError(f"{path.with_suffix('.json')}: field 'attributes' must be a list of strings")
     names = tuple(attributes or from_file or ())

@@ -103,7 +103,11 @@ def _rewrite_sidecar(path, edit) -> None:
     ("role", "edit", "fragments"),
     [
         ("generator", lambda c: [1, 2], ["generator.json", "expected a JSON object", "found list"]),
-        ("generator", lambda c: {**c, "z_dim": "8"}, ["generator.json", "'z_dim'", "positive integer", '"8"']),
+        (
+            "generator",
+            lambda c: {**c, "z_dim": "8"},
+            ["generator.json", "'z_dim'", "positive integer", '"8"'],
+        ),
         ("generator", lambda c: {**c, "hidden_dim": None}, ["'hidden_dim'", "positive integer", "null"]),
         ("generator", lambda c: {**c, "im_chan": True}, ["'im_chan'", "positive integer", "true"]),
         ("generator", lambda c: {**c, "z_dim": 0}, ["'z_dim'", "positive integer", "got 0"]),
@@ -126,7 +130,9 @@ def test_bad_sidecar_values_name_the_file_and_field(tmp_path, role, edit, fragme
 def test_text_files_that_are_not_utf8_are_one_line_errors(tmp_path):
     gpath, _ = write_models(tmp_path)
     gpath.with_suffix(".json").write_bytes(b'{"z_dim": 16, "kind": "caf\xe9"}')  # Latin-1, not UTF-8
-    with pytest.raises(CheckpointError, match=r"generator\.json: not UTF-8 text \(invalid byte at offset 26\)"):
+    with pytest.raises(
+        CheckpointError, match=r"generator\.json: not UTF-8 text \(invalid byte at offset 26\)"
+    ):
         load_generator(gpath)
     (tmp_path / "names.txt").write_bytes(b"Smiling\nCaf\xe9\n")
     with pytest.raises(AttributeNameError, match=r"names\.txt: not UTF-8 text"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -232,3 +234,206 @@ def test_help_lists_the_commands_and_the_job(tmp_path):
         "resumes",
     ):
         assert flag in result.output
+
+
+# -- errors found before the job starts, and the OS-error backstop -----------------------------------
+
+
+def _edit_args(manifest, models, out, *extra):
+    return ["edit", "-m", manifest, "--generator", models[0], "--classifier", models[1], "-t", "attr1",
+            "--steps", 2, "--images", "none", "--workers", 0, *extra, "--out", out]  # fmt: skip
+
+
+def test_impl_triton_without_cuda_is_refused_before_the_job_starts(tmp_path, models, bad_files, monkeypatch):
+    import zsteer.jobs.cli_edit
+
+    manifest = bad_files / "good.parquet"
+    result = run(*_edit_args(manifest, models, tmp_path / "job", "--impl", "triton", "--device", "cpu"))
+    one_line_error(result, "--impl triton: needs a CUDA device and triton installed", "--device cpu")
+    assert not (tmp_path / "job").exists()
+    monkeypatch.setattr(zsteer.jobs.cli_edit, "triton_available", lambda: False)
+    result = run(*_edit_args(manifest, models, tmp_path / "job", "--impl", "triton", "--device", "cuda"))
+    one_line_error(result, "--impl triton", "triton not installed")
+    assert not (tmp_path / "job").exists()
+
+
+def test_bad_model_files_are_one_line_errors(tmp_path, models, bad_files):
+    import pickle
+
+    from zsteer.pipeline.models import CourseGenerator
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"gen": Evil()}))
+    common = ["-m", bad_files / "good.parquet", "--classifier", models[1], "-t", "attr1"]
+    result = run("edit", *common, "--generator", tmp_path / "evil.pth", "--out", tmp_path / "j1")
+    one_line_error(result, "evil.pth: refused", "could run code")
+    assert not marker.exists()  # the refusal came before anything in the file ran
+
+    import torch
+
+    torch.save({"gen": CourseGenerator(8, 3, 4).state_dict()}, tmp_path / "small.pth")
+    result = run(
+        "edit", *common, "--generator", tmp_path / "small.pth", "--z-dim", 9, "--gen-hidden-dim", 4,
+        "--out", tmp_path / "j2",
+    )  # fmt: skip
+    one_line_error(
+        result, "small.pth", "parameter 'gen.0.0.weight'", "shape [8, 32, 3, 3]", "expected [9, 32, 3, 3]"
+    )
+
+    odd = tmp_path / "odd"
+    shutil.copytree(models[0].parent, odd)
+    config = json.loads((odd / "generator.json").read_text())
+    (odd / "generator.json").write_text(json.dumps({**config, "z_dim": "8"}))
+    result = run("edit", *common, "--generator", odd / "generator.safetensors", "--out", tmp_path / "j3")
+    one_line_error(result, "generator.json", "field 'z_dim' must be a positive integer")
+    (odd / "generator.json").write_text("[1, 2]")
+    result = run("edit", *common, "--generator", odd / "generator.safetensors", "--out", tmp_path / "j3")
+    one_line_error(result, "generator.json", "expected a JSON object", "found list")
+    (odd / "generator.json").write_bytes(b'{"kind": "caf\xe9"}')
+    result = run("edit", *common, "--generator", odd / "generator.safetensors", "--out", tmp_path / "j3")
+    one_line_error(result, "generator.json", "not UTF-8 text")
+    assert not any((tmp_path / name).exists() for name in ("j1", "j2", "j3"))
+
+
+def test_an_attributes_file_that_is_not_utf8_is_a_one_line_error(tmp_path, models, bad_files):
+    names = tmp_path / "names.txt"
+    names.write_bytes(b"attr0\nattr\xe91\nattr2\nattr3\nattr4\n")
+    result = run(*_edit_args(bad_files / "good.parquet", models, tmp_path / "job", "--attributes", names))
+    one_line_error(result, "names.txt", "not UTF-8 text")
+
+
+@pytest.mark.parametrize("command", ["sample", "edit", "sheet", "demo"])
+def test_an_output_below_a_file_is_a_one_line_error(tmp_path, models, bad_files, command):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a folder")
+    out = (
+        blocker
+        / "sub"
+        / ("out.parquet" if command == "sample" else "out.png" if command == "sheet" else "out")
+    )
+    args = {
+        "sample": ["sample", "--n", 3, "--out", out],
+        "edit": _edit_args(bad_files / "good.parquet", models, out),
+        "sheet": ["sheet", tmp_path, "--out", out],
+        "demo": ["demo", "--out", out],
+    }[command]
+    one_line_error(run(*args), f"--out {out}: {blocker} is a file, not a folder")
+
+
+def test_an_os_error_mid_job_is_one_line_naming_the_file(tmp_path, models, bad_files, monkeypatch):
+    import errno
+
+    from zsteer.jobs.folder import JobFolder
+
+    def full_disk(self, doc):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.job_json))
+
+    monkeypatch.setattr(JobFolder, "write_job", full_disk)
+    result = run(*_edit_args(bad_files / "good.parquet", models, tmp_path / "job"))
+    one_line_error(result, f"zsteer: error: {tmp_path / 'job' / 'job.json'}: No space left on device")
+
+
+# -- zsteer sheet ------------------------------------------------------------------------------------
+
+
+def _png_job(folder, models, n: int = 6):
+    """A finished job with PNG images over a manifest of ``n`` rows in ``folder``; (manifest, job)."""
+    manifest = write_manifest(folder / "m.parquet", {"id": np.arange(n), "z": latents(n)})
+    job = folder / "job"
+    result = run(*_edit_args(manifest, models, job, "--images", "png"))
+    assert result.exit_code == 0, result.output
+    return manifest, job
+
+
+@pytest.fixture(scope="module")
+def png_job(tmp_path_factory, models):
+    return _png_job(tmp_path_factory.mktemp("png_job"), models)[1]
+
+
+def test_sheet_draws_before_and_after(tmp_path, png_job):
+    from PIL import Image
+
+    heights = {}
+    for rows in (2, 4):
+        out = tmp_path / f"s{rows}.png"
+        result = run("sheet", png_job, "--out", out, "--rows", rows, "--scale", 1)
+        assert result.exit_code == 0, result.output
+        assert f"wrote {out}" in result.stderr
+        image = Image.open(out)
+        assert image.width >= 2 * 64 and image.height >= rows * 64  # before and after, one row a latent
+        heights[rows] = image.height
+    assert heights[4] > heights[2]
+
+
+def test_sheet_after_the_manifest_moved_is_a_one_line_error(tmp_path, models):
+    manifest, job = _png_job(tmp_path, models)
+    manifest.rename(tmp_path / "elsewhere.parquet")
+    result = run("sheet", job, "--out", tmp_path / "s.png")
+    one_line_error(result, f"{manifest}: the job's manifest is not there (moved or deleted)")
+    (tmp_path / "elsewhere.parquet").rename(manifest)
+    write_manifest(manifest, {"id": np.arange(7), "z": latents(7)})  # rewritten in place
+    one_line_error(run("sheet", job, "--out", tmp_path / "s.png"), f"{manifest}: the job's manifest changed")
+    assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, fragments",
+    [
+        (lambda doc: doc.pop("identity"), ["'identity.generator.spec'", "expected a dict"]),
+        (lambda doc: doc["runtime"].pop("generator_path"), ["'runtime.generator_path'", "expected a str"]),
+        (lambda doc: doc["identity"]["generator"].pop("fingerprint"), ["'identity.generator.fingerprint'"]),
+        (lambda doc: doc["identity"].update(targets="attr1"), ["'identity.targets'", "expected a list"]),
+        (lambda doc: doc["identity"].update(targets=[["attr1"]]), ["'identity.targets'", "[name, weight]"]),
+    ],
+)
+def test_sheet_of_a_damaged_job_json_is_a_one_line_error(tmp_path, png_job, damage, fragments):
+    job = tmp_path / "job"
+    shutil.copytree(png_job, job)
+    doc = json.loads((job / "job.json").read_text())
+    damage(doc)
+    (job / "job.json").write_text(json.dumps(doc))
+    one_line_error(run("sheet", job, "--out", tmp_path / "s.png"), str(job / "job.json"), *fragments)
+
+
+# -- --lab-compat and --stop-at-prob through the command line --------------------------------------
+
+
+def test_lab_compat_flags_reach_the_engine(tmp_path, models, bad_files):
+    from jobkit import job_config
+
+    from zsteer.jobs.runner import run_job
+
+    manifest = bad_files / "good.parquet"
+    lab = ["--lab-compat", "--lab-batch", 4, "--steps", 3]
+    assert run(*_edit_args(manifest, models, tmp_path / "cli", *lab)).exit_code == 0
+    ascent = json.loads((tmp_path / "cli" / "job.json").read_text())["identity"]["ascent"]
+    assert ascent["lab_compat"] is True and ascent["lab_batch"] == 4 and ascent["lr"] is None  # 1/steps
+    library = {"steps": 3, "lr": None, "penalty": 0.1, "lab_compat": True, "lab_batch": 4}
+    run_job(job_config([manifest], tmp_path / "lib", models, ascent=library))
+    clean = run(*_edit_args(manifest, models, tmp_path / "clean", "--steps", 3, "--lr", 1 / 3))
+    assert clean.exit_code == 0
+    z = {
+        name: read_parts(tmp_path / name).sort_by("id").column("z_edited").to_pylist()
+        for name in ("cli", "lib", "clean")
+    }
+    np.testing.assert_allclose(z["cli"], z["lib"], rtol=0, atol=1e-6)
+    # The notebook's 1/n scaling and accumulated gradients move z differently from clean mode.
+    assert np.abs(np.asarray(z["cli"]) - np.asarray(z["clean"])).max() > 1e-3
+
+
+def test_stop_at_prob_stops_rows_once_the_target_passes_it(tmp_path, models):
+    manifest = write_manifest(tmp_path / "m.parquet", {"id": np.arange(32), "z": latents(32)})
+    args = _edit_args(manifest, models, tmp_path / "job", "--steps", 6, "--lr", 0.5, "--stop-at-prob", 0.8)
+    assert run(*args).exit_code == 0
+    parts = read_parts(tmp_path / "job").to_pydict()
+    prob = 1 / (1 + np.exp(-np.asarray(parts["logits_after"])[:, 1]))  # attr1, the target
+    reached = np.asarray(parts["stop_reason"]) == "target_reached"
+    steps = np.asarray(parts["steps_taken"])
+    assert 0 < reached.sum() < 32  # some rows stop early, some run every step (picked on these models)
+    assert (prob[reached] >= 0.8).all() and (steps[reached] < 6).any()
+    assert (steps[~reached] == 6).all()  # only the target stops a row early (its last step may pass P)
