@@ -1,7 +1,8 @@
 """The edit job against the engine alone, and the job's peak memory at 10k vs 1M rows.
 
     python benchmarks/job.py [--rows 512] [--steps 10] [--batch-size 128] [--threads 2] [--rounds 2]
-                             [--rss-rows 10000 1000000] [--rss-steps 1] [--rss-hidden 1] [--skip-rss]
+                             [--rss-rows 10000 1000000] [--rss-one-group 1000000] [--rss-steps 1]
+                             [--rss-hidden 1] [--skip-rss] [--skip-throughput]
 
 1. Throughput, course-size models (z_dim 64, hidden 64, 40 attributes, random weights): the engine
    alone over the manifest's batches (AscentEngine.edit, nothing else), then the whole job on the same
@@ -12,6 +13,9 @@
    reading its peak RSS from summary.json. The models are the course architectures at width
    --rss-hidden (z_dim 64, 40 attributes), so a million rows take minutes on two cores; what is
    measured is the job's memory, which must not grow with the manifest (batch- and shard-bounded).
+   The --rss-rows manifests have row groups of 8192 rows (`zsteer sample`'s default); the
+   --rss-one-group manifest is a single row group (what pandas / pyarrow write by default up to 1Mi
+   rows: 256 MB of z at 1M rows), which the reader must stream in bounded pieces too.
 
 The glibc allocator settings of benchmarks/ascent.py apply (the script re-executes itself with them).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,10 +144,18 @@ def memory(args, tmp: Path) -> None:
         f"\nmemory: `zsteer edit`, images none, {args.rss_steps}-step edit, batch {args.batch_size}, "
         f"course architectures at hidden {args.rss_hidden} (z 64, 40 attributes), one process per size"
     )
-    print(f"{'rows':>10s} {'peak RSS MiB':>13s} {'latents/s':>10s} {'wall s':>8s} {'id set MiB':>11s}")
-    for rows in args.rss_rows:
-        manifest = write_sample(SampleConfig(n=rows, seed=1, out=tmp / f"rss{rows}.parquet"))
-        out = tmp / f"rss{rows}"
+    print(
+        f"{'rows':>10s} {'row groups':>11s} {'peak RSS MiB':>13s} {'latents/s':>10s} {'wall s':>8s} "
+        f"{'id set MiB':>11s}"
+    )
+    cases = [(rows, 8192) for rows in args.rss_rows]
+    if args.rss_one_group:
+        cases.append((args.rss_one_group, args.rss_one_group))
+    for rows, group in cases:
+        manifest = write_sample(
+            SampleConfig(n=rows, seed=1, out=tmp / f"rss{rows}-{group}.parquet", row_group_size=group)
+        )
+        out = tmp / f"rss{rows}-{group}"
         cmd = [
             zsteer, "edit", "-m", str(manifest), "--generator", str(models[0]), "--classifier", str(models[1]),
             "-t", ATTRIBUTE, "--steps", str(args.rss_steps), "--batch-size", str(args.batch_size),
@@ -153,9 +166,13 @@ def memory(args, tmp: Path) -> None:
         wall = time.perf_counter() - start
         summary = json.loads((out / "summary.json").read_text())
         ids = 8 * rows / 2**20  # IdSet: 8 bytes per accepted id (jobs/idset.py), the one part that grows
+        groups = -(-rows // group)
         print(
-            f"{rows:10d} {summary['peak_rss_mb']:13.1f} {summary['latents_per_second']:10.1f} {wall:8.1f} {ids:11.1f}"
+            f"{rows:10d} {groups:11d} {summary['peak_rss_mb']:13.1f} {summary['latents_per_second']:10.1f} "
+            f"{wall:8.1f} {ids:11.1f}",
+            flush=True,
         )
+        shutil.rmtree(out)
         manifest.unlink()
 
 
@@ -168,6 +185,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="PNG encoder processes of the job")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rss-rows", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument(
+        "--rss-one-group", type=int, default=1_000_000, help="rows of a one-row-group manifest (0: skip)"
+    )
     parser.add_argument("--rss-steps", type=int, default=1)
     parser.add_argument("--rss-hidden", type=int, default=1)
     parser.add_argument("--skip-rss", action="store_true")

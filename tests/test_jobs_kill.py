@@ -1,8 +1,12 @@
-"""Crash safety of `zsteer edit` as a real process: SIGKILL at random points, SIGINT / SIGTERM.
+"""Crash safety of `zsteer edit` as a real process: SIGKILL at chosen points, SIGINT / SIGTERM.
 
 After any sequence of kills and resumes, every manifest row must be exactly once in parts/ or
-rejects/. The kills are seeded; each one waits for the run to commit something first, so every run
-makes progress and the kill lands in the middle of work (between shards, commits and renames).
+rejects/, with the numbers an uninterrupted run gives. What each kill hits is fixed, only its exact
+moment is random (seeded): one kill before the first commit, the others a short random delay after
+the k-th commit, so every run but the last is really killed, whatever the machine's speed, and the
+kills land in the middle of work (between shards, commits and renames). Two layouts: shards smaller
+than a unit (each unit split over shards, committed when it ends) and shards larger than a unit
+(several units buffered per shard, committed when the shard is full).
 """
 
 from __future__ import annotations
@@ -17,12 +21,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
-from jobkit import latents, read_parts, read_rejects, tiny_models, write_manifest
+from jobkit import job_config, latents, one_thread, read_parts, read_rejects, tiny_models, write_manifest
+
+from zsteer.jobs.runner import run_job
 
 ZSTEER = str(Path(sys.executable).with_name("zsteer"))
-N_A, N_B = 600, 400
+N_A, N_B = 600, 400  # in row groups (= units) of 50 rows: 20 units
+STEPS = 10  # enough work per row that a run outlives a kill's delay after its k-th commit
+KILL_DELAY = 0.3  # most seconds between the moment a kill is due and the kill
+# rows_per_shard -> the commits after which the runs are killed (the first run is killed before any).
+# 48: each 50-row unit is split over two shards and commits on its own (20 commits);
+# 200: four units share a shard and commit together when it is full (5 commits).
+LAYOUTS = {48: (3, 7, 11), 200: (1, 2, 3)}
 BAD = {  # (file, row) -> what is wrong with it
     ("a", 17): "NaN",
     ("a", 333): "length",
@@ -58,11 +71,28 @@ def setup(tmp_path_factory):
     return root, models
 
 
-def _command(root: Path, models, out: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def reference(setup, tmp_path_factory):
+    """Per-row results of the same job run uninterrupted, in this process."""
+    root, models = setup
+    out = tmp_path_factory.mktemp("reference") / "job"
+    with one_thread():
+        run_job(job_config(root / "data", out, models, ascent={"steps": STEPS, "lr": 0.5}, batch_size=32))
+    return _by_id(read_parts(out))
+
+
+def _by_id(parts: pa.Table) -> dict[int, dict]:
+    columns = ("z_edited", "logits_after", "latent_shift", "steps_taken", "stop_reason")
+    values = {c: parts.column(c).to_pylist() for c in columns}
+    return {i: {c: values[c][k] for c in columns} for k, i in enumerate(parts.column("id").to_pylist())}
+
+
+def _command(root: Path, models, out: Path, rows_per_shard: int = 48) -> list[str]:
     return [
         ZSTEER, "edit", "-m", str(root / "data"), "--generator", str(models[0]), "--classifier", str(models[1]),
-        "-t", "attr1", "--steps", "2", "--lr", "0.5", "--batch-size", "32", "--rows-per-shard", "48",
-        "--read-rows", "64", "--images", "png", "--workers", "1", "--threads", "1", "--out", str(out),
+        "-t", "attr1", "--steps", str(STEPS), "--lr", "0.5", "--batch-size", "32",
+        "--rows-per-shard", str(rows_per_shard), "--read-rows", "64", "--images", "png", "--workers", "1",
+        "--threads", "1", "--out", str(out),
     ]  # fmt: skip
 
 
@@ -75,6 +105,21 @@ def _commits(out: Path) -> int:
     return len(list((out / "commits").glob("commit-*.json"))) if (out / "commits").exists() else 0
 
 
+def _wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 60.0) -> None:
+    """Return once ``ready()``; fail if the run ends first (the job is too short for the test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(
+                f"the run ended (rc {proc.returncode}) before {what}; make the job longer\n{err}"
+            )
+        time.sleep(0.02)
+    raise AssertionError(f"the job made no progress towards {what}")
+
+
 def _wait_for_commit(proc: subprocess.Popen, out: Path, timeout: float = 60.0) -> bool:
     """True once the run has committed something new; False if it ended first."""
     before, deadline = _commits(out), time.monotonic() + timeout
@@ -85,6 +130,19 @@ def _wait_for_commit(proc: subprocess.Popen, out: Path, timeout: float = 60.0) -
             return True
         time.sleep(0.05)
     raise AssertionError("the job made no progress")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the run, which must still be running; its PNG encoder processes must leave too."""
+    children = _children(proc.pid)
+    assert proc.poll() is None, "the run finished before it could be killed; make the job longer"
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10  # the encoders notice their parent is gone and leave
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(c) for c in children), "orphaned encoder processes"
 
 
 def _children(pid: int) -> list[int]:
@@ -129,32 +187,38 @@ def _check_exactly_once(root: Path, out: Path) -> None:
     assert summary["complete"] and summary["rows_done"] == N_A + N_B and summary["rejected"] == len(BAD)
 
 
-def test_sigkill_at_random_points_then_resume_is_exactly_once(setup, tmp_path):
+@pytest.mark.parametrize("rows_per_shard", sorted(LAYOUTS))
+def test_sigkill_at_random_points_then_resume_is_exactly_once(setup, reference, tmp_path, rows_per_shard):
     root, models = setup
     out = tmp_path / "job"
-    cmd = _command(root, models, out)
-    rng = random.Random(20261123)
-    kills = 0
-    for _ in range(3):
+    cmd = _command(root, models, out, rows_per_shard)
+    rng = random.Random(20261123 + rows_per_shard)
+    # Before the first commit: job.json is written, the run is starting its engine and encoders.
+    proc = _start(cmd)
+    _wait_until(proc, (out / "job.json").exists, "job.json was written")
+    time.sleep(rng.uniform(0.0, KILL_DELAY / 2))
+    _kill(proc)
+    assert _commits(out) == 0, "the first kill was meant to land before the first commit"
+    for k in LAYOUTS[rows_per_shard]:  # then each run a little after the job's k-th commit
         proc = _start(cmd)
-        if not _wait_for_commit(proc, out):
-            break
-        time.sleep(rng.uniform(0.0, 1.0))
-        children = _children(proc.pid)
-        proc.kill()
-        proc.communicate()
-        kills += proc.returncode == -signal.SIGKILL
-        # The PNG encoder processes notice their parent is gone and leave.
-        deadline = time.monotonic() + 10
-        while any(_alive(c) for c in children) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(_alive(c) for c in children), "orphaned encoder processes"
-    assert kills >= 2, "the job finished before it could be killed; make it longer"
+        _wait_until(proc, lambda k=k: _commits(out) >= k, f"commit {k}")
+        time.sleep(rng.uniform(0.0, KILL_DELAY))
+        _kill(proc)
+    if rows_per_shard > 50:  # the kills hit runs holding several units in one shard
+        commits = [json.loads(p.read_text()) for p in (out / "commits").iterdir()]
+        assert max(len(c["units"]) for c in commits) > 1
     proc = _start(cmd)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "resuming" in err
     _check_exactly_once(root, out)
+    got = _by_id(read_parts(out))
+    assert got.keys() == reference.keys()
+    for i, want in reference.items():
+        assert (got[i]["steps_taken"], got[i]["stop_reason"]) == (want["steps_taken"], want["stop_reason"])
+        for column in ("z_edited", "logits_after", "latent_shift"):
+            np.testing.assert_allclose(got[i][column], want[column], atol=1e-5, err_msg=f"id {i} {column}")
+    assert np.abs(np.subtract(got[3]["z_edited"], latents(N_A, seed=0)[3])).max() > 1e-2, "z moved"
 
 
 def test_sigterm_and_sigint_stop_after_the_batch_and_resume(setup, tmp_path):

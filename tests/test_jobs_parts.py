@@ -1,4 +1,5 @@
-"""The job's small parts on their own: id set, rebatching, manifest discovery, targets, identity diffs."""
+"""The job's small parts on their own: id set, rebatching, units, the reader, manifest discovery, targets,
+identity diffs, summary totals."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from jobkit import ATTRS, latents, write_manifest
 from zsteer.jobs import idset
 from zsteer.jobs.batcher import Batcher, UnitEnd
 from zsteer.jobs.identity import differences
-from zsteer.jobs.rows import RowChunk, Unit
+from zsteer.jobs.manifest import ModelShape, plan_manifest
+from zsteer.jobs.reader import read_units
+from zsteer.jobs.rows import RowChunk, Unit, plan_units
 from zsteer.jobs.sources import resolve_manifests
+from zsteer.jobs.summary import run_totals
 from zsteer.jobs.targets import TargetParser, resolve_job_targets
 from zsteer.pipeline.errors import ZsteerError
 
@@ -71,8 +75,13 @@ def test_manifests_from_files_directories_and_globs(tmp_path):
     write_manifest(tmp_path / "d" / "_tmp.parquet", {"id": [3], "z": latents(1)})
     assert resolve_manifests([str(tmp_path / "d")]) == [a.resolve(), b.resolve()]
     assert resolve_manifests([str(tmp_path / "d" / "**" / "*.parquet"), str(a)]) == [a.resolve(), b.resolve()]
+    # An output folder inside a directory or a glob: what the job wrote there is not read back (so a
+    # resume sees the same inputs); a file in it named on its own is refused.
+    out = tmp_path / "d" / "sub"
+    assert resolve_manifests([str(tmp_path / "d")], exclude=out) == [a.resolve()]
+    assert resolve_manifests([str(tmp_path / "d" / "**" / "*.parquet")], exclude=out) == [a.resolve()]
     with pytest.raises(ZsteerError, match="inside the output folder"):
-        resolve_manifests([str(tmp_path / "d")], exclude=tmp_path / "d" / "sub")
+        resolve_manifests([str(tmp_path / "d"), str(b)], exclude=out)
 
 
 def test_per_row_targets_in_every_supported_form():
@@ -120,3 +129,54 @@ def test_progress_prints_plain_lines_when_not_on_a_terminal(caplog):
         progress.close()
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("100/200 rows (50.0%), ") and "rows/s, ETA " in line
+
+
+def test_units_cut_row_groups_into_bounded_runs_of_rows(tmp_path):
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(25), "z": latents(25)}, row_group_size=10)
+    plan = plan_manifest([path], ModelShape(8, 0, ATTRS))
+    units = plan_units(plan, 4)
+    assert [(u.key, u.start, u.n_rows) for u in units] == [
+        ("0:0:0", 0, 4), ("0:0:1", 4, 4), ("0:0:2", 8, 2),
+        ("0:1:0", 10, 4), ("0:1:1", 14, 4), ("0:1:2", 18, 2),
+        ("0:2:0", 20, 4), ("0:2:1", 24, 1),
+    ]  # fmt: skip
+    assert [u.key for u in plan_units(plan, 100)] == ["0:0:0", "0:1:0", "0:2:0"]
+
+
+def test_reader_streams_units_of_a_huge_row_group_in_bounded_memory(tmp_path):
+    """One 120k-row row group (31 MB of z): pieces of at most read_rows rows, the right rows for units
+    that start inside the row group (a resume), and Arrow memory far below the row group's size."""
+    n, z_dim = 120_000, 64
+    z = latents(n, z_dim=z_dim)
+    path = write_manifest(tmp_path / "big.parquet", {"id": np.arange(n), "z": z})
+    plan = plan_manifest([path], ModelShape(z_dim, 0, ATTRS))
+    units = plan_units(plan, 25_000)
+    todo = [units[1], units[3], units[4]]  # a resume: units 0 and 2 are done
+    base, peak, seen = pa.total_allocated_bytes(), 0, {}
+    for piece in read_units(plan, todo, read_rows=3000):
+        peak = max(peak, pa.total_allocated_bytes() - base)
+        assert piece.fault is None and piece.n_rows <= 3000 and piece.batch.num_rows == piece.n_rows
+        ids = piece.batch.column("id").to_numpy()
+        np.testing.assert_array_equal(ids, np.arange(piece.offset, piece.offset + piece.n_rows))
+        got = piece.batch.column("z").flatten().to_numpy().reshape(-1, z_dim)
+        np.testing.assert_array_equal(got, z[ids])
+        seen[piece.unit.key] = seen.get(piece.unit.key, 0) + piece.n_rows
+        if piece.last:
+            assert seen[piece.unit.key] == piece.unit.n_rows
+    assert seen == {"0:0:1": 25_000, "0:0:3": 25_000, "0:0:4": 20_000}
+    assert peak < 12 * 2**20, f"{peak / 2**20:.1f} MiB of Arrow memory for a 31 MB row group"
+
+
+def test_summary_totals_add_up_every_run():
+    runs = [
+        {"wall_seconds": 4.0, "edited": 300, "peak_rss_mb": 500.0,
+         "stage_seconds": {"read": 1.0, "compute": 2.0, "encode": 0.5, "write": 0.5}},
+        {"wall_seconds": 1.0, "edited": 0, "peak_rss_mb": 400.0,
+         "stage_seconds": {"read": 0.0, "compute": 0.0, "encode": 0.0, "write": 0.0}},
+    ]  # fmt: skip
+    assert run_totals(runs) == {
+        "wall_seconds": 5.0,
+        "stage_seconds": {"read": 1.0, "compute": 2.0, "encode": 0.5, "write": 0.5},
+        "latents_per_second": 60.0,
+        "peak_rss_mb": 500.0,
+    }

@@ -325,8 +325,10 @@ def test_big_row_groups_are_split_into_bounded_shards(tmp_path, models):
     assert sorted(read_parts(out).column("id").to_pylist()) == list(range(150))
 
 
-def test_unreadable_row_group_becomes_rejects(tmp_path, models, monkeypatch):
-    """A row group that fails mid-read (a corrupt page) turns its unread rows into rejects."""
+@pytest.mark.parametrize("unit_rows", [4096, 3])
+def test_unreadable_row_group_becomes_rejects(tmp_path, models, monkeypatch, unit_rows):
+    """A row group that fails mid-read (a corrupt page) turns its unread rows into rejects, in every
+    unit of the row group still to come (with 3-row units: the rest of 13-15, then 16-18 and 19)."""
     from zsteer.jobs import reader
 
     path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(30), "z": latents(30)}, row_group_size=10)
@@ -340,7 +342,7 @@ def test_unreadable_row_group_becomes_rejects(tmp_path, models, monkeypatch):
                 yield batch
 
     monkeypatch.setattr(reader.pq, "ParquetFile", Flaky)
-    run_job(job_config(path, tmp_path / "job", models, read_rows=4))
+    run_job(job_config(path, tmp_path / "job", models, read_rows=4, unit_rows=unit_rows))
     reasons = reasons_by_row(tmp_path / "job")
     assert sorted(reasons) == [14, 15, 16, 17, 18, 19]
     assert set(reasons.values()) == {"row group unreadable: Corrupt snappy compressed data."}
@@ -371,3 +373,439 @@ def test_a_compiled_engine_sees_full_batches_only(tmp_path, models, manifest):
     run_job(job_config(manifest, tmp_path / "job", models, batch_size=16), engine_factory=factory)
     assert set(sizes) == {16} and len(sizes) == 13  # 200 rows = 12 full batches + 8 rows padded
     assert sorted(read_parts(tmp_path / "job").column("id").to_pylist()) == list(range(200))
+
+
+# -- units: bounded runs of rows of a row group --------------------------------------------------------
+
+
+def _commit_docs(out) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "commits").glob("commit-*.json"))]
+
+
+def test_a_huge_row_group_commits_unit_by_unit_and_a_resume_redoes_only_the_rest(
+    tmp_path, models, monkeypatch
+):
+    """One 150-row row group in units of 40 rows: each unit commits on its own, so a crash loses one
+    unit's work, not the row group's, and the resume reads only the units no commit names."""
+    from zsteer.jobs import reader
+
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(150), "z": latents(150)})
+    out = tmp_path / "job"
+    config = job_config(path, out, models, unit_rows=40, read_rows=16, output={"flush_seconds": 0.0})
+    real_commit = folder_module.JobFolder.commit
+    calls = {"n": 0}
+
+    def crashing_commit(self, commit):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        real_commit(self, commit)
+
+    monkeypatch.setattr(folder_module.JobFolder, "commit", crashing_commit)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_job(config)
+    monkeypatch.setattr(folder_module.JobFolder, "commit", real_commit)
+    assert [c["units"] for c in _commit_docs(out)] == [["0:0:0"], ["0:0:1"]]
+    asked = []
+    real_read = reader.read_units
+
+    def recording(plan, units, read_rows):
+        asked.extend(u.key for u in units)
+        return real_read(plan, units, read_rows)
+
+    monkeypatch.setattr("zsteer.jobs.runner.read_units", recording)
+    assert run_job(config).status == "complete"
+    assert asked == ["0:0:2", "0:0:3"]
+    assert [c["units"] for c in _commit_docs(out)] == [["0:0:0"], ["0:0:1"], ["0:0:2"], ["0:0:3"]]
+    assert [c["rows"] for c in _commit_docs(out)] == [40, 40, 40, 30]
+    assert sorted(read_parts(out).column("id").to_pylist()) == list(range(150))
+    with pytest.raises(ZsteerError, match=r"unit_rows: 40 -> 64"):
+        run_job(job_config(path, out, models, unit_rows=64, read_rows=16))
+
+
+def test_a_stop_inside_a_huge_row_group_keeps_the_units_already_done(tmp_path, models):
+    """A signal part way through a one-row-group manifest commits the finished units; the resume
+    finishes the rest and every row is there once."""
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(120), "z": latents(120)})
+    out = tmp_path / "job"
+    config = job_config(path, out, models, unit_rows=32, batch_size=16)
+    from zsteer.pipeline.engine import make_engine
+
+    def factory(*args):
+        engine, calls = make_engine(*args), {"n": 0}
+
+        class StopsAtTheFourthBatch:
+            def edit(self, *a, **kw):
+                calls["n"] += 1
+                if calls["n"] == 4:
+                    stop["flag"].stop(2)  # as SIGINT would, from the main thread, mid-batch
+                return engine.edit(*a, **kw)
+
+        return StopsAtTheFourthBatch()
+
+    from zsteer.jobs import runner
+
+    stop = {}
+    real_flag = runner.StopFlag
+
+    def capture(install):
+        stop["flag"] = real_flag(install)
+        return stop["flag"]
+
+    runner.StopFlag, saved = capture, runner.StopFlag
+    try:
+        result = run_job(config, engine_factory=factory)
+    finally:
+        runner.StopFlag = saved
+    assert result.status == "interrupted" and result.exit_code == 130
+    # 4 batches of 16 rows: units 0 and 1 (rows 0-63) are done and committed.
+    assert [c["units"] for c in _commit_docs(out)] == [["0:0:0", "0:0:1"]]
+    assert run_job(config).status == "complete"
+    assert sorted(read_parts(out).column("id").to_pylist()) == list(range(120))
+
+
+# -- faults: the data's (rejects) and the system's (fatal, resumable) ----------------------------------
+
+
+@pytest.mark.parametrize("where", ["open", "read"])
+def test_os_errors_are_fatal_one_line_errors_and_the_job_resumes(tmp_path, models, monkeypatch, where):
+    """File gone, permission denied, EIO: nothing about the rows, so nothing is rejected; the job stops
+    with one line naming the file, keeps what it committed, and the same command finishes it."""
+    import errno
+    from types import SimpleNamespace
+
+    from zsteer.jobs import reader
+
+    data = tmp_path / "data"
+    write_manifest(data / "a.parquet", {"id": np.arange(40), "z": latents(40)}, row_group_size=20)
+    b = write_manifest(data / "b.parquet", {"id": np.arange(40, 80), "z": latents(40, 1)}, row_group_size=20)
+    real = reader.pq.ParquetFile
+
+    class Failing(real):
+        def __init__(self, source, **kw):
+            if where == "open" and str(source) == str(b.resolve()):
+                raise PermissionError(errno.EACCES, "Permission denied", str(source))
+            super().__init__(source, **kw)
+            self.source = str(source)
+
+        def iter_batches(self, *args, row_groups=None, **kw):
+            for batch in super().iter_batches(*args, row_groups=row_groups, **kw):
+                if where == "read" and self.source == str(b.resolve()) and row_groups == [1]:
+                    raise OSError(errno.EIO, "Input/output error")
+                yield batch
+
+    monkeypatch.setattr(reader, "pq", SimpleNamespace(ParquetFile=Failing))  # the reader's opens only
+    out = tmp_path / "job"
+    config = job_config(data, out, models, output={"flush_seconds": 0.0})
+    with pytest.raises(ZsteerError) as info:
+        run_job(config)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{b.resolve()}: cannot ")
+    assert ("Permission denied" if where == "open" else "Input/output error") in message
+    assert "run the same command again to resume" in message
+    assert read_rejects(out) is None, "an OS error must not reject rows"
+    assert "1:1:0" not in {u for c in _commit_docs(out) for u in c["units"]}
+    monkeypatch.undo()  # the file is readable again
+    assert run_job(config).status == "complete"
+    assert sorted(read_parts(out).column("id").to_pylist()) == list(range(80))
+    assert read_rejects(out) is None
+
+
+def test_a_failing_writer_stops_the_job_instead_of_hanging(tmp_path, models, monkeypatch):
+    """The writer fails while the main thread is slow and the read queue is full: the reader gives up
+    without an end marker, and the main thread must notice the error instead of waiting for one."""
+    import threading
+    import time
+
+    from zsteer.jobs import progress, writer
+
+    n = 160  # every row rejected (null z): no batch is edited, so no edit checks for errors either
+    path = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(n), "z": [None] * n},
+        schema=pa.schema([("id", pa.int64()), ("z", pa.list_(pa.float32()))]),
+    )  # fmt: skip
+
+    def failing(self, unit, table):
+        raise OSError("No space left on device")
+
+    real_update = progress.Progress.update
+    calls = []
+
+    def slow_update(self, rows):  # the main thread stalls once, long enough for the reader to give up
+        calls.append(rows)
+        if len(calls) == 1:
+            time.sleep(1.0)
+        real_update(self, rows)
+
+    monkeypatch.setattr(writer.ShardWriter, "add_rejects", failing)
+    monkeypatch.setattr(progress.Progress, "update", slow_update)
+    outcome = {}
+
+    def run():
+        try:
+            run_job(job_config(path, tmp_path / "job", models, read_rows=8))
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the job hung after its writer failed"
+    assert "No space left on device" in str(outcome.get("error"))
+
+
+def test_a_failed_run_stops_its_writer_before_releasing_the_folder(tmp_path, models, manifest, monkeypatch):
+    """The engine fails while the writer is still busy: run_job returns only once the writer is gone,
+    so nothing writes into the folder after its lock is released."""
+    import threading
+    import time
+
+    from zsteer.jobs import writer
+    from zsteer.pipeline.engine import make_engine
+
+    real_add = writer.ShardWriter.add_rows
+
+    def slow_add(self, unit, table):
+        time.sleep(0.3)
+        real_add(self, unit, table)
+
+    def factory(*args):
+        engine, calls = make_engine(*args), {"n": 0}
+
+        class FailsAtTheThirdBatch:
+            def edit(self, *a, **kw):
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    raise RuntimeError("device lost")
+                return engine.edit(*a, **kw)
+
+        return FailsAtTheThirdBatch()
+
+    monkeypatch.setattr(writer.ShardWriter, "add_rows", slow_add)
+    with pytest.raises(RuntimeError, match="device lost"):
+        run_job(job_config(manifest, tmp_path / "job", models), engine_factory=factory)
+    assert not [t for t in threading.enumerate() if t.name == "zsteer-writer" and t.is_alive()]
+    with FolderLock(tmp_path / "job"):  # free
+        pass
+
+
+# -- resume checks: inputs -----------------------------------------------------------------------------
+
+
+def test_a_regenerated_input_of_the_same_size_is_refused(tmp_path, models):
+    import os
+
+    def write(seed):  # plain encoding, no compression: the same rows always make the same file size
+        table = pa.table(
+            {
+                "id": np.arange(50),
+                "z": pa.FixedSizeListArray.from_arrays(pa.array(latents(50, seed).ravel()), Z_DIM),
+            }
+        )
+        pq.write_table(table, path, compression="none", use_dictionary=False)
+
+    path = tmp_path / "m.parquet"
+    write(0)
+    out = tmp_path / "job"
+    run_job(job_config(path, out, models))
+    stat = path.stat()
+    write(1)  # other latents, same size; the mtime put back as it was
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    with pytest.raises(ZsteerError, match=rf"inputs\.{path.resolve()}\.footer_blake2b: "):
+        run_job(job_config(path, out, models))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(ZsteerError, match=r"\.mtime_ns: "):
+        run_job(job_config(path, out, models))
+
+
+def test_resume_with_the_output_folder_inside_the_manifest_directory(tmp_path, models):
+    data = tmp_path / "data"
+    write_manifest(data / "a.parquet", {"id": np.arange(30), "z": latents(30)}, row_group_size=10)
+    out = data / "run"
+    for _ in range(2):  # the second run finds parts/ under data/ and must not read them
+        assert run_job(job_config(data, out, models)).status == "complete"
+    assert sorted(read_parts(out).column("id").to_pylist()) == list(range(30))
+    with pytest.raises(ZsteerError, match="inside the output folder"):
+        run_job(job_config([data, out / "parts" / "part-000000.parquet"], out, models))
+
+
+# -- the manifest contract -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("columns", "fragment"),
+    [
+        ({"id": pa.array([1, 2], pa.uint64())}, "column 'id' must be int64 or string, found uint64"),
+        ({"label": pa.array(["a", "b"])}, "column 'label' must be integers, found string"),
+        ({"steps": pa.array([1.5, 2.0])}, "column 'steps' must be integers, found double"),
+        ({"stop_at_prob": pa.array([1, 2])}, "column 'stop_at_prob' must be floats, found int64"),
+        ({"targets": pa.array([1, 2])}, "column 'targets' must be map<string, number>"),
+    ],
+)
+def test_mistyped_columns_are_refused_naming_file_and_column(tmp_path, columns, fragment):
+    gspec = GeneratorSpec(kind="course_conditional_generator", z_dim=Z_DIM, n_classes=3, hidden_dim=4)
+    cond = tiny_models(tmp_path / "cond", gspec) if "label" in columns else tiny_models(tmp_path / "m")
+    base = {"id": pa.array([1, 2]), "z": pa.array([latents(1)[0].tolist()] * 2), "label": pa.array([0, 1])}
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table(base | columns), path)
+    with pytest.raises(ZsteerError) as info:
+        run_job(job_config(path, tmp_path / "job", cond))
+    assert str(info.value).startswith(f"{path.resolve()}: ") and fragment in str(info.value)
+    assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.parametrize(
+    ("b_columns", "fragment"),
+    [
+        ({"id": np.arange(3, 5), "z": latents(2), "note": ["x", "y"], "more": [1, 2]}, "columns differ from"),
+        ({"id": np.arange(3, 5), "z": latents(2), "note": [1, 2]}, "column 'note' is int64 but string in"),
+        ({"id": ["p", "q"], "z": latents(2), "note": ["x", "y"]}, "column 'id' is string but int64 in"),
+    ],
+)
+def test_files_of_one_job_must_share_one_schema(tmp_path, models, b_columns, fragment):
+    data = tmp_path / "data"
+    write_manifest(data / "a.parquet", {"id": np.arange(3), "z": latents(3), "note": ["a", "b", "c"]})
+    b = write_manifest(data / "b.parquet", b_columns)
+    with pytest.raises(ZsteerError) as info:
+        run_job(job_config(data, tmp_path / "job", models))
+    assert str(info.value).startswith(f"{b.resolve()}: ") and fragment in str(info.value)
+
+
+def test_per_row_steps_and_stop_at_prob_out_of_range_are_rejected(tmp_path, models):
+    from zsteer.jobs.manifest import MAX_ROW_STEPS
+
+    rows = [  # (steps, stop_at_prob) -> reason fragment (None = edited)
+        (None, None, None),
+        (5, None, None),
+        (MAX_ROW_STEPS + 1, None, f"steps {MAX_ROW_STEPS + 1} is above the most a row may ask for"),
+        (2_000_000_000, None, "steps 2000000000 is above"),
+        (None, math.nan, None),  # NaN: never stop early
+        (None, 0.5, None),
+        (None, 1.0, "stop_at_prob 1.0 is not in (0, 1)"),
+        (None, 0.0, "stop_at_prob 0.0 is not in (0, 1)"),
+        (None, -0.1, "stop_at_prob -0.1 is not in (0, 1)"),
+        (None, 1.5, "stop_at_prob 1.5 is not in (0, 1)"),
+        (None, math.inf, "stop_at_prob inf is not in (0, 1)"),
+    ]
+    n = len(rows)
+    path = write_manifest(
+        tmp_path / "m.parquet",
+        {"id": np.arange(n), "z": latents(n), "steps": [r[0] for r in rows], "stop_at_prob": [r[1] for r in rows]},
+        schema=pa.schema(
+            [("id", pa.int64()), ("z", pa.list_(pa.float32(), Z_DIM)), ("steps", pa.int64()),
+             ("stop_at_prob", pa.float64())]
+        ),
+    )  # fmt: skip
+    run_job(job_config(path, tmp_path / "job", models))
+    reasons = reasons_by_row(tmp_path / "job")
+    for i, (_, _, fragment) in enumerate(rows):
+        if fragment is None:
+            assert i not in reasons
+        else:
+            assert fragment in reasons[i], (i, reasons.get(i))
+    steps = _by_id(read_parts(tmp_path / "job"), "steps_taken")
+    assert steps[0] == 3 and steps[1] == 5
+
+
+# -- summaries and rejects -----------------------------------------------------------------------------
+
+
+def test_a_signal_after_the_last_batch_reports_the_job_complete(tmp_path, models, manifest):
+    import dataclasses
+    import os
+    import signal
+
+    from zsteer.pipeline.engine import make_engine
+
+    def factory(*args):
+        engine, calls = make_engine(*args), {"n": 0}
+
+        class SignalledInTheLastBatch:
+            def edit(self, *a, **kw):
+                calls["n"] += 1
+                if calls["n"] == 13:  # 200 rows in batches of 16: the 13th is the last
+                    os.kill(os.getpid(), signal.SIGINT)
+                return engine.edit(*a, **kw)
+
+        return SignalledInTheLastBatch()
+
+    config = dataclasses.replace(job_config(manifest, tmp_path / "job", models), handle_signals=True)
+    result = run_job(config, engine_factory=factory)
+    assert (result.status, result.exit_code) == ("complete", 0)
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["complete"] and summary["runs"][-1]["status"] == "complete"
+
+
+def test_a_rerun_with_nothing_left_keeps_the_jobs_totals(tmp_path, models, manifest):
+    out = tmp_path / "job"
+    run_job(job_config(manifest, out, models))
+    first = json.loads((out / "summary.json").read_text())
+    assert run_job(job_config(manifest, out, models)).status == "complete"
+    again = json.loads((out / "summary.json").read_text())
+    assert len(again["runs"]) == 2 and again["runs"][1]["edited"] == 0
+    assert again["stage_seconds"] == first["stage_seconds"] and again["stage_seconds"]["compute"] > 0
+    assert 0 < again["latents_per_second"] <= first["latents_per_second"]
+    assert again["edited"] == 200 and again["peak_rss_mb"] >= first["peak_rss_mb"]
+
+
+def test_rejects_are_written_in_bounded_files(tmp_path, models):
+    n = 150  # every row rejected: the commits hold rejects only
+    path = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(n), "z": [None] * n},
+        schema=pa.schema([("id", pa.int64()), ("z", pa.list_(pa.float32()))]), row_group_size=100,
+    )  # fmt: skip
+    out = tmp_path / "job"
+    run_job(job_config(path, out, models, unit_rows=50, output={"rows_per_shard": 32}))
+    sizes = [pq.read_metadata(p).num_rows for p in sorted((out / "rejects").iterdir())]
+    assert max(sizes) <= 32 and sum(sizes) == n
+    assert sorted(read_rejects(out).column("row").to_pylist()) == list(range(n))
+    assert read_parts(out) is None
+
+
+# -- a row's result depends on that row and the settings only ------------------------------------------
+
+
+def test_rows_do_not_depend_on_reading_sharding_units_or_row_groups(tmp_path, models):
+    n = 180
+    z = latents(n, seed=5)
+    bad = {7: "z has NaN or Inf (as float32)", 64: "z is null", 150: "duplicate id 3"}
+    zs = [None if i == 64 else [math.nan] * Z_DIM if i == 7 else z[i].tolist() for i in range(n)]
+    ids = [3 if i == 150 else i for i in range(n)]
+    steps = [1 + i % 5 if i % 3 == 0 else None for i in range(n)]  # per-row budgets vary in a batch
+    schema = pa.schema([("id", pa.int64()), ("z", pa.list_(pa.float32())), ("steps", pa.int64())])
+    layouts = [  # (row_group_size, batch_size, read_rows, rows_per_shard, unit_rows)
+        (180, 16, 4096, 64, 4096),
+        (180, 7, 5, 11, 13),
+        (33, 16, 9, 200, 20),
+        (50, 32, 50, 50, 50),
+        (1, 16, 4096, 3, 4096),
+    ]
+    results = []
+    for k, (group, batch, read, shard, unit) in enumerate(layouts):
+        path = write_manifest(
+            tmp_path / f"m{k}" / "m.parquet", {"id": ids, "z": zs, "steps": steps}, row_group_size=group,
+            schema=schema,
+        )  # fmt: skip
+        out = tmp_path / f"job{k}"
+        config = job_config(
+            path, out, models, batch_size=batch, read_rows=read, unit_rows=unit,
+            output={"rows_per_shard": shard},
+        )  # fmt: skip
+        run_job(config)
+        parts = read_parts(out)
+        rejects = read_rejects(out)
+        results.append((
+            {c: _by_id(parts, c) for c in ("z_edited", "logits_before", "logits_after", "latent_shift")},
+            {c: _by_id(parts, c) for c in ("steps_taken", "stop_reason")},
+            sorted(zip(rejects.column("row").to_pylist(), rejects.column("reason").to_pylist(), strict=True)),
+        ))  # fmt: skip
+    want_floats, want_exact, want_rejects = results[0]
+    assert [(row, reason) for row, reason in want_rejects] == [(i, bad[i]) for i in sorted(bad)]
+    assert len(want_exact["steps_taken"]) == n - len(bad)
+    for floats, exact, rejected in results[1:]:
+        assert exact == want_exact and rejected == want_rejects
+        for column, values in floats.items():
+            assert values.keys() == want_floats[column].keys()
+            diff = max(np.abs(np.subtract(values[i], want_floats[column][i])).max() for i in values)
+            assert diff <= 1e-5, (column, diff)
