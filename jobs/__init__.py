@@ -5,7 +5,8 @@ One module, one job:
 - ``config``: frozen settings of a job (what the CLI parses into);
 - ``sources``: --manifest arguments (files, directories, globs) -> sorted Parquet files;
 - ``manifest``: the manifest contract and the whole-file checks made before any work;
-- ``reader``: row groups streamed in bounded pieces; ``rows``: per-row validation -> rows + rejects;
+- ``reader``: units (bounded runs of rows of a row group) streamed in bounded pieces; ``rows``: units, and
+  per-row validation -> rows + rejects;
 - ``targets``: the job's and each row's targets as weights; ``idset``: duplicate ids across the job;
 - ``batcher``: rows of consecutive chunks cut into fixed-size engine batches;
 - ``encode``: PNG encoding in worker processes; ``output``: the output shard schema and tables;

@@ -1,6 +1,6 @@
 """The edit job: read -> validate -> rebatch -> edit -> encode -> write, overlapped, resumable.
 
-    reader thread     row groups -> RowChunk (validated)        --read queue (bounded)-->
+    reader thread     units (runs of rows of a row group) -> RowChunk   --read queue (bounded)-->
     main thread       rebatch to batch_size, AscentEngine.edit  --write queue (bounded)-->
     encoder processes PNG bytes per batch (futures, in order)
     writer thread     shards, rejects, commits (folder.py)
