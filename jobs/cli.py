@@ -151,7 +151,7 @@ def main():
 )
 @click.option(
     "--row-group-size", type=click.IntRange(min=1), default=8192, show_default=True,
-    help="Rows per row group (the unit of work and resume of `zsteer edit`); values do not depend on it.",
+    help="Rows per Parquet row group (what a reader fetches at once); values do not depend on it.",
 )  # fmt: skip
 def sample(n, seed, out, z_dim, labels, row_group_size):
     """Write a manifest of N latents z ~ N(0, I) (float32), deterministic from --seed."""

@@ -113,6 +113,11 @@ def _edit_options(fn):
                      help="Most rows per output file in parts/."),
         click.option("--read-rows", type=click.IntRange(min=1), default=4096, show_default=True,
                      help="Rows read at a time from a row group (bounds memory)."),
+        click.option("--unit-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+                     help="Rows per unit of resume: row groups are cut into units of at most this many "
+                     "rows (fixed for the life of a job)."),
+        click.option("--flush-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0,
+                     show_default=True, help="Commit finished units at least this often."),
         click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
                      help="Runtime of the ascent step; onnxruntime needs the 'cpu' or 'gpu' extra."),
         click.option("--onnx-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -138,12 +143,12 @@ def edit(ctx, **opt):
       1. checks every manifest file against the models (a file that is not Parquet, truncated, empty,
          without a usable id / z / label column, or with another z length stops the job before it
          starts, with one line naming the file);
-      2. streams row groups, rejecting bad rows (null/duplicate id, null z, wrong length, NaN/Inf,
+      2. streams the row groups in units of --unit-rows rows, rejecting bad rows (null/duplicate id, null z, wrong length, NaN/Inf,
          label out of range, unknown attribute in a per-row override) to rejects/ with the reason;
       3. edits the rest in batches of --batch-size by classifier-gradient ascent;
       4. writes parts/part-*.parquet (id, carried columns, z_edited, logits_before, logits_after,
-         latent_shift, steps_taken, stop_reason, image) and commits each row group when done.
-    Interrupted (Ctrl-C, SIGTERM, a crash), the same command resumes: done row groups are skipped and
+         latent_shift, steps_taken, stop_reason, image) and commits each unit when done.
+    Interrupted (Ctrl-C, SIGTERM, a crash), the same command resumes: done units are skipped and
     every row ends up exactly once in parts/ or rejects/. A changed setting or model is refused.
 
     \b
@@ -163,6 +168,7 @@ def edit(ctx, **opt):
                 out=opt["out"],
                 images=opt["images"],
                 rows_per_shard=opt["rows_per_shard"],
+                flush_seconds=opt["flush_seconds"],
                 workers=opt["workers"],
             ),
             models=ModelSource(
@@ -190,6 +196,7 @@ def edit(ctx, **opt):
                 impl=opt["impl"],
             ),
             read_rows=opt["read_rows"],
+            unit_rows=opt["unit_rows"],
         )
     except ValueError as exc:  # a dataclass's own check, for what click's types do not cover
         raise ZsteerError(f"invalid settings: {exc}") from None

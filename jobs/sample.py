@@ -35,7 +35,7 @@ class SampleConfig:
     z_dim: int = 64
     # Classes for a `label` column uniform in [0, labels) (conditional generators); None = no column.
     labels: int | None = None
-    # Rows per row group: the unit of work and of resume of a job that reads the manifest.
+    # Rows per row group: what a reader fetches at once (a job cuts row groups into its own units).
     row_group_size: int = 8192
 
     def __post_init__(self):

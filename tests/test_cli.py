@@ -437,3 +437,17 @@ def test_stop_at_prob_stops_rows_once_the_target_passes_it(tmp_path, models):
     assert 0 < reached.sum() < 32  # some rows stop early, some run every step (picked on these models)
     assert (prob[reached] >= 0.8).all() and (steps[reached] < 6).any()
     assert (steps[~reached] == 6).all()  # only the target stops a row early (its last step may pass P)
+
+
+def test_unit_rows_cuts_row_groups_into_units_and_is_fixed_for_the_job(tmp_path, models):
+    """--unit-rows: a 40-row row group in units of 16 rows commits 3 units; a resume with another value
+    would cut the row groups differently, so it is refused."""
+    manifest = tmp_path / "m.parquet"
+    assert run("sample", "--n", 40, "--z-dim", Z_DIM, "--out", manifest).exit_code == 0
+    out = tmp_path / "job"
+    result = run(*_edit_args(manifest, models, out, "--unit-rows", 16, "--flush-seconds", 0.5))
+    assert result.exit_code == 0, result.output
+    units = [u for p in (out / "commits").glob("commit-*.json") for u in json.loads(p.read_text())["units"]]
+    assert len(units) == len(set(units)) == 3
+    assert read_parts(out).num_rows == 40
+    one_line_error(run(*_edit_args(manifest, models, out, "--unit-rows", 8)), "unit_rows")
