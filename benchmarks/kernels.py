@@ -7,34 +7,37 @@ models (C1W4B generator + classifier, z_dim 64, hidden 64, 40 attributes; EditNe
 the objective inside, then the update), to show what share of a step these ops are. CUDA (when
 torch.cuda.is_available()): also Triton against the references with triton.testing.do_bench.
 
-Memory traffic per row and launches per call, fp32, A = 40 attributes, D = z_dim = 64, all rows active.
-The reference numbers are counted by this script (``traffic``: every non-view aten op is one launch;
-its bytes are its tensor inputs, each at most its storage, plus its outputs; printed with the results).
-The Triton numbers follow from the kernels' loads and stores, each element read or written once:
+Memory traffic per row and launches per call, fp32, A = 40 attributes, D = z_dim = 64, all rows active,
+batch 128. The reference numbers are counted by this script (``traffic``: every non-view aten op is one
+launch; its bytes are its tensor inputs, each at most its storage, plus its outputs; printed with the
+results, clean and lab mode). The Triton numbers follow from the kernels' loads and stores, each element
+read or written once:
 
     op                          reference                 Triton, 1 launch
     objective                   16 launches, 3264 B/row   (4 reads + 1 write) x A x 4 B + score 4 B   =  804 B
-    ascent_update, clean mode   60 launches, 11586 B/row  z, z0, grad read + z written: 4 x D x 4 B
+    ascent_update, clean mode   88 launches, 14040 B/row  z, z0, grad read + z written: 4 x D x 4 B
                                                           + logits, weights read: 2 x A x 4 B
                                                           + status, stop_prob read; grad_norm, shift,
                                                             status, moved written: 6 x 4 B            = 1368 B
-    ascent_update, lab mode     65 launches, 13897 B/row  + accum read and written: 2 x D x 4 B       = 1880 B
+    ascent_update, lab mode     93 launches, 16351 B/row  + accum read and written: 2 x D x 4 B       = 1880 B
 
-(Rows that are not ACTIVE skip the logits, weights and grad reads, rows that stop now skip grad.)
+(Rows that are not ACTIVE skip the logits, weights and grad reads, rows that stop now skip grad.) The
+reference's count grew from 72 / 77 launches with the logit-space stop test (log(p / (1 - p)): 5 ops
+on [N]), the "z changed" test behind ``moved`` and the overflowed-norm guard; the kernel does the same in
+registers. The reference sets status with torch.where, so it never synchronises with the GPU either.
 
-Expected GPU gain, to be checked by running this script on a GPU. At the engine's batch of 128 rows
-every tensor here is under 60 KB, so neither version is bandwidth-bound: the eager reference costs its
-launches, ~5-8 us of CPU dispatch each (~0.1 ms for the objective, ~0.3-0.5 ms for the update), while a
-Triton version costs one launch plus its wrapper's Python checks (~20-40 us). Expect ~3-5x on the
-objective and ~10x or more on the update at batch 128, about 0.4 ms saved per eager step, more in
-proportion for small or compacted batches (fewer rows, same launch count). The eager update also sets
-status through three boolean masks (``new_status[mask] = code``, aten.index_put_), which on CUDA go
-through nonzero and so should each wait for the GPU (to confirm with a profiler); the Triton update never
-synchronises. At large batches (16k+ rows) both versions become bandwidth-bound and the gain tends to
-the byte ratio: ~4x (objective) and ~8.5x (update). A compiled step (torch.compile, the engine's default
-on CUDA) already fuses the reference objective into its graph, so there the gain is the update's, which
-the engine runs outside the compiled step. On CPU these ops are under 1% of a step (the table below), so
-the reference stays the CPU path.
+Expected GPU gain, to be checked by running this script on a GPU (none was available to measure). At the
+engine's batch of 128 rows every tensor here is under 60 KB, so neither version is bandwidth-bound: the
+eager reference costs its launches, ~5-8 us of CPU dispatch each (~0.1 ms for the objective, ~0.45-0.7 ms
+for the update), while a Triton version costs one launch plus its wrapper's Python checks (~20-40 us).
+Expect ~3-5x on the objective and ~10-20x on the update at batch 128, about 0.5-0.8 ms saved per eager
+step, more in proportion for small or compacted batches (fewer rows, same launch count). At large batches
+(16k+ rows) both become bandwidth-bound and the gain tends to the byte ratio: ~4x (objective) and ~10x
+(update, clean; ~8.7x lab). Under torch.compile (the engine's default on CUDA) the objective is the
+``zsteer::objective`` operator and the compiled step launches the Triton kernel in place of inductor's
+fusion of the reference, which is already a kernel or two: expect little there; the update runs outside
+the compiled step, so its gain is the eager one. On CPU these ops are under 1% of a step (the table below),
+so the reference stays the CPU path.
 """
 
 from __future__ import annotations
@@ -148,6 +151,7 @@ def main() -> None:
             EngineConfig(batch_size=n, device=device, compile="off", impl=impl),
         )  # fmt: skip
         t = inputs(n, device)
+        engine._resolve_kernels(t["z"])  # as the engine's first edit does (picks Triton or the reference)
         logits0 = engine._grad_step(t["z"], None, t["weights"], t["preserve"], penalty)[0].detach()
 
         def step():
@@ -168,9 +172,13 @@ def main() -> None:
     t = inputs(128, "cpu")
     obj_l, obj_b = traffic(lambda: objective_torch(*obj_args(t)))
     upd_l, upd_b = traffic(lambda: ascent_update_torch(*upd_args(t)))
+    lab = upd_args(t)
+    lab = (*lab[:3], torch.randn_like(t["z"]), *lab[4:])  # accum: lab-compatible mode
+    lab_l, lab_b = traffic(lambda: ascent_update_torch(*lab))
     print(
         f"reference traffic per row (counted at batch 128): objective {obj_l} launches, {obj_b / 128:.0f} B; "
-        f"ascent_update {upd_l} launches, {upd_b / 128:.0f} B (Triton: 1 launch each, 804 B and 1368 B)"
+        f"ascent_update {upd_l} launches, {upd_b / 128:.0f} B clean, {lab_l} launches, {lab_b / 128:.0f} B "
+        "lab (Triton: 1 launch each, 804 B, 1368 B and 1880 B)"
     )
 
     compiled = {}

@@ -1,11 +1,15 @@
 """Triton kernel for ``ascent_update`` (see kernels/ascent_update.py): one fused pass per block of rows.
 
 Each program reads its rows' status, stop probability, logits and weights (the stop test), then z, z0,
-grad and accum once, and writes every output once: the reference's ~60 small kernels (benchmarks/kernels.py
+grad and accum once, and writes every output once: the reference's ~90 small kernels (benchmarks/kernels.py
 counts them), most a full read or write of an [N, z_dim] or [N, A] tensor, become one launch. Rows that
 do not step (frozen, or reaching their target now) skip the gradient read; rows that are not ACTIVE skip
 the logits and weights too.
-Imported lazily by kernels/ascent_update.py only when impl resolves to "triton".
+Imported lazily by kernels/dispatch.py only when impl resolves to "triton".
+
+Two ways in, as for the objective: ``ascent_update_triton`` launches directly (eager; ``out=`` buffers)
+and the ``zsteer::ascent_update`` operator (``torch.library.triton_op``) is what torch.compile traces;
+``ascent_update_traceable`` picks between them.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
-from ._triton_common import block, check_device, check_float, check_shape, on_device, row_tiling
+from ._triton_common import block, check_device, check_float, check_shape, fp_options, on_device, row_tiling
 from .ascent_update import ACTIVE, MAX_SHIFT, NON_FINITE, TARGET_REACHED, UpdateResult
 
 
@@ -49,12 +54,14 @@ def _ascent_update_kernel(
     logits = tl.load(logits_ptr + r * s_l_r + a_cols * s_l_c, mask=a_mask, other=0.0).to(tl.float32)
     w = tl.load(weights_ptr + r * s_w_r + a_cols * s_w_c, mask=a_mask, other=0.0).to(tl.float32)
     p = tl.load(stop_ptr + r1 * s_stop, mask=row_ok, other=0.0).to(tl.float32)  # [BLOCK_N]
-    prob = tl.sigmoid(logits)  # [BLOCK_N, BLOCK_A]
+    # In logit space, as the reference (stop_threshold): no approximate exp or division at the threshold.
+    # tl.log is libdevice's logf on CUDA, the function torch.log calls; div_rn is IEEE division.
+    thr = tl.where(p > 0, tl.log(tl.math.div_rn(p, 1 - p)), -float("inf"))[:, None]  # [BLOCK_N, 1]
     # Selects, as in the reference: a NaN weight counts as "not a target" here but as a target below.
-    ok = tl.where(w > 0, prob >= p[:, None], tl.where(w < 0, prob <= 1 - p[:, None], True))
+    ok = tl.where(w > 0, logits >= thr, tl.where(w < 0, logits <= -thr, True))
     n_failed = tl.sum(tl.where(ok, 0, 1), axis=1)  # [BLOCK_N]; padding lanes have w = 0: ok
     n_targets = tl.sum(tl.where(w != 0, 1, 0), axis=1)
-    reached = active & (p == p) & (n_targets > 0) & (n_failed == 0)
+    reached = active & (p < 1) & (n_targets > 0) & (n_failed == 0)  # p < 1: False for NaN
     stepping = active & ~reached
 
     # 3. the direction. The gradient is read only for stepping rows (0 elsewhere, which is never used).
@@ -91,12 +98,17 @@ def _ascent_update_kernel(
     # 5. the non-finite guard (padding lanes are 0: finite).
     lane_ok = (tl.abs(candf) < float("inf")) & (tl.abs(g) < float("inf"))  # False for NaN too
     finite = tl.sum(tl.where(lane_ok, 0, 1), axis=1) == 0  # [BLOCK_N]
-    moved = stepping & finite
+    if NORMALIZE:
+        finite = finite & (gnorm < float("inf"))  # an overflowed norm would give a zero step
+    stepped = stepping & finite
     failed = stepping & ~finite
+    z_same = z_raw.to(out_z_ptr.dtype.element_ty)
+    changed = tl.sum(tl.where(cand_out != z_same, 1, 0), axis=1) > 0  # padding lanes: 0 and 0
+    moved = stepped & changed
 
-    new_z = tl.where(moved[:, None], cand_out, z_raw.to(out_z_ptr.dtype.element_ty))
+    new_z = tl.where(moved[:, None], cand_out, z_same)
     new_status = tl.where(reached, REACHED_CODE, status)
-    new_status = tl.where(moved & capped, MAX_SHIFT_CODE, new_status)
+    new_status = tl.where(stepped & capped, MAX_SHIFT_CODE, new_status)
     new_status = tl.where(failed, NON_FINITE_CODE, new_status)
     # Recomputed from the stored z, so a frozen row reports its current distance from z0.
     new_off = new_z.to(tl.float32) - z0
@@ -118,32 +130,17 @@ def _ascent_update_kernel(
     tl.store(out_moved_ptr + r1 * s_omoved, moved.to(tl.int32), mask=row_ok)
 
 
-def ascent_update_triton(
-    z: torch.Tensor,  # [N, D] current z
-    z0: torch.Tensor,  # [N, D] starting z
-    grad: torch.Tensor,  # [N, D] d score / d z at z
-    accum: torch.Tensor | None,  # [N, D] gradient sum so far (lab-compatible mode) or None
-    logits: torch.Tensor,  # [N, A] logits at z (for the stop test)
-    weights: torch.Tensor,  # [N, A] signed target weights
-    stop_prob: torch.Tensor,  # [N] stop once the targets pass this probability; NaN = never
-    status: torch.Tensor,  # [N] integer status codes before this step
-    lr: float,  # step size
-    max_shift: float,  # cap on ||z - z0||; inf = none
-    normalize: bool,  # divide the direction by its norm
-    *,
-    out: UpdateResult | None = None,  # buffers to write into (out.accum None iff accum is None)
-) -> UpdateResult:
-    """Triton version of ``ascent_update_torch``: same arguments and results, one kernel launch.
-
-    z, z0, grad and accum share one dtype (float32, float16 or bfloat16), which the z / accum / grad_norm
-    / shift outputs keep; logits, weights and stop_prob may be any of those; status any integer dtype
-    (kept). Shapes must match exactly (no broadcasting); strides are free. The kernel computes in float32.
-    ``out`` lets a caller reuse buffers (any strides, shapes and dtypes as the results); it is returned.
-    """
-    op = "ascent_update"
+def _prepare(op, z, z0, grad, accum, logits, weights, stop_prob, status, lr, max_shift, normalize):
+    """Checks the arguments; returns the device."""
     d_group = {"z": z, "z0": z0, "grad": grad} | ({} if accum is None else {"accum": accum})
     tensors = [*d_group.values(), logits, weights, stop_prob, status]
     device = check_device(op, _ascent_update_kernel, tensors)
+    for name, value in (("lr", lr), ("max_shift", max_shift), ("normalize", normalize)):
+        if isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"zsteer.kernels.{op}: {name} must be a Python number for the Triton kernel, got a tensor "
+                "(per-row or tensor values: use impl='torch', or 'auto')"
+            )
     if z.dim() != 2 or logits.dim() != 2:
         raise ValueError(
             f"zsteer.kernels.{op}: z must be [N, D] and logits [N, A], "
@@ -168,27 +165,21 @@ def ascent_update_triton(
     check_shape(op, "status", status, (n,))
     if status.is_floating_point() or status.is_complex() or status.dtype == torch.bool:
         raise TypeError(f"zsteer.kernels.{op}: status must hold integer codes, got {status.dtype}")
+    return device
 
-    if out is None:
-        out = UpdateResult(
-            z=torch.empty_like(z, memory_format=torch.contiguous_format),
-            accum=None if accum is None else torch.empty_like(accum, memory_format=torch.contiguous_format),
-            grad_norm=torch.empty(n, dtype=z.dtype, device=device),
-            shift=torch.empty(n, dtype=z.dtype, device=device),
-            status=torch.empty(n, dtype=status.dtype, device=device),
-            moved=torch.empty(n, dtype=torch.int32, device=device),
-        )
-    else:
-        _check_out(op, out, accum is not None, n, d, z.dtype, status.dtype, device)
+
+def _launch(kernel, options, args, out: UpdateResult, acc_out: torch.Tensor) -> None:
+    """One launch writing ``out`` (and ``acc_out``, which stands in for out.accum without accum)."""
+    z, z0, grad, accum, logits, weights, stop_prob, status, lr, max_shift, normalize = args
+    n, d = z.shape
+    a = logits.shape[1]
     if n == 0:
-        return out
-
-    block_n, programs, num_warps = row_tiling(op, n, d, a)
-    # Without accum, z stands in for its pointers and strides: the HAS_ACCUM=False kernel never reads them.
+        return
+    block_n, programs, num_warps = row_tiling("ascent_update", n, d, a)
+    # Without accum, z stands in for its input: the HAS_ACCUM=False kernel never reads or writes either.
     acc_in = z if accum is None else accum
-    acc_out = out.z if accum is None else out.accum
-    with on_device(device):
-        _ascent_update_kernel[(programs,)](
+    with on_device(z.device):
+        kernel[(programs,)](
             z, z0, grad, acc_in, logits, weights, stop_prob, status,
             out.z, acc_out, out.grad_norm, out.shift, out.status, out.moved,
             float(lr), float(max_shift), n, d, a,
@@ -199,11 +190,98 @@ def ascent_update_triton(
             ACTIVE_CODE=ACTIVE, REACHED_CODE=TARGET_REACHED, MAX_SHIFT_CODE=MAX_SHIFT,
             NON_FINITE_CODE=NON_FINITE,
             HAS_ACCUM=accum is not None, NORMALIZE=bool(normalize),
-            BLOCK_N=block_n, BLOCK_D=block(d), BLOCK_A=block(a), num_warps=num_warps,
-            # No FMA contraction: the same roundings as torch's separate ops (and no Triton 3.9 warning).
-            enable_fp_fusion=False,
+            BLOCK_N=block_n, BLOCK_D=block(d), BLOCK_A=block(a), num_warps=num_warps, **options,
         )  # fmt: skip
+
+
+def _empty_result(z, accum, status, device) -> UpdateResult:
+    n = z.shape[0]
+    return UpdateResult(
+        z=torch.empty_like(z, memory_format=torch.contiguous_format),
+        accum=None if accum is None else torch.empty_like(accum, memory_format=torch.contiguous_format),
+        grad_norm=torch.empty(n, dtype=z.dtype, device=device),
+        shift=torch.empty(n, dtype=z.dtype, device=device),
+        status=torch.empty(n, dtype=status.dtype, device=device),
+        moved=torch.empty(n, dtype=torch.int32, device=device),
+    )
+
+
+def ascent_update_triton(
+    z: torch.Tensor,  # [N, D] current z
+    z0: torch.Tensor,  # [N, D] starting z
+    grad: torch.Tensor,  # [N, D] d score / d z at z
+    accum: torch.Tensor | None,  # [N, D] gradient sum so far (lab-compatible mode) or None
+    logits: torch.Tensor,  # [N, A] logits at z (for the stop test)
+    weights: torch.Tensor,  # [N, A] signed target weights
+    stop_prob: torch.Tensor,  # [N] stop once the targets pass this probability; NaN = never
+    status: torch.Tensor,  # [N] integer status codes before this step
+    lr: float,  # step size
+    max_shift: float,  # cap on ||z - z0||; inf = none
+    normalize: bool,  # divide the direction by its norm
+    *,
+    out: UpdateResult | None = None,  # buffers to write into (out.accum None iff accum is None)
+) -> UpdateResult:
+    """Triton version of ``ascent_update_torch``: same arguments and results, one kernel launch.
+
+    z, z0, grad and accum share one dtype (float32, float16 or bfloat16), which the z / accum / grad_norm
+    / shift outputs keep; logits, weights and stop_prob may be any of those; status any integer dtype
+    (kept). Shapes must match exactly (no broadcasting); strides are free; lr, max_shift and normalize
+    are Python values. The kernel computes in float32. ``out`` lets a caller reuse buffers (any strides,
+    shapes and dtypes as the results); it is returned, and nothing outside it is written.
+    """
+    op = "ascent_update"
+    args = (z, z0, grad, accum, logits, weights, stop_prob, status, lr, max_shift, normalize)
+    device = _prepare(op, *args)
+    n, d = z.shape
+    if out is None:
+        out = _empty_result(z, accum, status, device)
+    else:
+        _check_out(op, out, accum is not None, n, d, z.dtype, status.dtype, device)
+    kernel = _ascent_update_kernel
+    _launch(kernel, fp_options(kernel, kernel), args, out, out.z if accum is None else out.accum)
     return out
+
+
+def _ascent_update_op(
+    z: torch.Tensor,
+    z0: torch.Tensor,
+    grad: torch.Tensor,
+    accum: torch.Tensor | None,
+    logits: torch.Tensor,
+    weights: torch.Tensor,
+    stop_prob: torch.Tensor,
+    status: torch.Tensor,
+    lr: float,
+    max_shift: float,
+    normalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The body of ``zsteer::ascent_update`` (also its fake implementation): the fields of UpdateResult,
+    with an empty [0] tensor for accum when there is none (an operator cannot return None)."""
+    args = (z, z0, grad, accum, logits, weights, stop_prob, status, lr, max_shift, normalize)
+    device = _prepare("ascent_update", *args)
+    out = _empty_result(z, accum, status, device)
+    # Without accum the kernel's accum output gets a buffer of its own, aliasing no other output.
+    acc_out = torch.empty((1, 1), dtype=z.dtype, device=device) if accum is None else out.accum
+    # wrap_triton by name: torch.library finds the kernel in this source (its compile-cache key).
+    kernel = wrap_triton(_ascent_update_kernel)
+    _launch(kernel, fp_options(kernel, _ascent_update_kernel), args, out, acc_out)
+    accum_out = torch.empty(0, dtype=z.dtype, device=device) if accum is None else out.accum
+    return out.z, accum_out, out.grad_norm, out.shift, out.status, out.moved
+
+
+ascent_update_op = triton_op("zsteer::ascent_update", _ascent_update_op, mutates_args=())
+
+
+def ascent_update_traceable(z, z0, grad, accum, logits, weights, stop_prob, status, lr, max_shift, normalize):
+    """``ascent_update_triton`` eagerly; the ``zsteer::ascent_update`` operator while torch.compile traces."""
+    if not torch.compiler.is_compiling():
+        return ascent_update_triton(
+            z, z0, grad, accum, logits, weights, stop_prob, status, lr, max_shift, normalize
+        )
+    new_z, new_accum, *rest = ascent_update_op(
+        z, z0, grad, accum, logits, weights, stop_prob, status, float(lr), float(max_shift), bool(normalize)
+    )
+    return UpdateResult(new_z, None if accum is None else new_accum, *rest)
 
 
 def _check_out(op, out, has_accum, n, d, dtype, status_dtype, device) -> None:

@@ -13,12 +13,10 @@ import torch
 import triton
 from triton.runtime.jit import JITFunction
 
-# Floating dtypes the kernels read and write; all compute in float32 (as torch does for half inputs' opmath).
-SUPPORTED_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+from .dispatch import MAX_ROW_ELEMENTS, SUPPORTED_FLOATS
+
 # Elements of one [BLOCK_N, BLOCK] tile: 2048 fp32 is 16 per thread at 4 warps, well inside the registers.
 TILE_ELEMENTS = 2048
-# Widest row one program holds in registers; wider rows would spill, so they are refused (use impl="torch").
-MAX_ROW_ELEMENTS = 16384
 
 
 def is_interpreted(kernel) -> bool:
@@ -40,6 +38,18 @@ def check_device(op: str, kernel, tensors: list[torch.Tensor]) -> torch.device:
             "set TRITON_INTERPRET=1 before triton is first imported, or use impl='torch' (or 'auto')"
         )
     return device
+
+
+def fp_options(launched, kernel) -> dict:
+    """Launch options for ``launched`` (``kernel`` itself, or ``wrap_triton(kernel)`` inside an operator).
+
+    A direct launch asks for no FMA contraction: the same roundings as torch's separate ops. Inside a
+    ``torch.library.triton_op`` that torch.compile traces, ``wrap_triton`` hands back a traceable wrapper
+    and inductor launches the kernel with its own options, which its user-defined-kernel path does not
+    let a caller set: results there may differ from the eager launch by contraction roundings only.
+    (Outside tracing and in the interpreter, ``wrap_triton`` hands back the kernel itself.)
+    """
+    return {"enable_fp_fusion": False} if launched is kernel else {}
 
 
 def on_device(device: torch.device):

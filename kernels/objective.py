@@ -9,9 +9,11 @@ graph with autograd, so the same code serves eager, compiled and exported paths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from .dispatch import choose_impl
+from .dispatch import choose_impl, float_refusal, triton_module, width_refusal
 
 
 def objective_torch(
@@ -30,10 +32,42 @@ def objective_torch(
     return score, grad
 
 
-def objective(logits, logits0, weights, preserve, penalty: float, impl: str = "auto"):
-    """Score [N] and its gradient w.r.t. the logits [N, A]; ``impl`` = "auto" | "triton" | "torch"."""
-    if choose_impl("objective", impl, logits) == "triton":
-        from ._triton_objective import objective_triton
+def triton_refusal(logits, logits0, weights, preserve) -> str | None:
+    """Why the Triton kernel would refuse these inputs (so "auto" takes the reference), or None."""
+    for name, t in (("logits", logits), ("logits0", logits0), ("weights", weights), ("preserve", preserve)):
+        if name in ("weights", "preserve") and not t.is_floating_point():
+            continue  # bool / integer masks are converted
+        reason = float_refusal(name, t)
+        if reason is not None:
+            return reason
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in (logits, logits0, weights, preserve)))
+    except RuntimeError:
+        return None  # the reference raises its own error
+    if len(shape) != 2:
+        return f"the Triton kernel takes [N, A] inputs, got {list(shape)}"
+    return width_refusal(attributes=shape[1])
 
-        return objective_triton(logits, logits0, weights, preserve, penalty)
-    return objective_torch(logits, logits0, weights, preserve, penalty)
+
+def objective(logits, logits0, weights, preserve, penalty: float, impl: str = "auto"):
+    """Score [N] and its gradient w.r.t. the logits [N, A]; ``impl`` = "auto" | "triton" | "torch".
+
+    With Triton, a call that torch.compile traces becomes the ``zsteer::objective`` operator, which
+    compiles to the Triton kernel; an eager call launches it directly.
+    """
+    args = (logits, logits0, weights, preserve)
+    if choose_impl("objective", impl, *args, refusal=lambda: triton_refusal(*args)) == "triton":
+        return triton_module("objective").objective_traceable(*args, penalty)
+    return objective_torch(*args, penalty)
+
+
+def objective_fn(impl: str, logits_like: torch.Tensor) -> tuple[Callable, str]:
+    """(the objective as one callable, "triton" | "torch") for logits like ``logits_like`` [N, A].
+
+    Resolved once, saying once why a fallback happened: for a step that torch.compile traces, which should
+    not trace the dispatch itself. The Triton callable is ``objective_traceable``.
+    """
+    like = [logits_like] * 4
+    if choose_impl("objective", impl, logits_like, refusal=lambda: triton_refusal(*like)) == "triton":
+        return triton_module("objective").objective_traceable, "triton"
+    return objective_torch, "torch"

@@ -3,6 +3,10 @@
 On 2 CPU cores the compiled step was measured against eager (benchmarks/ascent.py) and eager won or tied
 after a cold start of 7-45 s, so "auto" compiles only on CUDA. Shapes are kept fixed by the engine
 (padded buckets), so each bucket compiles once.
+
+The Triton kernels compose with it: with Triton chosen, the objective inside the step is the
+``zsteer::objective`` operator (``torch.library.triton_op``, kernels/_triton_objective.py), which the
+compiled step launches as the Triton kernel rather than inductor's fusion of the torch reference.
 """
 
 from __future__ import annotations

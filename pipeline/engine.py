@@ -2,7 +2,15 @@
 
 Clean mode (default): every step takes a fresh gradient of each row's own score, so a row's result
 depends only on that row and the settings, never on the batch it shares. Rows that stop are dropped
-from the next forward/backward (compacted), so they cost nothing more.
+from the next forward/backward (compacted, padded to a power-of-two bucket), so they cost nothing more.
+The stop test runs on each step's logits before the update, and once more on the final logits: a row
+whose targets pass on its last step ends as target_reached, not steps. ``steps_taken`` counts the
+updates that moved z (a zero gradient moves nothing).
+
+Kernels: the objective (inside the step, compiled or not) and the update (outside it) are resolved once
+per engine to Triton or the torch reference (kernels/dispatch.py says once why a fallback happened);
+``kernel_impls`` reports the choice. Under torch.compile the Triton objective is the ``zsteer::objective``
+operator, which the compiled step launches as the Triton kernel.
 
 Lab-compatible mode reproduces the C1W4B notebook: target score = mean over the batch and the targets,
 penalty averaged over the batch, z.grad never zeroed. For a notebook batch of n that equals, per row,
@@ -11,17 +19,22 @@ the gradient scaled by 1/n, accumulated over the steps: rows stay independent he
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 
-from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE, ascent_update
-from zsteer.kernels.objective import objective
+from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE, ascent_update, ascent_update_impl, final_status
+from zsteer.kernels.dispatch import triton_interpreted
+from zsteer.kernels.objective import objective_fn
 
 from .checkpoints import LoadedModel
 from .compile import compile_step, should_compile
 from .network import EditNet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,7 @@ class EditResult:
     logits_before: torch.Tensor  # [N, A]
     logits_after: torch.Tensor  # [N, A]
     latent_shift: torch.Tensor  # [N] ||z_edited - z||
-    steps_taken: torch.Tensor  # [N] int32 updates applied
+    steps_taken: torch.Tensor  # [N] int32 updates applied (that moved z)
     status: torch.Tensor  # [N] int32 stop codes (kernels.ascent_update.STATUS_NAMES)
     images: torch.Tensor | None  # [N, H, W, C] uint8, or None when not rendered
 
@@ -115,17 +128,48 @@ class AscentEngine:
         self.net = net.to(self.device)
         self.compiled = should_compile(self.engine.compile, self.device)
         self._step = compile_step(self._grad_step, self.compiled)
+        # "objective" / "ascent_update" -> "triton" | "torch", resolved at the first edit (_resolve_kernels).
+        self.kernel_impls: dict[str, str] = {}
+        self._objective = None
 
     def _grad_step(self, z_in, logits0, weights, preserve, penalty: float):
         """logits [N, A], score [N] and d score / d z_in [N, input_dim], by one forward and one VJP."""
         logits, vjp = torch.func.vjp(self.net, z_in)
         # Step 0 takes its starting logits from its own forward: delta is exactly 0 (DESIGN.md).
         start = logits if logits0 is None else logits0
-        # Inside a compiled step inductor fuses the reference itself; Triton serves the eager path.
-        impl = "torch" if self.compiled else self.engine.impl
-        score, grad_logits = objective(logits, start, weights, preserve, penalty, impl=impl)
+        # Resolved once (_resolve_kernels): the compiled step traces the chosen callable, not the dispatch.
+        score, grad_logits = self._objective(logits, start, weights, preserve, penalty)
         (grad_in,) = vjp(grad_logits)
         return logits, score, grad_in
+
+    def _resolve_kernels(self, z_in: torch.Tensor) -> None:
+        """Pick Triton or the torch reference for both ops, once, for this engine's shapes and device."""
+        if self.kernel_impls:
+            return
+        impl, dev = self.engine.impl, self.device
+        n_attr = 1  # only "auto" on CUDA looks at the width (the kernels' row limit): then measure it
+        if impl == "auto" and dev.type == "cuda":
+            with torch.no_grad():
+                n_attr = self.net(z_in[:1]).shape[1]
+        logits = torch.empty(0, n_attr, device=dev)
+        z = torch.empty(0, self.net.z_dim, device=dev)
+        rows = torch.empty(0, device=dev)
+        self._objective, obj_impl = objective_fn(impl, logits)
+        max_shift = math.inf if self.ascent.max_shift is None else self.ascent.max_shift
+        upd_impl = ascent_update_impl(
+            impl, z, z, z, z if self.ascent.lab_compat else None, logits, logits, rows,
+            rows.int(), self.ascent.step_size, max_shift, self.ascent.normalize,
+        )  # fmt: skip
+        if self.compiled and obj_impl == "triton" and triton_interpreted("objective"):
+            # Only on CPU tests: torch.compile cannot trace a kernel that Triton's interpreter runs.
+            warnings.warn(
+                "zsteer engine: the step runs uncompiled: Triton's interpreter (TRITON_INTERPRET=1) "
+                "cannot be traced by torch.compile",
+                stacklevel=3,
+            )
+            self.compiled, self._step = False, self._grad_step
+        self.kernel_impls = {"objective": obj_impl, "ascent_update": upd_impl}
+        log.info("zsteer engine on %s: kernels %s, compiled step: %s", dev, self.kernel_impls, self.compiled)
 
     def _effective_weights(self, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Per-row weights and lambda as the mode's objective uses them."""
@@ -207,6 +251,7 @@ class AscentEngine:
                 break
             take = _taker(rows)
             z_in = self.net.latent_input(take(z_cur), take(labels))
+            self._resolve_kernels(z_in)  # once per engine
             m = z_in.shape[0]
             size = _bucket(m, self.engine.batch_size) if m < n or self.compiled else m
             logits, _, grad_in = self._step(
@@ -221,18 +266,19 @@ class AscentEngine:
                 logits0 = logits.detach().clone()
             upd = ascent_update(
                 take(z_cur), take(z0), grad, take(accum), logits, take(weights), take(stop_prob),
-                take(status), lr, max_shift, self.ascent.normalize, impl=self.engine.impl,
+                take(status), lr, max_shift, self.ascent.normalize, impl=self.kernel_impls["ascent_update"],
             )  # fmt: skip
             _put(z_cur, rows, upd.z)
             _put(status, rows, upd.status)
             _put(steps_taken, rows, take(steps_taken) + upd.moved)
             if accum is not None:
                 _put(accum, rows, upd.accum)
-        status = torch.where(status == ACTIVE, STEPS_DONE, status)
 
         with torch.no_grad():
             images = self.net.generate(self.net.latent_input(z_cur, labels))
             logits_after = self.net.classify(images).float()
+        # The update tests the targets before each step; this tests them after the last one.
+        status = final_status(status, logits_after, weights, stop_prob)
         if logits0 is None:  # no steps at all: before == after
             logits0 = logits_after
         return EditResult(

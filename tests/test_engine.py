@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import pytest
 import torch
 from modelkit import load_models
 
-from zsteer.kernels.ascent_update import MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED
+from zsteer.kernels import dispatch
+from zsteer.kernels.ascent_update import MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED, targets_reached
+from zsteer.pipeline import engine as engine_module
 from zsteer.pipeline.engine import (
     AscentConfig,
     EngineConfig,
+    _bucket,
     default_preserve,
     make_engine,
     target_vector,
@@ -112,22 +116,112 @@ def test_lab_compat_reproduces_the_notebook(models, targets):
         assert (got - expected).abs().max() <= 1e-5
 
 
-def test_stop_at_prob_freezes_rows_and_says_why(models):
-    z = torch.randn(24, 16, generator=torch.Generator().manual_seed(5))
-    w, p = _targets(24, 6)
+def _stop_case(models, n=24):
+    """Latents, targets and a stop probability midway between two rows' starting probabilities: half the
+    rows pass it at the start, by a margin, and the others are below it."""
+    z = torch.randn(n, 16, generator=torch.Generator().manual_seed(5))
+    w, p = _targets(n, 6)
     probe = _engine(models, steps=0).edit(z, w, p, render=False)
-    threshold = float(torch.sigmoid(probe.logits_before[:, 2]).median())
-    r = _engine(models, steps=30, lr=0.3, stop_at_prob=threshold).edit(z, w, p)
+    start = torch.sigmoid(probe.logits_before[:, 2]).sort().values
+    threshold = float((start[n // 2 - 1] + start[n // 2]) / 2)
+    assert start[n // 2] - start[n // 2 - 1] > 1e-4, "pick a seed whose middle rows are apart"
+    return z, w, p, probe, threshold
+
+
+def _passes(logits, w, threshold):
+    return targets_reached(logits, w, torch.full((logits.shape[0],), threshold))
+
+
+def test_stop_at_prob_freezes_rows_and_says_why(models):
+    z, w, p, probe, threshold = _stop_case(models)
+    r = _engine(models, steps=3, lr=0.3, stop_at_prob=threshold).edit(z, w, p)
     reached = r.status == TARGET_REACHED
-    assert reached.any() and (~reached).any() or reached.all()
-    already = torch.sigmoid(probe.logits_before[:, 2]) >= threshold
-    assert (r.steps_taken[already] == 0).all() and (r.status[already] == TARGET_REACHED).all()
-    # a frozen row kept the z at which it reached the target
+    already = _passes(probe.logits_before, w, threshold)
+    assert already.sum() == 12
+    assert (r.steps_taken[already] == 0).all() and reached[already].all()
+    later = reached & ~already
+    assert later.any() and (r.steps_taken[later] > 0).all(), "rows below the threshold reach it by stepping"
+    assert (r.status == STEPS_DONE).any(), "and some do not within 3 steps"
+    assert set(r.status.tolist()) == {TARGET_REACHED, STEPS_DONE}
+    # a frozen row kept the z at which it reached the target (up to the final forward's rounding)
     assert (torch.sigmoid(r.logits_after[reached, 2]) >= threshold - 1e-4).all()
+    # ... and a row reported "steps" does not pass on its final logits (the test after the last step)
+    assert not _passes(r.logits_after, w, threshold)[r.status == STEPS_DONE].any()
     # per-row budgets: row i may take at most i % 3 steps
     budget = (torch.arange(24) % 3).to(torch.int32)
     r2 = _engine(models, steps=30, lr=0.3).edit(z, w, p, max_steps=budget)
     assert (r2.steps_taken == budget).all() and (r2.status == STEPS_DONE).all()
+
+
+def test_a_row_that_reaches_the_target_on_its_last_step_says_so(models):
+    z, w, p, _, threshold = _stop_case(models)
+    free = _engine(models, steps=30, lr=0.3, stop_at_prob=threshold).edit(z, w, p, render=False)
+    # Give each row that reached its target by stepping exactly the steps it needed: the threshold is
+    # then passed by its last step's update, and only the test after the loop can see it.
+    rows = (free.status == TARGET_REACHED) & (free.steps_taken > 0)
+    margin = torch.logit(torch.sigmoid(free.logits_after[:, 2])) - math.log(threshold / (1 - threshold))
+    rows &= margin > 1e-3  # past the threshold by more than two forwards' rounding apart
+    assert rows.sum() >= 3
+    budget = torch.where(rows, free.steps_taken, 30).to(torch.int32)
+    r = _engine(models, steps=30, lr=0.3, stop_at_prob=threshold).edit(
+        z, w, p, max_steps=budget, render=False
+    )
+    assert (r.status[rows] == TARGET_REACHED).all(), r.status[rows]
+    assert torch.equal(r.steps_taken[rows], free.steps_taken[rows])
+    torch.testing.assert_close(r.z_edited, free.z_edited, rtol=0, atol=1e-5)
+
+
+def test_stopped_rows_are_dropped_from_the_compute(models, monkeypatch):
+    z, w, p, _, threshold = _stop_case(models, n=32)
+    engine = _engine(models, batch_size=32, steps=12, lr=0.3, stop_at_prob=threshold)
+    padded, active = [], []
+    step, update = engine._step, engine_module.ascent_update
+
+    def count_step(z_in, *args):
+        padded.append(z_in.shape[0])
+        return step(z_in, *args)
+
+    def count_update(z_cur, *args, **kwargs):
+        active.append(z_cur.shape[0])
+        out = update(z_cur, *args, **kwargs)
+        still = int((out.status == 0).sum())
+        active.append(still)  # rows still active after this step
+        return out
+
+    monkeypatch.setattr(engine, "_step", count_step)
+    monkeypatch.setattr(engine_module, "ascent_update", count_update)
+    r = engine.edit(z, w, p, render=False)
+    rows_in, rows_left = active[0::2], active[1::2]
+    assert rows_in[0] == padded[0] == 32, "step 0 runs every row"
+    assert rows_in[1:] == rows_left[:-1], "each step runs exactly the rows left active by the one before"
+    assert padded == [32] + [_bucket(m, 32) for m in rows_in[1:]], "padded to power-of-two buckets only"
+    assert rows_left[0] <= 16 and padded[1] <= 16, "half the rows stop at step 0: the batch halves"
+    assert sum(padded) < 32 * len(padded)
+    assert int((r.status == TARGET_REACHED).sum()) == 32 - rows_left[-1] or rows_left[-1] == 0
+
+
+def test_a_zero_gradient_moves_nothing_and_counts_no_step(models):
+    z = torch.randn(6, 16, generator=torch.Generator().manual_seed(10))
+    w, p = _targets(6, 6)
+    w[3] = 0.0  # no target and (penalty at z0) no gradient: the row's z never changes
+    r = _engine(models, steps=4, lr=0.3).edit(z, w, default_preserve(w), render=False)
+    assert r.steps_taken.tolist() == [4, 4, 4, 0, 4, 4]
+    assert torch.equal(r.z_edited[3], z[3]) and r.status[3] == STEPS_DONE
+
+
+def test_kernel_choice_is_made_once_and_reported(models, monkeypatch, caplog):
+    monkeypatch.setattr(dispatch, "_said", set())
+    z = torch.randn(5, 16, generator=torch.Generator().manual_seed(11))
+    w, p = _targets(5, 6)
+    engine = _engine(models, steps=2)
+    assert engine.kernel_impls == {}
+    with caplog.at_level(logging.INFO, logger="zsteer"):
+        engine.edit(z, w, p, render=False)
+        engine.edit(z, w, p, render=False)
+    assert engine.kernel_impls == {"objective": "torch", "ascent_update": "torch"}
+    said = [r.getMessage() for r in caplog.records if "using the torch reference" in r.getMessage()]
+    assert len(said) == 2 and all("CUDA tensors only" in m for m in said), said
+    assert {r.levelno for r in caplog.records if r.name.startswith("zsteer.kernels")} == {logging.INFO}
 
 
 def test_max_shift_caps_and_normalised_steps_have_unit_length(models):

@@ -194,8 +194,15 @@ def test_objective_dispatch_triton():
 # ------------------------------------------------------------------------------------------ ascent_update
 
 
-def _update_inputs(n: int, d: int, a: int, seed: int, with_accum: bool, all_active: bool = False):
-    """Rows of every kind: frozen, reaching now, never stopping, capped, with non-finite gradients."""
+ROW_MODES = ("mixed", "all_active", "all_active_never_stop", "all_frozen")
+
+
+def _update_inputs(n: int, d: int, a: int, seed: int, with_accum: bool, rows: str = "mixed"):
+    """Rows of every kind: frozen, reaching now, never stopping, capped, with non-finite gradients.
+
+    ``rows``: "mixed" (all of those), "all_active" (none frozen), "all_active_never_stop" (none frozen,
+    stop_prob NaN everywhere) or "all_frozen" (every row stopped before, with NaN gradients: never read).
+    """
     g = _rng(seed)
     z0 = torch.randn(n, d, generator=g)  # [N, D]
     radius = torch.rand(n, 1, generator=g) * 1.5  # some rows start past the cap of 1.0
@@ -218,17 +225,25 @@ def _update_inputs(n: int, d: int, a: int, seed: int, with_accum: bool, all_acti
     kind = torch.arange(n) % 3
     stop_prob = torch.where(kind == 0, math.nan, torch.where(kind == 1, margin * 0.5, (margin + 1) / 2))
 
+    if rows == "all_active_never_stop":
+        stop_prob = torch.full((n,), math.nan)
+
     status = torch.full((n,), ACTIVE, dtype=torch.int32)
-    if not all_active:
-        pick = torch.rand(n, generator=g)
-        codes = torch.tensor([STEPS_DONE, TARGET_REACHED, MAX_SHIFT, NON_FINITE], dtype=torch.int32)
-        frozen = pick < 0.3
+    codes = torch.tensor([STEPS_DONE, TARGET_REACHED, MAX_SHIFT, NON_FINITE], dtype=torch.int32)
+    if rows == "mixed":
+        frozen = torch.rand(n, generator=g) < 0.3
         status[frozen] = codes[torch.randint(0, 4, (n,), generator=g)][frozen]
+    elif rows == "all_frozen":
+        status = codes[torch.arange(n) % 4]
     for i in range(2, n, 6):  # NaN, +inf, -inf in one gradient element
         grad[i, i % d] = (math.nan, math.inf, -math.inf)[(i // 6) % 3]
     if n > 4 and d > 1:  # finite gradient, but its norm and the step overflow float32
         # (d > 1: for one element torch's norm returns |x| where x * x overflows.)
         z[4, 0], grad[4, 0] = 3.3e38, 1e38
+    if n > 5 and d > 1:  # finite gradient and step, but the float32 norm overflows: NON_FINITE if normalised
+        grad[5, :2] = 3e38
+    if rows == "all_frozen":
+        grad = torch.full_like(grad, math.nan)  # never read for frozen rows
     tensors = (z, z0, grad, accum, logits, weights, stop_prob, status)
     return [None if t is None else t.to(DEVICE) for t in tensors]
 
@@ -247,6 +262,7 @@ def _check_update(got: UpdateResult, want: UpdateResult, dtype=torch.float32) ->
             _close(getattr(got, name), getattr(want, name), dtype, what=name)
 
 
+@pytest.mark.parametrize("rows", ROW_MODES)
 @pytest.mark.parametrize("max_shift", [math.inf, 1.0])
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("with_accum", [False, True])
@@ -255,8 +271,8 @@ def _check_update(got: UpdateResult, want: UpdateResult, dtype=torch.float32) ->
     [(1, 1, 1), (1, 64, 40), (7, 100, 2), (7, 1, 40), (31, 64, 1), (31, 100, 40),
      (257, 64, 40), (257, 100, 2), (257, 1, 1)],
 )  # fmt: skip
-def test_ascent_update_matches_reference(n, d, a, with_accum, normalize, max_shift):
-    args = _update_inputs(n, d, a, seed=n * 1000 + d * 10 + a, with_accum=with_accum)
+def test_ascent_update_matches_reference(n, d, a, with_accum, normalize, max_shift, rows):
+    args = _update_inputs(n, d, a, seed=n * 1000 + d * 10 + a, with_accum=with_accum, rows=rows)
     want = ascent_update_torch(*args, 0.3, max_shift, normalize)
     results = []
     for fill in (math.nan, -7777.0):
@@ -267,6 +283,14 @@ def test_ascent_update_matches_reference(n, d, a, with_accum, normalize, max_shi
     for first, second in zip(*results, strict=True):
         assert first is None or _same_bits(first, second), "the kernel left output elements unwritten"
     _check_update(results[0], want)
+    got, (z, _, _, accum, *_, status) = results[0], args
+    if rows == "all_frozen":  # passed through exactly, the NaN gradients never read
+        assert torch.equal(got.z, z) and (accum is None or torch.equal(got.accum, accum))
+        assert torch.equal(got.status, status) and not got.moved.any() and not got.grad_norm.any()
+    if rows == "all_active_never_stop":
+        assert not (got.status == TARGET_REACHED).any()
+    if n > 5 and d > 1 and normalize and status[5] == ACTIVE:
+        assert got.status[5] == NON_FINITE, "a normalised step with an overflowed norm is flagged"
 
 
 def test_update_inputs_cover_every_case():
@@ -278,28 +302,6 @@ def test_update_inputs_cover_every_case():
     for code in (ACTIVE, TARGET_REACHED, MAX_SHIFT, NON_FINITE):
         assert (new == code).any(), code
     assert (want.moved == 0).any() and (want.moved == 1).any()
-
-
-def test_ascent_update_all_never_stop_and_active():
-    z, z0, grad, accum, logits, weights, _, status = _update_inputs(40, 64, 40, 12, False, all_active=True)
-    stop_prob = torch.full((40,), math.nan, device=DEVICE)
-    args = (z, z0, grad, accum, logits, weights, stop_prob, status)
-    want = ascent_update_torch(*args, 0.3, math.inf, True)
-    got = ascent_update_triton(*args, 0.3, math.inf, True)
-    _check_update(got, want)
-    assert not (got.status == TARGET_REACHED).any()
-
-
-def test_ascent_update_frozen_rows_pass_through_exactly():
-    z, z0, grad, accum, logits, weights, stop_prob, _ = _update_inputs(20, 64, 40, 13, True)
-    status = torch.tensor([STEPS_DONE, TARGET_REACHED, MAX_SHIFT, NON_FINITE] * 5, dtype=torch.int32)
-    grad = torch.full_like(grad, math.nan)  # never read for frozen rows
-    got = ascent_update_triton(
-        z, z0, grad, accum, logits, weights, stop_prob, status.to(DEVICE), 0.3, 1.0, True
-    )
-    assert torch.equal(got.z, z) and torch.equal(got.accum, accum)
-    assert torch.equal(got.status.cpu(), status) and not got.moved.any() and not got.grad_norm.any()
-    _close(got.shift, torch.linalg.vector_norm(z - z0, dim=1))
 
 
 def test_ascent_update_strided_inputs_and_int64_status():
@@ -359,13 +361,88 @@ def test_ascent_update_dispatch_triton():
         assert x is None or _same_bits(x, y)
 
 
+# ------------------------------------------------------------------------------ out= buffers, operators
+
+MARGIN = 3
+
+
+def _strided_view(shape: tuple[int, ...], dtype, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a poisoned buffer, a view into it of ``shape`` with column stride 2 and margins on every side)."""
+    if len(shape) == 1:
+        big = torch.empty(3 * shape[0] + 2 * MARGIN, dtype=dtype, device=DEVICE)
+        view = big[MARGIN : MARGIN + 3 * shape[0] : 3]
+    else:
+        rows, cols = shape
+        big = torch.empty(rows + 2 * MARGIN, 2 * cols + 2 * MARGIN, dtype=dtype, device=DEVICE)
+        view = big[MARGIN : MARGIN + rows, MARGIN : MARGIN + 2 * cols : 2]
+    big.copy_(_poisoned_like(big, fill))
+    assert tuple(view.shape) == shape and view.stride()[-1] > 1 and view.storage_offset() > 0
+    return big, view
+
+
+def _untouched(big: torch.Tensor, view: torch.Tensor, fill: float) -> bool:
+    """Every element of ``big`` outside ``view`` still holds the poison."""
+    outside = torch.ones_like(big, dtype=torch.bool)
+    outside_view = outside.as_strided(view.shape, view.stride(), view.storage_offset() - big.storage_offset())
+    outside_view.fill_(False)
+    rest = big[outside]
+    return _same_bits(rest.double(), _poisoned_like(rest, fill).double())
+
+
+@pytest.mark.parametrize("fill", [math.nan, 4321.0])
+@pytest.mark.parametrize("n,a", [(1, 1), (13, 40), (70, 3)])
+def test_objective_writes_only_its_strided_out_buffers(n, a, fill):
+    args = _objective_inputs(n, a, "mixed", seed=21 + n)
+    want = objective_torch(*args, 0.7)
+    (big_s, score), (big_g, grad) = (
+        _strided_view((n,), want[0].dtype, fill),
+        _strided_view((n, a), want[1].dtype, fill),
+    )
+    got = objective_triton(*args, 0.7, out=(score, grad))
+    assert got[0] is score and got[1] is grad
+    _close(score, want[0], what="score")
+    _close(grad, want[1], what="grad_logits")
+    assert _untouched(big_s, score, fill) and _untouched(big_g, grad, fill), "wrote outside its out= views"
+
+
+@pytest.mark.parametrize("with_accum", [False, True])
+@pytest.mark.parametrize("fill", [math.nan, -4321.0])
+@pytest.mark.parametrize("n,d,a", [(1, 1, 1), (9, 64, 40), (37, 5, 3)])
+def test_ascent_update_writes_only_its_strided_out_buffers(n, d, a, fill, with_accum):
+    args = _update_inputs(n, d, a, seed=31 + n, with_accum=with_accum)
+    want = ascent_update_torch(*args, 0.3, 1.0, True)
+    bigs, views = {}, {}
+    for name, t in want._asdict().items():
+        if t is not None:
+            bigs[name], views[name] = _strided_view(tuple(t.shape), t.dtype, fill)
+    out = UpdateResult(**{name: views.get(name) for name in UpdateResult._fields})
+    got = ascent_update_triton(*args, 0.3, 1.0, True, out=out)
+    assert got is out
+    _check_update(got, want)
+    for name in views:
+        assert _untouched(bigs[name], views[name], fill), f"wrote outside out.{name}"
+
+
+def test_operators_are_registered_and_match_the_references():
+    """zsteer::objective and zsteer::ascent_update (torch.library.triton_op), called as operators."""
+    args = _objective_inputs(23, 40, "mixed", seed=41)
+    want = objective_torch(*args, 0.7)
+    got = torch.ops.zsteer.objective(*args, 0.7)
+    _close(got[0], want[0])
+    _close(got[1], want[1])
+    for with_accum in (False, True):
+        uargs = _update_inputs(23, 64, 40, seed=42, with_accum=with_accum)
+        want_u = ascent_update_torch(*uargs, 0.3, 1.0, True)
+        z, acc, *rest = torch.ops.zsteer.ascent_update(*uargs, 0.3, 1.0, True)
+        assert acc.numel() == 0 if not with_accum else acc.shape == z.shape
+        _check_update(UpdateResult(z, acc if with_accum else None, *rest), want_u)
+
+
 # ---------------------------------------------------------------------------------------------- engine
 
 
-def test_engine_with_triton_kernels_matches_torch():
-    """The engine's whole edit (objective + update + compaction) with impl="triton" against "torch"."""
+def _engine_models():
     from zsteer.pipeline.checkpoints import LoadedModel
-    from zsteer.pipeline.engine import AscentConfig, EngineConfig, default_preserve, make_engine
     from zsteer.pipeline.models import ClassifierSpec, CourseClassifier, CourseGenerator, GeneratorSpec
 
     torch.manual_seed(0)
@@ -378,22 +455,56 @@ def test_engine_with_triton_kernels_matches_torch():
                 layer.weight.normal_(0.0, math.sqrt(2.0 / fan))
     gen = LoadedModel(modules[0].eval(), gspec, "g", "g")
     cls = LoadedModel(modules[1].eval(), cspec, "c", "c", tuple("abcdef"))
+    return gen, cls
+
+
+def _engine_edit(impl: str, mode: str, compile: str = "off"):
+    from zsteer.pipeline.engine import AscentConfig, EngineConfig, default_preserve, make_engine
+
+    gen, cls = _engine_models()
     n = 11
-    z = torch.randn(n, 16)
+    z = torch.randn(n, 16, generator=_rng(1))
     weights = torch.zeros(n, 6)
     weights[:, 1], weights[:, 4] = 1.0, -0.5
-    stop = torch.where(torch.arange(n) % 2 == 0, math.nan, 0.5)
     budget = torch.tensor([4, 2, 3], dtype=torch.int32).repeat(4)[:n]  # 4 steps reach the cap, 2 or 3 do not
-    # Normalised steps: random-init models have tiny gradients, but unit steps still move every row.
-    ascent = AscentConfig(steps=4, lr=0.12, normalize=True, max_shift=0.45, lab_compat=True)
-    results = {}
-    for impl in ("torch", "triton"):
-        engine = make_engine(gen, cls, ascent, EngineConfig(batch_size=8, compile="off", impl=impl))
-        results[impl] = engine.edit(
-            z, weights, default_preserve(weights), max_steps=budget, stop_prob=stop, render=False
-        )
-    want, got = results["torch"], results["triton"]
-    assert {STEPS_DONE, TARGET_REACHED, MAX_SHIFT} <= set(want.status.tolist()), "cover the stop reasons"
+    if mode == "lab":
+        # Normalised steps: random-init models have tiny gradients, but unit steps still move every row.
+        stop = torch.where(torch.arange(n) % 2 == 0, math.nan, 0.5)
+        ascent = AscentConfig(steps=4, lr=0.12, normalize=True, max_shift=0.45, lab_compat=True)
+    else:  # clean mode: fresh gradients, no accum, plain gradient steps; a stop probability on most rows
+        stop = torch.where(torch.arange(n) % 4 == 0, math.nan, 0.5)
+        ascent = AscentConfig(steps=4, lr=1.0, penalty=0.3, max_shift=3.0)
+    engine = make_engine(gen, cls, ascent, EngineConfig(batch_size=8, compile=compile, impl=impl))
+    result = engine.edit(
+        z, weights, default_preserve(weights), max_steps=budget, stop_prob=stop, render=False
+    )
+    return engine, result
+
+
+def _check_engine_results(got, want) -> None:
     assert torch.equal(got.status, want.status) and torch.equal(got.steps_taken, want.steps_taken)
     torch.testing.assert_close(got.z_edited, want.z_edited, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.logits_after, want.logits_after, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["lab", "clean"])
+def test_engine_with_triton_kernels_matches_torch(mode):
+    """The engine's whole edit (objective + update + compaction) with impl="triton" against "torch"."""
+    _, want = _engine_edit("torch", mode)
+    engine, got = _engine_edit("triton", mode)
+    assert engine.kernel_impls == {"objective": "triton", "ascent_update": "triton"}
+    wanted = {STEPS_DONE, TARGET_REACHED, MAX_SHIFT}
+    assert wanted <= set(want.status.tolist()), f"cover the stop reasons: {want.status.tolist()}"
+    assert (want.steps_taken > 0).any() and (want.steps_taken < 4).any()
+    _check_engine_results(got, want)
+
+
+def test_engine_honours_triton_under_compile_on():
+    """compile="on" with impl="triton": the interpreter cannot be traced, so the step runs uncompiled with
+    the Triton kernels (said once) rather than silently using the reference."""
+    _, want = _engine_edit("torch", "clean")
+    with pytest.warns(UserWarning, match="step runs uncompiled") as record:
+        engine, got = _engine_edit("triton", "clean", compile="on")
+    assert len([w for w in record if "step runs uncompiled" in str(w.message)]) == 1
+    assert engine.kernel_impls == {"objective": "triton", "ascent_update": "triton"} and not engine.compiled
+    _check_engine_results(got, want)

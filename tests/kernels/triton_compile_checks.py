@@ -10,6 +10,7 @@ TRITON_INTERPRET (the interpreter replaces the compiler).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -127,3 +128,80 @@ def test_ascent_update_compiles(monkeypatch, arch, n, d, a, dtype, accum, normal
         *args,
     )
     _compile_recorded(kernel, call, arch)
+
+
+# ------------------------------------------------------------------- torch.compile traces the operators
+
+
+def _trace_with_fake_cuda(fn, *shapes_and_dtypes):
+    """The functionalised graph of ``fn`` on fake CUDA tensors (no GPU needed), as AOTAutograd hands it to
+    inductor, and its inputs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import dispatch_functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        inputs = [torch.empty(shape, dtype=dtype, device="cuda") for shape, dtype in shapes_and_dtypes]
+        return make_fx(dispatch_functionalize(fn))(*inputs), inputs
+
+
+def _traced_kernel_launches(gm):
+    """[(JITFunction, grid, kwargs with the launch's constants and num_warps)] of the graph's Triton nodes."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from triton.runtime.autotuner import Autotuner
+
+    launches = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or "kernel_idx" not in node.kwargs:
+            continue
+        kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+        kwargs = {
+            **node.kwargs["kwargs"],
+            **kernel_side_table.get_constant_args(node.kwargs["constant_args_idx"]),
+        }
+        # tensor arguments are graph nodes: their fake values carry the dtypes the signature needs
+        kwargs = {k: v.meta["val"] if isinstance(v, torch.fx.Node) else v for k, v in kwargs.items()}
+        if isinstance(kernel, Autotuner):  # num_warps= at the launch becomes a one-config autotuner
+            (config,) = kernel.configs
+            kwargs.update(config.kwargs, num_warps=config.num_warps)
+            kernel = kernel.fn
+        launches.append((kernel, node.kwargs["grid"], kwargs))
+    return launches
+
+
+@pytest.mark.parametrize("accum", [False, True])
+def test_a_compiled_step_launches_the_triton_kernels(monkeypatch, caplog, accum):
+    """What the engine runs under torch.compile on CUDA: "auto" resolves to the Triton ops, and while
+    tracing they become the zsteer:: operators, which decompose into the two Triton kernels (not into
+    the references' aten ops); each traced launch compiles for sm_90."""
+    import logging
+
+    from zsteer.kernels.ascent_update import ascent_update
+    from zsteer.kernels.objective import objective_fn
+
+    # Without a driver, torch's analysis of which arguments a kernel writes fails and says so (it then
+    # assumes all of them): a GPU machine does not take that path.
+    caplog.set_level(logging.ERROR, logger="torch._higher_order_ops.triton_kernel_wrap")
+    n, d, a = 128, 64, 40
+    f32 = torch.float32
+    specs = [((n, a), f32)] * 4 + [((n, d), f32)] * 4 + [((n,), f32), ((n,), torch.int32)]
+    resolved = {}
+
+    def step(logits, logits0, weights, preserve, z, z0, grad, acc, stop_prob, status):
+        fn, resolved["objective"] = objective_fn("auto", logits)
+        _, grad_logits = fn(logits, logits0, weights, preserve, 0.1)
+        upd = ascent_update(z, z0, grad, acc if accum else None, logits, weights, stop_prob, status,
+                            0.1, math.inf, True, impl="auto")  # fmt: skip
+        return grad_logits, upd.z, upd.status
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as under torch.compile's tracing
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())  # a CPU-only torch
+    gm, _ = _trace_with_fake_cuda(step, *specs)
+    assert resolved == {"objective": "triton"}
+    launches = _traced_kernel_launches(gm)
+    names = [kernel.fn.__name__ for kernel, _, _ in launches]
+    assert names == ["_objective_kernel", "_ascent_update_kernel"], names
+    ops = {str(node.target) for node in gm.graph.nodes if node.op == "call_function"}
+    assert not any("linalg_vector_norm" in op or "sigmoid" in op or "log" in op for op in ops), ops
+    for kernel, grid, kwargs in launches:
+        _compile_recorded(kernel, (grid, (), kwargs), 90)
