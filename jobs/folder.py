@@ -115,7 +115,7 @@ class JobFolder:
             return None
         try:
             return json.loads(self.job_json.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, OSError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
             raise ZsteerError(f"{self.job_json}: unreadable ({exc}); choose another --out") from None
 
     def write_job(self, doc: dict) -> None:
@@ -129,7 +129,7 @@ class JobFolder:
                 continue
             try:
                 commits.append(Commit(**json.loads(path.read_text(encoding="utf-8"))))
-            except (json.JSONDecodeError, TypeError, OSError) as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, OSError) as exc:
                 raise ZsteerError(
                     f"{path}: damaged completion marker ({exc}); the job folder was edited"
                 ) from None

@@ -451,3 +451,12 @@ def test_unit_rows_cuts_row_groups_into_units_and_is_fixed_for_the_job(tmp_path,
     assert len(units) == len(set(units)) == 3
     assert read_parts(out).num_rows == 40
     one_line_error(run(*_edit_args(manifest, models, out, "--unit-rows", 8)), "unit_rows")
+
+
+def test_a_job_json_that_is_not_utf8_is_a_one_line_error(tmp_path, models):
+    manifest = tmp_path / "m.parquet"
+    assert run("sample", "--n", 8, "--z-dim", Z_DIM, "--out", manifest).exit_code == 0
+    out = tmp_path / "job"
+    out.mkdir()
+    (out / "job.json").write_bytes(b'{"version": "\xff"}')
+    one_line_error(run(*_edit_args(manifest, models, out)), "job.json", "unreadable")
