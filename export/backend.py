@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE
+from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE, final_status
 from zsteer.pipeline.engine import AscentConfig, EditResult, EngineConfig, row_settings
 from zsteer.pipeline.network import EditNet
 
@@ -210,9 +210,17 @@ class OrtAscentEngine:
             state["accum"] = np.zeros_like(z0)
         return state
 
-    def _finish(self, z, labels, logits0, status, steps, render) -> dict:
-        status = np.where(status == ACTIVE, STEPS_DONE, status).astype(np.int32)
+    def _finish(self, z, labels, logits0, status, steps, render, batch) -> dict:
         images, logits_after = self._render_np(z, labels) if z.shape[0] else (None, None)
+        if logits_after is None:
+            status = np.where(status == ACTIVE, STEPS_DONE, status).astype(np.int32)
+        else:  # the stop test after the last step, as AscentEngine._edit_batch
+            status = final_status(
+                torch.from_numpy(np.asarray(status, np.int32)),
+                torch.from_numpy(logits_after).float(),
+                torch.from_numpy(np.asarray(batch["weights"], np.float32)),
+                torch.from_numpy(np.asarray(batch["stop_prob"], np.float32)),
+            ).numpy()
         if logits0 is None:  # no steps at all: before == after
             logits0 = logits_after
         return {
@@ -251,7 +259,7 @@ class OrtAscentEngine:
                     else:
                         state[key][rows] = out[name]
         return self._finish(
-            state["z"], state["labels"], logits0, state["status"], state["steps_taken"], render
+            state["z"], state["labels"], logits0, state["status"], state["steps_taken"], render, batch
         )
 
     # ---- device loop (IO binding) ---------------------------------------------------------------------
@@ -303,7 +311,7 @@ class OrtAscentEngine:
         z = state["z"].numpy()
         steps = state["steps_taken"].numpy()
         return self._finish(
-            z, host["labels"], None if logits0 is None else logits0.numpy(), status, steps, render
+            z, host["labels"], None if logits0 is None else logits0.numpy(), status, steps, render, batch
         )
 
 
