@@ -6,7 +6,7 @@ this session may have imported triton already. So the element-by-element compari
 compilation for sm_80 / sm_90 and the torch.compile tracing of the operators
 (tests/kernels/triton_compile_checks.py) and the no-interpreter error run in children with it removed.
 
-Without triton these tests skip, unless ZSTEER_REQUIRE_TRITON=1 (CI sets it): then they fail, so that a
+Without triton these tests skip, unless ZSTEER_REQUIRE_TRITON=1 (`./dev test`, and so CI, sets it): then they fail, so that a
 CI whose install lost triton cannot pass by skipping them.
 """
 
