@@ -1,0 +1,38 @@
+"""EditNet (pipeline/network.py): the folded, channels_last network against the modules it was built from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from zsteer.export.testing import gain_models
+from zsteer.pipeline.network import EditNet, _transpose_then_bias
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        dict(kernel_size=3, stride=2),
+        dict(kernel_size=4, stride=2, padding=1, output_padding=1),
+        dict(kernel_size=3, stride=3, dilation=2, groups=2),
+    ],
+)
+def test_bias_after_the_transposed_conv_is_the_layer(bias, geometry):
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose2d(6, 4, bias=bias, **geometry).eval()
+    x = torch.randn(5, 6, 7, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(_transpose_then_bias(layer, x), layer(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_generate_and_classify_match_the_course_modules(channels_last):
+    generator, classifier = gain_models(z_dim=8, hidden_dim=8, n_attributes=5)
+    net = EditNet(generator, classifier, channels_last=channels_last)
+    z = torch.randn(9, 8)
+    with torch.no_grad():
+        images = generator.module(z)
+        torch.testing.assert_close(net.generate(z), images, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(net(z), classifier.module(images), rtol=1e-4, atol=1e-4)
