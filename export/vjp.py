@@ -90,13 +90,13 @@ class VJPStack(nn.Module):
                     self.bn_index[i] = len(self.bn_index)
                     self.register_buffer(f"bn_scale_{i}", scale.reshape(1, -1, 1, 1).clone())
                     self.register_buffer(f"bn_shift_{i}", shift.reshape(1, -1, 1, 1).clone())
-                y = self._apply(i, layer, x)
+                y = self._run_layer(i, layer, x)
                 if isinstance(layer, nn.Conv2d):
                     self.adjoint_padding.append(_adjoint_output_padding(layer, x.shape[-2:], y.shape[-2:]))
                 x = y
         self.output_shape = tuple(x.shape[1:])  # (C, H, W) of one row
 
-    def _apply(self, i: int, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _run_layer(self, i: int, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if isinstance(layer, nn.BatchNorm2d):
             return x * getattr(self, f"bn_scale_{i}") + getattr(self, f"bn_shift_{i}")
         if isinstance(layer, nn.ReLU):
@@ -110,14 +110,14 @@ class VJPStack(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The stack's output alone (no tape)."""
         for i, layer in enumerate(self.layers):
-            x = self._apply(i, layer, x)
+            x = self._run_layer(i, layer, x)
         return x
 
     def forward_tape(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """Output and tape: the pre-activation of each ReLU / LeakyReLU, the output of each Tanh."""
         tape: list[torch.Tensor | None] = []
         for i, layer in enumerate(self.layers):
-            y = self._apply(i, layer, x)
+            y = self._run_layer(i, layer, x)
             if isinstance(layer, nn.ReLU | nn.LeakyReLU):
                 tape.append(x)
             elif isinstance(layer, nn.Tanh):

@@ -249,3 +249,17 @@ def test_update_rows_matches_reference(normalize, lab, max_shift):
     codes = set(new_status.tolist())
     assert {STEPS_DONE, TARGET_REACHED, NON_FINITE} <= codes
     assert (MAX_SHIFT in codes) == (max_shift < math.inf)
+
+
+def test_vjp_modules_move_like_any_module():
+    """VJPStack once named a method ``_apply``, shadowing nn.Module._apply: ``.to()``, ``.double()`` and
+    ``.cuda()`` of an EditVJP then raised TypeError. Moved to float64, it still matches autograd."""
+    generator, classifier = gain_models(z_dim=4, hidden_dim=4, n_attributes=3)
+    net, vjp = build_edit_vjp(generator, classifier)
+    vjp = vjp.double()
+    z = torch.randn(3, 4, dtype=torch.float64)
+    logits, tape = vjp.forward_tape(z)
+    g = torch.randn_like(logits)
+    ref = _autograd_vjp(net.double(), z, g)
+    assert vjp.backward(g, tape).dtype == torch.float64
+    torch.testing.assert_close(vjp.backward(g, tape), ref, rtol=1e-9, atol=1e-12)
