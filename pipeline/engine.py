@@ -169,7 +169,7 @@ class AscentEngine:
             )
             self.compiled, self._step = False, self._grad_step
         self.kernel_impls = {"objective": obj_impl, "ascent_update": upd_impl}
-        log.info("zsteer engine on %s: kernels %s, compiled step: %s", dev, self.kernel_impls, self.compiled)
+        log.info("engine on %s: kernels %s, compiled step: %s", dev, self.kernel_impls, self.compiled)
 
     def _effective_weights(self, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Per-row weights and lambda as the mode's objective uses them."""
