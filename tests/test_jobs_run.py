@@ -289,23 +289,28 @@ def test_a_folder_that_is_not_a_job_is_refused(tmp_path, models, manifest):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
-def test_crash_between_shard_and_commit_leaves_no_duplicates(tmp_path, models, manifest, monkeypatch):
-    """A crash after a shard is renamed into place but before its commit marker: the resume deletes
-    the orphan shard and redoes its units, so every row is still there exactly once."""
-    out = tmp_path / "job"
+def _crash_at_commit(monkeypatch, n: int, config) -> None:
+    """Run the job with its ``n``-th commit marker failing as a crash would, then restore commits."""
     real_commit = folder_module.JobFolder.commit
     calls = {"n": 0}
 
     def crashing_commit(self, commit):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == n:
             raise RuntimeError("simulated crash")
         real_commit(self, commit)
 
     monkeypatch.setattr(folder_module.JobFolder, "commit", crashing_commit)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_job(job_config(manifest, out, models, output={"flush_seconds": 0.0}))
+        run_job(config)
     monkeypatch.setattr(folder_module.JobFolder, "commit", real_commit)
+
+
+def test_crash_between_shard_and_commit_leaves_no_duplicates(tmp_path, models, manifest, monkeypatch):
+    """A crash after a shard is renamed into place but before its commit marker: the resume deletes
+    the orphan shard and redoes its units, so every row is still there exactly once."""
+    out = tmp_path / "job"
+    _crash_at_commit(monkeypatch, 2, job_config(manifest, out, models, output={"flush_seconds": 0.0}))
     assert len(list((out / "commits").glob("commit-*.json"))) == 1
     run_job(job_config(manifest, out, models, output={"flush_seconds": 0.0}))
     ids = read_parts(out).column("id").to_pylist()
@@ -392,19 +397,7 @@ def test_a_huge_row_group_commits_unit_by_unit_and_a_resume_redoes_only_the_rest
     path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(150), "z": latents(150)})
     out = tmp_path / "job"
     config = job_config(path, out, models, unit_rows=40, read_rows=16, output={"flush_seconds": 0.0})
-    real_commit = folder_module.JobFolder.commit
-    calls = {"n": 0}
-
-    def crashing_commit(self, commit):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash")
-        real_commit(self, commit)
-
-    monkeypatch.setattr(folder_module.JobFolder, "commit", crashing_commit)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_job(config)
-    monkeypatch.setattr(folder_module.JobFolder, "commit", real_commit)
+    _crash_at_commit(monkeypatch, 3, config)
     assert [c["units"] for c in _commit_docs(out)] == [["0:0:0"], ["0:0:1"]]
     asked = []
     real_read = reader.read_units
