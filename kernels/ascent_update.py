@@ -150,8 +150,10 @@ def triton_refusal(
     n, d = z.shape
     a = logits.shape[1]
     d_group = {"z": z, "z0": z0, "grad": grad} | ({} if accum is None else {"accum": accum})
-    expected = {name: (n, d) for name in d_group} | {"weights": (n, a), "stop_prob": (n,), "status": (n,)}
-    tensors = d_group | {"weights": weights, "stop_prob": stop_prob, "status": status}
+    expected = {name: (n, d) for name in d_group} | {
+        "logits": (n, a), "weights": (n, a), "stop_prob": (n,), "status": (n,),
+    }  # fmt: skip
+    tensors = d_group | {"logits": logits, "weights": weights, "stop_prob": stop_prob, "status": status}
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             return (
@@ -171,7 +173,8 @@ def triton_refusal(
 def ascent_update_impl(impl: str, *args) -> str:
     """``impl`` resolved to "triton" or "torch" for arguments like ``args`` (those of ``ascent_update``),
     saying once why a fallback happened: a caller that resolves once can then pass the result as impl."""
-    return choose_impl("ascent_update", impl, args[0], refusal=lambda: triton_refusal(*args))
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]  # all on CUDA, or the reference
+    return choose_impl("ascent_update", impl, *tensors, refusal=lambda: triton_refusal(*args))
 
 
 def ascent_update(

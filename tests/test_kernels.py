@@ -186,6 +186,8 @@ def _refused_update_cases():
         "mixed dtypes": ((z, z0, grad.half(), None, *rest, 0.1, math.inf, False), "different dtypes"),
         "broadcast weights": ((z, z0, grad, None, logits, weights[:1], stop, status, 0.1, math.inf, False),
                               "weights has shape"),
+        "broadcast logits": ((z, z0, grad, None, logits[:1], weights, stop, status, 0.1, math.inf, False),
+                             "logits has shape"),
         "wide z": ((*wide, None, logits[:2], weights[:2], stop[:2], status[:2], 0.1, math.inf, False),
                    "16385 columns"),
     }  # fmt: skip
