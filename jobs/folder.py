@@ -110,13 +110,17 @@ class JobFolder:
         for path in (self.parts, self.rejects, self.commits):
             path.mkdir(parents=True, exist_ok=True)
 
-    def read_job(self) -> dict | None:
+    def read_job(self, hint: str = "choose another --out") -> dict | None:
+        """job.json as a dict (None if there is none); anything else is a one-line error ending in ``hint``."""
         if not self.job_json.exists():
             return None
         try:
-            return json.loads(self.job_json.read_text(encoding="utf-8"))
+            doc = json.loads(self.job_json.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            raise ZsteerError(f"{self.job_json}: unreadable ({exc}); choose another --out") from None
+            raise ZsteerError(f"{self.job_json}: unreadable ({exc}); {hint}") from None
+        if not isinstance(doc, dict):
+            raise ZsteerError(f"{self.job_json}: expected a JSON object, found {type(doc).__name__}; {hint}")
+        return doc
 
     def write_job(self, doc: dict) -> None:
         write_json_atomic(self.job_json, doc)

@@ -51,7 +51,7 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class InputFile:
-    """One manifest file as planned: its units are its row groups."""
+    """One manifest file as planned; the job cuts its row groups into units of at most unit_rows rows."""
 
     # Position in the job's sorted file list: units are named by it, never by anything in the data.
     index: int

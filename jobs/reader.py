@@ -77,6 +77,19 @@ def _read_error(file: InputFile, what: str, exc: BaseException) -> ReadError:
     )
 
 
+def _check_unchanged(file: InputFile, pf: pq.ParquetFile, stat) -> None:
+    """Refuse a file written again since the job planned it: its rows are not the rows job.json names."""
+    groups = tuple(pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups))
+    if (stat.st_size, groups) != (file.size, file.row_groups) or (
+        file.mtime_ns and stat.st_mtime_ns != file.mtime_ns
+    ):
+        raise ReadError(
+            f"{file.path}: changed since the job started (size, modification time or row groups differ); "
+            "put the original back (with its modification time: cp -p) and run the same command to resume, or start a "
+            "new job with another --out"
+        )
+
+
 class _RowGroupStream:
     """The rows of one row group in order, as record batches of at most ``read_rows`` rows."""
 
@@ -143,9 +156,11 @@ def read_units(plan: ManifestPlan, units: list[Unit], read_rows: int) -> Iterato
                     pf, stream = None, None
                 try:
                     pf = pq.ParquetFile(file.path, pre_buffer=False, buffer_size=READ_BUFFER)
-                except Exception as exc:  # gone, unreadable, or no longer the file job.json describes
+                    stat = file.path.stat()
+                except Exception as exc:  # gone or unreadable
                     raise _read_error(file, "open it", exc) from None
                 pf_index = unit.file
+                _check_unchanged(file, pf, stat)
             if stream is None or stream.row_group != unit.row_group or stream.pos > first:
                 stream = _RowGroupStream(pf, file, unit.row_group, read_rows)
             done = 0

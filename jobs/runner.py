@@ -427,7 +427,11 @@ class _Run:
         else:
             log.info(
                 "done: %d rows: %d edited, %d rejected -> %s (%.1f s, %.1f latents/s)",
-                summary["rows_done"], summary["edited"], summary["rejected"], folder.root,
-                self.stats.wall, summary["latents_per_second"],
-            )  # fmt: skip
+                summary["rows_done"],
+                summary["edited"],
+                summary["rejected"],
+                folder.root,
+                self.stats.wall,
+                self.stats.edited / max(self.stats.wall, 1e-9),
+            )  # fmt: skip (this run's own time and rate; the summary's figures are job totals)
         return JobResult(folder.root, status, signum, summary)

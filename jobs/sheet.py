@@ -106,10 +106,7 @@ def job_sheet(config: SheetConfig) -> Path:
     folder = JobFolder(config.job)
     if not folder.job_json.is_file():
         raise ZsteerError(f"{config.job}: not a zsteer job folder (no {JOB_JSON})")
-    try:
-        job = folder.read_job()
-    except UnicodeDecodeError as exc:  # read_job reports bad JSON, not bytes that are not text
-        raise ZsteerError(f"{folder.job_json}: unreadable (not UTF-8 text at byte {exc.start})") from None
+    job = folder.read_job(hint="not a job folder zsteer can draw")
     where = folder.job_json
     gen_path = _job_field(job, "runtime.generator_path", str, where)
     gen_spec = _job_field(job, "identity.generator.spec", dict, where)

@@ -460,3 +460,21 @@ def test_a_job_json_that_is_not_utf8_is_a_one_line_error(tmp_path, models):
     out.mkdir()
     (out / "job.json").write_bytes(b'{"version": "\xff"}')
     one_line_error(run(*_edit_args(manifest, models, out)), "job.json", "unreadable")
+
+
+@pytest.mark.parametrize(
+    "content, fragments",
+    [(b"[1, 2]", ["expected a JSON object, found list"]), (b'{"v": "\xff"}', ["unreadable"])],
+)
+def test_a_job_json_of_the_wrong_kind_is_a_one_line_error_for_edit_and_sheet(
+    tmp_path, models, content, fragments
+):
+    manifest = tmp_path / "m.parquet"
+    assert run("sample", "--n", 8, "--z-dim", Z_DIM, "--out", manifest).exit_code == 0
+    out = tmp_path / "job"
+    out.mkdir()
+    (out / "job.json").write_bytes(content)
+    edit_error = one_line_error(run(*_edit_args(manifest, models, out)), "job.json", *fragments)
+    assert "choose another --out" in edit_error
+    sheet_error = one_line_error(run("sheet", out, "--out", tmp_path / "s.png"), "job.json", *fragments)
+    assert "--out" not in sheet_error

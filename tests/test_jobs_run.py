@@ -504,6 +504,41 @@ def test_os_errors_are_fatal_one_line_errors_and_the_job_resumes(tmp_path, model
     assert read_rejects(out) is None
 
 
+def test_an_input_rewritten_during_the_job_stops_it_and_the_original_resumes(tmp_path, models, monkeypatch):
+    """b.parquet is written again (other row groups) after the job planned it: its rows are not the ones
+    job.json names, so the job stops with one line instead of reading or rejecting them; with the
+    original back (modification time included), the same command finishes."""
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    from zsteer.jobs import reader
+
+    data = tmp_path / "data"
+    write_manifest(data / "a.parquet", {"id": np.arange(40), "z": latents(40)}, row_group_size=20)
+    b = write_manifest(data / "b.parquet", {"id": np.arange(40, 80), "z": latents(40, 1)}, row_group_size=20)
+    saved = tmp_path / "b.saved"
+    shutil.copy2(b, saved)
+    real = reader.pq.ParquetFile
+
+    def rewrite_then_open(source, **kw):
+        if str(source) == str(b.resolve()):
+            write_manifest(b, {"id": np.arange(40, 80), "z": latents(40, 2)}, row_group_size=8)
+        return real(source, **kw)
+
+    monkeypatch.setattr(reader, "pq", SimpleNamespace(ParquetFile=rewrite_then_open))
+    out = tmp_path / "job"
+    config = job_config(data, out, models, output={"flush_seconds": 0.0})
+    with pytest.raises(ZsteerError, match=r"b\.parquet: changed since the job started") as info:
+        run_job(config)
+    assert "\n" not in str(info.value) and read_rejects(out) is None
+    monkeypatch.undo()
+    shutil.copy2(saved, b)  # contents and modification time
+    assert os.stat(b).st_mtime_ns == os.stat(saved).st_mtime_ns
+    assert run_job(config).status == "complete"
+    assert sorted(read_parts(out).column("id").to_pylist()) == list(range(80))
+
+
 def test_a_failing_writer_stops_the_job_instead_of_hanging(tmp_path, models, monkeypatch):
     """The writer fails while the main thread is slow and the read queue is full: the reader gives up
     without an end marker, and the main thread must notice the error instead of waiting for one."""
