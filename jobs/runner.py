@@ -356,9 +356,11 @@ class _Run:
         finally:
             self.halt.set()
             if not finished and writer.is_alive():
-                # The run failed: stop the writer without committing more (a resume redoes the rest).
-                # The writer drains its queue whatever happens, so the put gets through; joining it
-                # here, inside the folder's lock, means no file is written after the lock is released.
+                # The run failed: the abort marker goes behind what is already queued (at most the
+                # queue's few batches, which the writer may still write and commit: committed is
+                # committed), and after it nothing more is committed; a resume redoes the rest. The
+                # writer drains its queue whatever happens, so the put gets through; joining it here,
+                # inside the folder's lock, means no file is written after the lock is released.
                 self.write_q.put(_ABORT)
             if writer.ident is not None:
                 writer.join()

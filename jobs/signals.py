@@ -1,8 +1,9 @@
 """SIGINT / SIGTERM: ask the job to stop after the current batch, instead of dying mid-write.
 
 The first signal only sets a flag (the job finishes its batch, commits what is complete and exits
-resumable). The handlers are then put back, so a second Ctrl-C stops at once; even then the commit
-protocol keeps the folder consistent, it only loses the uncommitted work.
+resumable). The handlers are then put back, so a second Ctrl-C interrupts the batch in flight (the
+writer still finishes the few batches already queued to it, then the process exits); even then the
+commit protocol keeps the folder consistent, it only loses the uncommitted work.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class StopFlag:
         self.stop(signum)
         self._restore()
         log.warning(
-            "%s received: finishing the current batch, then stopping (send it again to stop at once)",
+            "%s received: finishing the current batch, then stopping (send it again to interrupt the batch)",
             signal.Signals(signum).name,
         )
 
