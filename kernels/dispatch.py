@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from types import ModuleType
@@ -74,9 +75,11 @@ def say_once(op: str, reason: str, level: int = logging.WARNING) -> None:
     A degraded path (CUDA tensors without a usable kernel) is a warning, as StyleGAN2-ADA's ops do; the
     intended path on CPU is said at INFO level, for who asks.
     """
-    if (op, reason) in _said:
+    # Keyed without the numbers (shapes, sizes) so that a caller whose batch size varies hears it once.
+    key = (op, re.sub(r"\d+", "#", reason))
+    if key in _said:
         return
-    _said.add((op, reason))
+    _said.add(key)
     message = f"zsteer.kernels.{op}: using the torch reference: {reason}"
     if level >= logging.WARNING:
         warnings.warn(message, stacklevel=3)

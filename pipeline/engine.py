@@ -151,9 +151,10 @@ class AscentEngine:
         if impl == "auto" and dev.type == "cuda":
             with torch.no_grad():
                 n_attr = self.net(z_in[:1]).shape[1]
-        logits = torch.empty(0, n_attr, device=dev)
-        z = torch.empty(0, self.net.z_dim, device=dev)
-        rows = torch.empty(0, device=dev)
+        dtype = next(self.net.parameters()).dtype  # the kernels refuse some dtypes: ask with the real one
+        logits = torch.empty(0, n_attr, device=dev, dtype=dtype)
+        z = torch.empty(0, self.net.z_dim, device=dev, dtype=dtype)
+        rows = torch.empty(0, device=dev, dtype=dtype)
         self._objective, obj_impl = objective_fn(impl, logits)
         max_shift = math.inf if self.ascent.max_shift is None else self.ascent.max_shift
         upd_impl = ascent_update_impl(

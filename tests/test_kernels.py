@@ -333,3 +333,14 @@ def test_triton_tests_fail_rather_than_skip_when_triton_is_required(require):
         assert "ZSTEER_REQUIRE_TRITON=1 but triton is not installed" in out, out[-3000:]
     else:
         assert proc.returncode == 0 and "1 skipped" in out, out[-3000:]
+
+
+def test_a_fallback_is_said_once_whatever_the_shapes(fresh_dispatch):
+    """A caller whose batch size varies hears a reason once, not once per shape; another reason is new."""
+    with pytest.warns(UserWarning) as record:
+        dispatch.say_once("objective", "weights has shape [5, 4]; the Triton kernel takes exactly [7, 4]")
+        dispatch.say_once("objective", "weights has shape [9, 4]; the Triton kernel takes exactly [3, 4]")
+        dispatch.say_once("objective", "z is torch.float64")
+    assert [str(r.message).split(": ", 2)[-1] for r in record] == [
+        "weights has shape [5, 4]; the Triton kernel takes exactly [7, 4]", "z is torch.float64",
+    ]  # fmt: skip
