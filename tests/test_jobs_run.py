@@ -416,25 +416,33 @@ def test_a_huge_row_group_commits_unit_by_unit_and_a_resume_redoes_only_the_rest
         run_job(job_config(path, out, models, unit_rows=64, read_rows=16))
 
 
+def _engine_doing_at(n: int, action):
+    """An engine factory whose engines call ``action()`` as their ``n``-th batch starts, then edit it."""
+    from zsteer.pipeline.engine import make_engine
+
+    def factory(*args):
+        engine, calls = make_engine(*args), {"n": 0}
+
+        class Acting:
+            def edit(self, *a, **kw):
+                calls["n"] += 1
+                if calls["n"] == n:
+                    action()
+                return engine.edit(*a, **kw)
+
+        return Acting()
+
+    return factory
+
+
 def test_a_stop_inside_a_huge_row_group_keeps_the_units_already_done(tmp_path, models):
     """A signal part way through a one-row-group manifest commits the finished units; the resume
     finishes the rest and every row is there once."""
     path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(120), "z": latents(120)})
     out = tmp_path / "job"
     config = job_config(path, out, models, unit_rows=32, batch_size=16)
-    from zsteer.pipeline.engine import make_engine
-
-    def factory(*args):
-        engine, calls = make_engine(*args), {"n": 0}
-
-        class StopsAtTheFourthBatch:
-            def edit(self, *a, **kw):
-                calls["n"] += 1
-                if calls["n"] == 4:
-                    stop["flag"].stop(2)  # as SIGINT would, from the main thread, mid-batch
-                return engine.edit(*a, **kw)
-
-        return StopsAtTheFourthBatch()
+    # As SIGINT would, from the main thread, in the middle of the fourth batch.
+    factory = _engine_doing_at(4, lambda: stop["flag"].stop(2))
 
     from zsteer.jobs import runner
 
@@ -589,7 +597,6 @@ def test_a_failed_run_stops_its_writer_before_releasing_the_folder(tmp_path, mod
     import time
 
     from zsteer.jobs import writer
-    from zsteer.pipeline.engine import make_engine
 
     real_add = writer.ShardWriter.add_rows
 
@@ -597,17 +604,10 @@ def test_a_failed_run_stops_its_writer_before_releasing_the_folder(tmp_path, mod
         time.sleep(0.3)
         real_add(self, unit, table)
 
-    def factory(*args):
-        engine, calls = make_engine(*args), {"n": 0}
+    def device_lost():
+        raise RuntimeError("device lost")
 
-        class FailsAtTheThirdBatch:
-            def edit(self, *a, **kw):
-                calls["n"] += 1
-                if calls["n"] == 3:
-                    raise RuntimeError("device lost")
-                return engine.edit(*a, **kw)
-
-        return FailsAtTheThirdBatch()
+    factory = _engine_doing_at(3, device_lost)
 
     monkeypatch.setattr(writer.ShardWriter, "add_rows", slow_add)
     with pytest.raises(RuntimeError, match="device lost"):
@@ -744,19 +744,8 @@ def test_a_signal_after_the_last_batch_reports_the_job_complete(tmp_path, models
     import os
     import signal
 
-    from zsteer.pipeline.engine import make_engine
-
-    def factory(*args):
-        engine, calls = make_engine(*args), {"n": 0}
-
-        class SignalledInTheLastBatch:
-            def edit(self, *a, **kw):
-                calls["n"] += 1
-                if calls["n"] == 13:  # 200 rows in batches of 16: the 13th is the last
-                    os.kill(os.getpid(), signal.SIGINT)
-                return engine.edit(*a, **kw)
-
-        return SignalledInTheLastBatch()
+    # 200 rows in batches of 16: the 13th is the last.
+    factory = _engine_doing_at(13, lambda: os.kill(os.getpid(), signal.SIGINT))
 
     config = dataclasses.replace(job_config(manifest, tmp_path / "job", models), handle_signals=True)
     result = run_job(config, engine_factory=factory)

@@ -163,14 +163,20 @@ def _refused_objective_cases():
 
 @pytest.mark.parametrize("case", list(_refused_objective_cases()))
 def test_auto_on_cuda_falls_back_once_for_objective_inputs_the_kernel_refuses(fresh_dispatch, case):
-    calls = _fake_kernels(fresh_dispatch)
     args, reason = _refused_objective_cases()[case]
-    with pytest.warns(UserWarning, match=f"objective: using the torch reference: .*{reason}") as record:
+    _assert_falls_back_once(fresh_dispatch, "objective", objective, objective_torch, (*args, 0.3), reason)
+
+
+def _assert_falls_back_once(fresh_dispatch, op, public, reference, args, reason):
+    """``public(*args)`` on (fake) CUDA takes the torch reference, warns once with ``reason`` over two
+    calls, launches no kernel, and returns exactly what ``reference(*args)`` does."""
+    calls = _fake_kernels(fresh_dispatch)
+    with pytest.warns(UserWarning, match=f"{op}: using the torch reference: .*{reason}") as record:
         for _ in range(2):
-            got = objective(*args, 0.3)
+            got = public(*args)
     assert len(record) == 1 and calls == []
-    want = objective_torch(*args, 0.3)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    want = reference(*args)
+    assert all(x is None and y is None or torch.equal(x, y) for x, y in zip(got, want, strict=True))
 
 
 def _refused_update_cases():
@@ -195,14 +201,8 @@ def _refused_update_cases():
 
 @pytest.mark.parametrize("case", list(_refused_update_cases()))
 def test_auto_on_cuda_falls_back_once_for_update_inputs_the_kernel_refuses(fresh_dispatch, case):
-    calls = _fake_kernels(fresh_dispatch)
     args, reason = _refused_update_cases()[case]
-    with pytest.warns(UserWarning, match=f"ascent_update: using the torch reference: .*{reason}") as record:
-        for _ in range(2):
-            got = ascent_update(*args)
-    assert len(record) == 1 and calls == []
-    want = ascent_update_torch(*args)
-    assert all(x is None and y is None or torch.equal(x, y) for x, y in zip(got, want, strict=True))
+    _assert_falls_back_once(fresh_dispatch, "ascent_update", ascent_update, ascent_update_torch, args, reason)
 
 
 def test_importing_the_job_modules_does_not_import_triton():
