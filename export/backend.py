@@ -26,7 +26,7 @@ from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE, final_status
 from zsteer.pipeline.engine import AscentConfig, EditResult, EngineConfig, row_settings
 from zsteer.pipeline.network import EditNet
 
-from .errors import ExportError
+from zsteer.core.errors import ExportError
 from .graphs import EditVJP
 from .onnx_export import OnnxGraphs, export_graphs, load_graphs
 from .runtime import Placement, import_onnxruntime, make_sessions

@@ -22,7 +22,7 @@ from zsteer.kernels.ascent_update import (
 from zsteer.kernels.objective import objective_torch
 from zsteer.pipeline.network import EditNet
 
-from .errors import ExportError
+from zsteer.core.errors import ExportError
 from .vjp import BilinearResize, VJPStack
 
 

@@ -29,7 +29,7 @@ import torch
 from zsteer.kernels.ascent_update import STATUS_NAMES
 from zsteer.pipeline.checkpoints import LoadedModel
 
-from .errors import ExportError
+from zsteer.core.errors import ExportError
 from .graphs import AscentStepGraph, ClassifierGraph, EditVJP, GeneratorGraph, build_edit_vjp
 from .runtime import import_onnx, import_onnxscript
 

@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ExportError
+from zsteer.core.errors import ExportError
 
 _INSTALL_HINT = "pip install 'zsteer[cpu]' (or 'zsteer[gpu]' for CUDA; not both)"
 

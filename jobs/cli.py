@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 from .malloc import MALLOC_ENV, reexec_with_malloc_settings
 

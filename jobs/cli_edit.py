@@ -15,7 +15,7 @@ import torch
 
 from zsteer.kernels.dispatch import triton_available
 from zsteer.pipeline.engine import AscentConfig, EngineConfig
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 from .backends import BACKENDS, BackendConfig, engine_factory
 from .cli import check_out_parent

@@ -10,7 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 LOCK_NAME = ".lock"
 

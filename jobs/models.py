@@ -6,7 +6,7 @@ from pathlib import Path
 
 from zsteer.pipeline.attributes import load_attribute_names
 from zsteer.pipeline.checkpoints import LoadedModel, load_classifier, load_generator
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 from .config import ModelSource
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 from .manifest import InputFile, ManifestPlan
 from .rows import Unit

@@ -30,7 +30,7 @@ import torch
 
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.engine import AscentConfig, AscentEngine, EngineConfig, make_engine
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 from .batcher import Batcher, Segment, UnitEnd, gather
 from .config import JobConfig

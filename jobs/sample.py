@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 from .folder import TMP_PREFIX
 

@@ -16,7 +16,7 @@ import torch
 
 from zsteer.pipeline.checkpoints import LoadedModel, load_generator
 from zsteer.pipeline.engine import to_uint8_images
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.network import latent_input
 from zsteer.pipeline.sheet import contact_sheet, decode_png
 

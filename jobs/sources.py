@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 GLOB_CHARS = set("*?[")
 

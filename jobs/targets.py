@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from zsteer.pipeline.attributes import parse_target, resolve_attribute
 from zsteer.pipeline.engine import target_vector
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 CACHE_LIMIT = 4096  # distinct override values kept; a manifest with more just parses again
 

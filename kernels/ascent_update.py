@@ -27,17 +27,10 @@ from typing import NamedTuple
 
 import torch
 
+from zsteer.core.status import ACTIVE, MAX_SHIFT, NON_FINITE, STATUS_NAMES, STEPS_DONE, TARGET_REACHED  # noqa: F401 (re-exported)
+
 from .dispatch import choose_impl, float_refusal, triton_module, width_refusal
 
-# STEPS_DONE is set by the engine when a row has used its step budget.
-ACTIVE, STEPS_DONE, TARGET_REACHED, MAX_SHIFT, NON_FINITE = 0, 1, 2, 3, 4
-STATUS_NAMES = {
-    ACTIVE: "active",
-    STEPS_DONE: "steps",
-    TARGET_REACHED: "target_reached",
-    MAX_SHIFT: "max_shift",
-    NON_FINITE: "non_finite",
-}
 
 
 class UpdateResult(NamedTuple):

@@ -6,7 +6,7 @@ import difflib
 import json
 from pathlib import Path
 
-from .errors import AttributeNameError
+from zsteer.core.errors import AttributeNameError
 
 # The C1W4B notebook's `feature_names`, in its order and spelling ("Sideburn", not "Sideburns").
 CELEBA40 = (

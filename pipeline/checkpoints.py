@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .attributes import CELEBA40, read_utf8
-from .errors import CheckpointError
+from zsteer.core.errors import CheckpointError
 from .models import ClassifierSpec, GeneratorSpec, build_classifier, build_generator
 
 COURSE_KEYS = {"generator": "gen", "classifier": "classifier"}

@@ -12,7 +12,7 @@ from modelkit import write_models
 
 from zsteer.pipeline.attributes import CELEBA40, load_attribute_names, parse_target, resolve_attribute
 from zsteer.pipeline.checkpoints import load_classifier, load_generator
-from zsteer.pipeline.errors import AttributeNameError, CheckpointError
+from zsteer.core.errors import AttributeNameError, CheckpointError
 from zsteer.pipeline.models import CourseClassifier, CourseGenerator
 
 

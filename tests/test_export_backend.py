@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from zsteer.export.backend import OrtAscentEngine
-from zsteer.export.errors import ExportError
+from zsteer.core.errors import ExportError
 from zsteer.export.graphs import AscentStepGraph, build_edit_vjp
 from zsteer.export.onnx_export import export_graphs, export_models
 from zsteer.export.runtime import Placement, import_onnxruntime, make_session

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from zsteer.export.errors import ExportError
+from zsteer.core.errors import ExportError
 from zsteer.export.graphs import build_edit_vjp, update_rows
 from zsteer.export.onnx_export import MANIFEST, export_models, load_graphs, to_onnx
 from zsteer.export.runtime import Placement, make_session
 from zsteer.export.testing import gain_models, update_edge_cases
 from zsteer.kernels.ascent_update import ascent_update_torch
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 pytest.importorskip("onnxruntime")
 

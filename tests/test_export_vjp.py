@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zsteer.export.errors import ExportError
+from zsteer.core.errors import ExportError
 from zsteer.export.graphs import EditVJP, build_edit_vjp, update_rows
 from zsteer.export.testing import gain_models, update_edge_cases
 from zsteer.export.vjp import BilinearResize, VJPStack

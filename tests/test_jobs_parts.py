@@ -17,7 +17,7 @@ from zsteer.jobs.rows import RowChunk, Unit, plan_units
 from zsteer.jobs.sources import resolve_manifests
 from zsteer.jobs.summary import run_totals
 from zsteer.jobs.targets import TargetParser, resolve_job_targets
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 
 def test_idset_finds_repeats_within_and_across_calls_through_merges(monkeypatch):

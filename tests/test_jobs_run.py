@@ -31,7 +31,7 @@ from PIL import Image
 from zsteer.jobs import folder as folder_module
 from zsteer.jobs.lock import FolderLock
 from zsteer.jobs.runner import run_job
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.models import GeneratorSpec
 
 

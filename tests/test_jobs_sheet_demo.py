@@ -16,7 +16,7 @@ from zsteer.jobs.demo import DemoConfig, format_report, run_demo
 from zsteer.jobs.runner import run_job
 from zsteer.jobs.sheet import SheetConfig, job_sheet
 from zsteer.pipeline.engine import AscentConfig
-from zsteer.pipeline.errors import ZsteerError
+from zsteer.core.errors import ZsteerError
 
 
 def test_sheet_shows_before_and_after_of_the_first_rows(tmp_path):

@@ -1,4 +1,4 @@
-"""One error type for everything a user can get wrong; the CLI prints its message as one line, exit 2."""
+"""One error family for everything a user can get wrong; the CLI prints its message as one line, exit 2."""
 
 
 class ZsteerError(Exception):
@@ -11,3 +11,7 @@ class CheckpointError(ZsteerError):
 
 class AttributeNameError(ZsteerError):
     """A target or attribute list that does not fit the classifier."""
+
+
+class ExportError(ZsteerError):
+    """An export that cannot be done or does not match PyTorch, or an onnxruntime setup that cannot run."""

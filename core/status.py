@@ -1,0 +1,32 @@
+"""Why a row stopped: the int32 codes the kernels, engines and ONNX graphs write, and their names.
+
+The codes cross every layer (a Triton kernel writes them, a Parquet column shows their names), so they
+live here, at the base, rather than in any one of those layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ACTIVE: still moving. STEPS_DONE: used its step budget (set by the edit loop, not the kernels).
+ACTIVE, STEPS_DONE, TARGET_REACHED, MAX_SHIFT, NON_FINITE = 0, 1, 2, 3, 4
+STATUS_NAMES = {
+    ACTIVE: "active",
+    STEPS_DONE: "steps",
+    TARGET_REACHED: "target_reached",
+    MAX_SHIFT: "max_shift",
+    NON_FINITE: "non_finite",
+}
+# The stop_reason strings of a job's output, indexed by code.
+_REASONS = np.array([STATUS_NAMES[i] for i in range(len(STATUS_NAMES))], dtype=object)
+
+
+def stop_reasons(status: np.ndarray) -> np.ndarray:  # [n] int32 codes -> [n] object (str)
+    """The stop_reason string of each code."""
+    return _REASONS[np.asarray(status)]
+
+
+def count_stop_reasons(status: np.ndarray) -> dict[str, int]:
+    """{stop_reason: rows} over the codes present, counted from the integers (no string pass)."""
+    counts = np.bincount(np.asarray(status, np.int64), minlength=len(STATUS_NAMES))
+    return {STATUS_NAMES[i]: int(c) for i, c in enumerate(counts) if c}
