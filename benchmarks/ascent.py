@@ -5,7 +5,8 @@
 The bound is the machine's measured fp32 matmul rate divided by the FLOPs of one 10-step edit (forward
 and input-gradient of generator and classifier, counted by torch's FlopCounterMode). All variants run in
 one process, one after the other, so their ratios are comparable on a noisy machine. The glibc allocator
-is told to keep large blocks (PERFORMANCE.md): the script re-executes itself with those variables.
+is told to keep large blocks (docs/NOTES.md, "glibc allocator settings"): the script re-executes itself
+with those variables.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from zsteer.jobs.malloc import reexec_with_malloc_settings
+from zsteer.cli.malloc import reexec_with_malloc_settings
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
 
 1. Throughput, course-size models (z_dim 64, hidden 64, 40 attributes, random weights): the engine
    alone over the manifest's batches (AscentEngine.edit, nothing else), then the whole job on the same
-   manifest and settings (`run_job`: read, validate, rebatch, edit, encode, write, commit), images off
+   manifest and settings (`run_job`: read, validate, edit, encode, write, commit, unit by unit), images off
    and on. Variants alternate for --rounds rounds, so a busy machine slows each about equally; the
    job's rate is its rows over the wall time of the whole `run_job` call. Goal: >= 95% of the engine.
 2. Memory: `zsteer edit` as its own process over --rss-rows manifests, images off, --rss-steps steps,
@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from zsteer.jobs.malloc import MALLOC_ENV, reexec_with_malloc_settings
+from zsteer.cli.malloc import MALLOC_ENV, reexec_with_malloc_settings
 
 ATTRIBUTE = "Smiling"
 
@@ -52,15 +52,17 @@ def make_models(folder: Path, hidden: int) -> tuple[Path, Path]:
 
 
 def job_config(manifest: Path, out: Path, models, steps: int, batch_size: int, images: str, workers: int):
-    from zsteer.jobs.config import EditSpec, JobConfig, ModelSource, OutputConfig
-    from zsteer.pipeline.engine import AscentConfig, EngineConfig
+    from zsteer.jobs.ascent_method import AscentMethod
+    from zsteer.jobs.config import EditSpec, JobConfig, OutputConfig
+    from zsteer.pipeline.config import AscentConfig, EngineConfig
+    from zsteer.pipeline.loading import ModelSource
 
     return JobConfig(
         manifests=(str(manifest),),
         output=OutputConfig(out=out, images=images, workers=workers),
         models=ModelSource(generator=models[0], classifier=models[1]),
         edit=EditSpec(targets=(ATTRIBUTE,)),
-        ascent=AscentConfig(steps=steps),
+        method=AscentMethod(AscentConfig(steps=steps)),
         engine=EngineConfig(batch_size=batch_size),
         progress_seconds=1e9,
     )
@@ -136,6 +138,7 @@ def throughput(args, tmp: Path) -> None:
 
 
 def memory(args, tmp: Path) -> None:
+    from zsteer.jobs.duplicates import PARTITION_ROWS
     from zsteer.jobs.sample import SampleConfig, write_sample
 
     models = make_models(tmp, args.rss_hidden)
@@ -146,7 +149,7 @@ def memory(args, tmp: Path) -> None:
     )
     print(
         f"{'rows':>10s} {'row groups':>11s} {'peak RSS MiB':>13s} {'latents/s':>10s} {'wall s':>8s} "
-        f"{'id set MiB':>11s}"
+        f"{'id scan MiB':>11s}"
     )
     cases = [(rows, 8192) for rows in args.rss_rows]
     if args.rss_one_group:
@@ -165,7 +168,8 @@ def memory(args, tmp: Path) -> None:
         subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
         summary = json.loads((out / "summary.json").read_text())
-        ids = 8 * rows / 2**20  # IdSet: 8 bytes per accepted id (jobs/idset.py), the one part that grows
+        # The duplicate scan sorts one partition of (key, position) pairs at a time (jobs/duplicates.py).
+        ids = 16 * min(rows, PARTITION_ROWS) / 2**20
         groups = -(-rows // group)
         print(
             f"{rows:10d} {groups:11d} {summary['peak_rss_mb']:13.1f} {summary['latents_per_second']:10.1f} "

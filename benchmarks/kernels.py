@@ -45,9 +45,10 @@ from __future__ import annotations
 import argparse
 import math
 
-# glibc keeps large blocks only if told at start-up (PERFORMANCE.md): without it page faults on the
-# activations cost 20-40% of a step, which would inflate the step and shrink the ops' share.
-from zsteer.jobs.malloc import reexec_with_malloc_settings
+# glibc keeps large blocks only if told at start-up (docs/NOTES.md, "glibc allocator settings"): without
+# it page faults on the activations cost 20-40% of a step, which would inflate the step and shrink the
+# ops' share.
+from zsteer.cli.malloc import reexec_with_malloc_settings
 
 Z_DIM, HIDDEN, N_ATTR = 64, 64, 40
 
@@ -94,7 +95,8 @@ def main() -> None:
     import torch
     import torch.utils.benchmark as tb
 
-    from zsteer.kernels.ascent_update import ACTIVE, ascent_update, ascent_update_torch
+    from zsteer.core.status import ACTIVE
+    from zsteer.kernels.ascent_update import ascent_update, ascent_update_torch
     from zsteer.kernels.objective import objective_torch
     from zsteer.pipeline.attributes import CELEBA40
     from zsteer.pipeline.checkpoints import LoadedModel

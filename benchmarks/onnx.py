@@ -9,7 +9,7 @@ and ``OrtAscentEngine`` (onnxruntime CPU provider, host loop). The models are th
 values, but denormals and dead ReLUs of a bad init could.
 
 The process re-executes itself once with the glibc allocator told to keep its large blocks
-(PERFORMANCE.md: page-fault churn on the activations otherwise costs 20-40%).
+(docs/NOTES.md, "glibc allocator settings": page-fault churn on the activations otherwise costs 20-40%).
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import sys
 import time
 
 # This file is named onnx.py: run as a script, its folder comes first on sys.path and it would shadow the
-# onnx package that torch.onnx and zsteer.export import.
+# onnx package that torch.onnx and zsteer.export import. The models come from the tests' helpers
+# (tests/exportkit.py), which are not part of the package.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.append(os.path.join(os.path.dirname(_HERE), "tests"))
 
-from zsteer.jobs.malloc import MALLOC_ENV, reexec_with_malloc_settings  # noqa: E402 (after the path fix)
+from zsteer.cli.malloc import MALLOC_ENV, reexec_with_malloc_settings  # noqa: E402 (after the path fix)
 
 
 def _timed_pair(fn_a, fn_b, repeats: int) -> tuple[list[float], list[float]]:
@@ -53,11 +55,11 @@ def main() -> None:
     reexec_with_malloc_settings()
 
     import torch
+    from exportkit import gain_models
 
     from zsteer.export.backend import OrtAscentEngine
     from zsteer.export.graphs import EditVJP
     from zsteer.export.onnx_export import export_graphs
-    from zsteer.export.testing import gain_models
     from zsteer.pipeline.engine import AscentConfig, AscentEngine, EngineConfig, default_preserve
     from zsteer.pipeline.network import EditNet
 

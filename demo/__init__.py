@@ -2,6 +2,7 @@
 
 ``WEIGHTS_DIR`` holds ``generator``, ``classifier`` and ``judge`` (``.safetensors`` + ``.json``), trained by
 ``python -m zsteer.demo.train`` and checked by ``python -m zsteer.demo.evaluate``; see its MODEL_CARD.md.
+``zsteer.demo.command`` is what `zsteer demo` runs: the edit job on these models, scored by the judge.
 """
 
 from __future__ import annotations

@@ -14,15 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zsteer.kernels.ascent_update import (
-    ACTIVE,
-    STEPS_DONE,
-    ascent_update_torch,
-)
+from zsteer.core.errors import ExportError
+from zsteer.core.status import ACTIVE, STEPS_DONE
+from zsteer.kernels.ascent_update import ascent_update_torch
 from zsteer.kernels.objective import objective_torch
 from zsteer.pipeline.network import EditNet
 
-from zsteer.core.errors import ExportError
 from .vjp import BilinearResize, VJPStack
 
 
@@ -93,7 +90,8 @@ class EditVJP(nn.Module):
     def grad_step(self, z_in, logits0, weights, preserve, penalty):
         """Same signature and results as ``AscentEngine._grad_step``, without autograd."""
         logits, tape = self.forward_tape(z_in)
-        # Step 0 takes its starting logits from its own forward: delta is exactly 0 (DESIGN.md).
+        # Step 0 takes its starting logits from its own forward: delta is exactly 0 (docs/NOTES.md,
+        # "The objective").
         start = logits if logits0 is None else logits0
         score, grad_logits = objective_torch(logits, start, weights, preserve, penalty)
         return logits, score, self.backward(grad_logits, tape)

@@ -21,16 +21,17 @@ import json
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from zsteer.kernels.ascent_update import STATUS_NAMES
+from zsteer.core.errors import ExportError
+from zsteer.core.status import STATUS_NAMES
 from zsteer.pipeline.checkpoints import LoadedModel
 
-from zsteer.core.errors import ExportError
 from .graphs import AscentStepGraph, ClassifierGraph, EditVJP, GeneratorGraph, build_edit_vjp
+from .graphset import OnnxGraphs
+from .parity import check_parity
 from .runtime import import_onnx, import_onnxscript
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -39,22 +40,6 @@ FORMAT = "zsteer-onnx"
 FORMAT_VERSION = 1
 # Rows in the sample inputs: torch.export specialises a dimension whose sample size is 0 or 1.
 _SAMPLE_ROWS = 3
-
-
-@dataclass
-class OnnxGraphs:
-    """Serialised ONNX models for one generator + classifier pair, and what the backend needs to run them."""
-
-    generator: bytes
-    classifier: bytes
-    # lab_compat (False / True) -> serialised step graph; only the variants that were asked for.
-    steps: dict[bool, bytes]
-    z_dim: int
-    n_labels: int
-    n_attributes: int
-    image_shape: tuple[int, int, int]  # (C, H, W) the generator draws
-    attributes: tuple[str, ...] = ()
-    manifest: dict = field(default_factory=dict)  # the manifest these came from, when read from a folder
 
 
 def to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, exporter: str = "dynamo"):
@@ -231,8 +216,6 @@ def export_models(
     and logits must agree within ``atol`` (times the output's magnitude where that exceeds 1) and the step's
     update within ``step_rtol`` relative, at every batch size in ``batch_sizes``.
     """
-    from .parity import check_parity
-
     out_dir = Path(out_dir)
     net, vjp = build_edit_vjp(generator, classifier)
     graphs = export_graphs(vjp, steps, exporter, classifier.attributes)

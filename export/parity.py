@@ -26,7 +26,7 @@ import torch
 from zsteer.pipeline.network import EditNet
 
 from .graphs import AscentStepGraph, EditVJP
-from .onnx_export import OnnxGraphs
+from .graphset import OnnxGraphs
 from .runtime import Placement, make_session
 
 _TINY = 1e-30

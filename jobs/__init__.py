@@ -1,17 +1,21 @@
-"""zsteer.jobs: the batch edit job (`zsteer edit`) and the command line.
+"""zsteer.jobs: the batch edit job (`zsteer edit`); the command line on top of it is ``zsteer.cli``.
 
-One module, one job:
+One module, one job (docs/ARCHITECTURE.md has the flow and the seams):
 
 - ``config``: frozen settings of a job (what the CLI parses into);
+- ``method``: the edit-method seam and registry; ``ascent_method``: the default method;
+- ``backends``: the runtime registry (torch, onnxruntime); ``executor``: the executor seam and
+  registry; ``local``: threads on this machine;
 - ``sources``: --manifest arguments (files, directories, globs) -> sorted Parquet files;
 - ``manifest``: the manifest contract and the whole-file checks made before any work;
-- ``reader``: units (bounded runs of rows of a row group) streamed in bounded pieces; ``rows``: units, and
-  per-row validation -> rows + rejects;
-- ``targets``: the job's and each row's targets as weights; ``idset``: duplicate ids across the job;
-- ``batcher``: rows of consecutive chunks cut into fixed-size engine batches;
-- ``encode``: PNG encoding in worker processes; ``output``: the output shard schema and tables;
-- ``writer``: bounded shards and commits; ``folder``: the job folder and its commit protocol;
+- ``rows``: units and per-row validation -> rows + rejects; ``reader``: a unit's rows in bounded pieces;
+- ``duplicates``: the job's duplicate ids, found once; ``targets``: the job's and each row's targets;
+- ``unit``: ``process_unit``, one unit's work as a plain function; ``commit``: a unit made durable;
+- ``encode``: PNG encoding in worker processes; ``folder``: the job folder and its commit protocol;
 - ``lock``: one writer per folder; ``identity``: what a resume must match (job.json);
 - ``summary``, ``memory``, ``progress``, ``signals``: summary.json, peak memory, progress lines, stopping cleanly;
-- ``runner``: ``run_job(JobConfig)``, the job itself; ``sample``: ``zsteer sample``; ``cli``: ``zsteer``.
+- ``runner``: ``run_job(JobConfig)``, the job itself; ``sample``: ``zsteer sample`` (a manifest of
+  z ~ N(0, I), the job's input format); ``sheet``: a job's before/after contact sheet.
+
+Nothing here imports ``zsteer.cli`` or ``zsteer.demo``.
 """

@@ -1,25 +1,34 @@
-"""Which engine edits a job's batches: PyTorch (default) or onnxruntime, behind one factory signature.
+"""The runtime seam: which runtime executes a method's editor, looked up by name in a registry.
 
-Both give the same rows within tolerance, so the backend is a runtime choice, not part of a job's
-identity: a job started on one may be resumed on the other.
+A backend factory takes (generator, classifier, ascent settings, engine config, backend config) and
+returns an ``Editor`` (pipeline/editor.py). Every backend gives each row the same result within fp32
+rounding, so the backend is a runtime choice, not part of a job's identity: a job started on one may be
+resumed on another. A factory is named as "module:attribute" so that a backend's imports (onnxruntime)
+are paid only when it is used. Adding one: docs/ARCHITECTURE.md, "Adding a runtime backend".
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zsteer.pipeline.checkpoints import LoadedModel
-from zsteer.pipeline.engine import AscentConfig, EngineConfig, make_engine
+from zsteer.core.errors import ZsteerError
 
-BACKENDS = ("torch", "onnxruntime")
+# name -> "module:attribute" of a factory(generator, classifier, ascent, engine, backend) -> Editor.
+BACKENDS: dict[str, str | Callable] = {
+    "torch": "zsteer.pipeline.engine:torch_backend",
+    "onnxruntime": "zsteer.export.backend:onnxruntime_backend",
+}
 
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """The runtime that executes the ascent step."""
+    """The runtime that executes the edit, and its own options (speed only, never identity)."""
 
-    # "torch" (eager or compiled, Triton kernels on CUDA) or "onnxruntime" (no PyTorch in the hot loop).
+    # A name in BACKENDS: "torch" (eager or compiled, Triton kernels on CUDA) or "onnxruntime" (no
+    # PyTorch model in the hot loop).
     name: str = "torch"
     # A folder written by `zsteer export` to run from; None = export the graphs in memory at start-up.
     onnx_dir: Path | None = None
@@ -30,26 +39,21 @@ class BackendConfig:
 
     def __post_init__(self):
         if self.name not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.name!r}")
+            raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {self.name!r}")
 
 
-def engine_factory(backend: BackendConfig):
-    """A ``run_job`` engine factory: (generator, classifier, ascent, engine config) -> engine."""
-    if backend.name == "torch":
-        return make_engine
+def register_backend(name: str, factory: str | Callable) -> None:
+    """Add (or replace) a backend: a factory, or its "module:attribute"."""
+    BACKENDS[name] = factory
 
-    def make_ort_engine(
-        generator: LoadedModel, classifier: LoadedModel, ascent: AscentConfig, engine: EngineConfig
-    ):
-        from zsteer.export.backend import OrtAscentEngine
-        from zsteer.pipeline.network import EditNet
 
-        options = {"threads": backend.threads, "cpu_fallback": backend.cpu_fallback}
-        if backend.onnx_dir is not None:
-            fingerprints = (generator.fingerprint, classifier.fingerprint)
-            return OrtAscentEngine.from_export(
-                backend.onnx_dir, ascent, engine, expect_fingerprints=fingerprints, **options
-            )
-        return OrtAscentEngine(EditNet(generator, classifier), ascent, engine, **options)
-
-    return make_ort_engine
+def backend_factory(name: str) -> Callable:
+    """The factory registered as ``name``, imported on first use."""
+    try:
+        factory = BACKENDS[name]
+    except KeyError:
+        raise ZsteerError(f"--backend {name}: unknown backend; known: {', '.join(BACKENDS)}") from None
+    if isinstance(factory, str):
+        module, attr = factory.split(":")
+        factory = BACKENDS[name] = getattr(importlib.import_module(module), attr)
+    return factory

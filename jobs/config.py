@@ -10,26 +10,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zsteer.pipeline.engine import AscentConfig, EngineConfig
+from zsteer.pipeline.config import EngineConfig
+from zsteer.pipeline.loading import ModelSource
+
+from .ascent_method import AscentMethod
+from .backends import BackendConfig
+from .method import EditMethod
 
 IMAGE_FORMATS = ("png", "none")
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the generator and classifier come from and how to rebuild a bare course .pth file."""
-
-    # Generator weights (.safetensors + JSON, or the course's .pth). None = the embedded demo generator.
-    generator: Path | None = None
-    # Classifier weights. None = the embedded demo classifier.
-    classifier: Path | None = None
-    # Attribute names (a file, or "celeba40"); None = the classifier's own names, else celeba40.
-    attributes: str | None = None
-    # Spec overrides for the generator (z_dim, hidden_dim, im_chan, n_classes, kind); bare .pth files
-    # carry no config, so the command line has to say what the file holds.
-    generator_overrides: tuple[tuple[str, object], ...] = ()
-    # Spec overrides for the classifier (hidden_dim, im_chan, n_classes, image_size).
-    classifier_overrides: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,10 +38,8 @@ class OutputConfig:
     out: Path
     # "png" (an `image` column of PNG bytes) or "none". Identity: shards of one job share one schema.
     images: str = "png"
-    # Upper bound on rows per output shard; keeps files and the writer's buffer bounded.
+    # Upper bound on rows per output file; a unit (at most unit_rows rows) is written as one or more.
     rows_per_shard: int = 4096
-    # Commit finished units at least this often (seconds), so a crash on a slow device loses little work.
-    flush_seconds: float = 30.0
     # PNG encoder processes; 0 = encode in the writer thread. Processes, because Pillow holds the GIL
     # for most of a small PNG, so threads do not encode in parallel.
     workers: int = field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) - 1)))
@@ -80,10 +66,14 @@ class JobConfig:
     models: ModelSource = ModelSource()
     # Targets and preserved attributes. Identity.
     edit: EditSpec = EditSpec()
-    # Ascent settings. Identity.
-    ascent: AscentConfig = AscentConfig()
+    # How rows are edited: a registered method (jobs/method.py) with its settings. Identity.
+    method: EditMethod = AscentMethod()
     # Batch size, device, compile, kernels: speed only (the engine's rows do not depend on them).
     engine: EngineConfig = EngineConfig()
+    # The runtime that executes the method's editor (torch, onnxruntime): speed only.
+    backend: BackendConfig = BackendConfig()
+    # Who runs the units: a name in executor.EXECUTORS ("local": threads on this machine). Speed only.
+    executor: str = "local"
     # Rows per read from a row group: bounds memory whatever the manifest's row-group size.
     read_rows: int = 4096
     # Rows per unit of work and of resume: row groups are cut into units of at most this many rows,

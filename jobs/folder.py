@@ -1,18 +1,19 @@
 """The job folder on disk and its commit protocol.
 
     OUT/job.json            identity (settings, model fingerprints, inputs, version) + runtime settings
-    OUT/parts/part-NNNNNN.parquet        edited rows, at most rows_per_shard each
-    OUT/rejects/rejects-NNNNNN.parquet   rejected rows, at most rows_per_shard each
-    OUT/commits/commit-NNNNNN.json       completion markers: which units, parts and rejects it commits
+    OUT/duplicates.npz      the ids that occur more than once in the inputs (duplicates.py)
+    OUT/parts/part-F-G-C-K.parquet       edited rows of unit F:G:C (file, row group, chunk), shard K
+    OUT/rejects/rejects-F-G-C-K.parquet  rejected rows of unit F:G:C, shard K
+    OUT/commits/commit-F-G-C.json        unit F:G:C's completion marker: its parts, rejects and counts
     OUT/summary.json        counts, stop reasons, stage times, throughput, peak memory
     OUT/.lock               flock held by the running job
 
-Every file is written under a temporary name and renamed into place. A commit marker is written last,
-after the files it names are in place, and lists the units (runs of at most unit_rows rows of a row
-group) whose every row is in those files. On start, files that no commit names (a crash between a
-rename and its commit) are deleted, and the units no commit names are done again: every row ends up
-exactly once in parts/ or rejects/.
-File names come from counters only, never from row ids.
+Every file is written under a temporary name and renamed into place. A unit's marker is written last,
+after the files it names are in place. On start, files that no marker names (a crash between a rename
+and its marker) are deleted, and the units that have no marker are done again: every row ends up
+exactly once in parts/ or rejects/. Markers are keyed by unit, so workers that commit different units
+never share a counter or a file (docs/ARCHITECTURE.md, "Exactly once").
+File names come from the unit's counters only, never from row ids.
 """
 
 from __future__ import annotations
@@ -33,15 +34,20 @@ from .lock import LOCK_NAME
 JOB_JSON, SUMMARY_JSON = "job.json", "summary.json"
 PARTS, REJECTS, COMMITS = "parts", "rejects", "commits"
 TMP_PREFIX = ".tmp-"
-_COMMIT_NAME = re.compile(r"commit-(\d{6,})\.json")
+DUPLICATES = "duplicates.npz"
+_COMMIT_NAME = re.compile(r"commit-(\d{6,})-(\d{6,})-(\d{6,})\.json")
+
+
+def unit_stem(key: str) -> str:
+    """ "F:G:C" -> "FFFFFF-GGGGGG-CCCCCC": the counters of a unit, as its files name them (sortable)."""
+    return "-".join(f"{int(n):06d}" for n in key.split(":"))
 
 
 @dataclass
 class Commit:
-    """One completion marker: these units are done, and these files hold all their rows."""
+    """One unit's completion marker: the unit is done, and these files hold all its rows."""
 
-    seq: int  # commit number: the marker's file name, and the order of commits
-    units: list[str]  # unit keys "file:row_group:chunk"
+    unit: str  # unit key "file:row_group:chunk"
     parts: list[str]  # names in parts/
     rejects: list[str]  # names in rejects/
     rows: int  # rows of the units (edited + rejected)
@@ -98,7 +104,7 @@ class JobFolder:
             return
         if not self.root.is_dir():
             raise ZsteerError(f"--out {self.root}: exists and is not a folder")
-        allowed = {LOCK_NAME, PARTS, REJECTS, COMMITS}
+        allowed = {LOCK_NAME, PARTS, REJECTS, COMMITS, DUPLICATES}
         for entry in self.root.iterdir():
             if entry.name not in allowed or (entry.is_dir() and any(entry.iterdir())):
                 raise ZsteerError(
@@ -128,7 +134,7 @@ class JobFolder:
     def load_commits(self) -> list[Commit]:
         """Commit markers in order. A marker is renamed into place whole, so every one is complete."""
         commits = []
-        for path in sorted(self.commits.glob("commit-*.json")):
+        for path in sorted(self.commits.glob("commit-*.json")):  # sorted by unit: job order
             if not _COMMIT_NAME.fullmatch(path.name):
                 continue
             try:
@@ -141,7 +147,7 @@ class JobFolder:
 
     def remove_orphans(self, commits: list[Commit]) -> int:
         """Delete files of parts/, rejects/, commits/ that no commit names (left by a crash)."""
-        keep = {self.commits / f"commit-{c.seq:06d}.json" for c in commits}
+        keep = {self.marker(c.unit) for c in commits}
         keep |= {self.parts / name for c in commits for name in c.parts}
         keep |= {self.rejects / name for c in commits for name in c.rejects}
         removed = 0
@@ -152,9 +158,12 @@ class JobFolder:
                     removed += 1
         return removed
 
+    def marker(self, unit_key: str) -> Path:
+        return self.commits / f"commit-{unit_stem(unit_key)}.json"
+
     def commit(self, commit: Commit) -> None:
         """Make ``commit`` durable: its files are in place and fsynced; the marker goes last."""
         for folder in (self.parts, self.rejects):
             _fsync_dir(folder)
-        write_json_atomic(self.commits / f"commit-{commit.seq:06d}.json", asdict(commit))
+        write_json_atomic(self.marker(commit.unit), asdict(commit))
         _fsync_dir(self.commits)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 
 from zsteer.pipeline.checkpoints import LoadedModel
-from zsteer.pipeline.engine import AscentConfig
 
 from .manifest import ManifestPlan
+from .method import EditMethod
 
 
 def zsteer_version() -> str:
@@ -32,7 +31,7 @@ def job_identity(
     classifier: LoadedModel,
     targets: list[tuple[str, float]],
     preserve: list[str] | None,
-    ascent: AscentConfig,
+    method: EditMethod,
     images: str,
     unit_rows: int,
 ) -> dict:
@@ -57,7 +56,9 @@ def job_identity(
         "classifier": _model(classifier),
         "targets": [[name, weight] for name, weight in targets],
         "preserve": preserve,
-        "ascent": asdict(ascent),
+        # The method by name and the settings its results depend on (ascent: {"ascent": {...}}).
+        "method": method.name,
+        **method.identity(),
         "images": images,
     }
 

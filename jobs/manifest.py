@@ -1,4 +1,4 @@
-"""The manifest contract (DESIGN.md) and the checks made before any work starts.
+"""The manifest contract (docs/NOTES.md, "Job contracts") and the checks made before any work starts.
 
 A manifest is one or more Parquet files with these columns:
 
@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 from zsteer.core.errors import ZsteerError
 
 ID, Z, LABEL, TARGETS, STEPS, STOP_AT_PROB = "id", "z", "label", "targets", "steps", "stop_at_prob"
+# Every per-row override column zsteer knows; a method reads those it names (jobs/method.py).
+ROW_COLUMNS = (TARGETS, STEPS, STOP_AT_PROB)
 # Most steps a row's `steps` value may ask for (or the job's --steps, if larger).
 MAX_ROW_STEPS = 10_000
 # Columns the job writes; a manifest column of the same name would be ambiguous in the output.
@@ -178,8 +180,17 @@ def id_output_type(t: pa.DataType) -> pa.DataType | None:
     return None
 
 
-def check_file(file: InputFile, shape: ModelShape) -> pa.Schema:
-    """The file's carried-columns schema after checking every column the job reads; raises one line."""
+def check_file(
+    file: InputFile,
+    shape: ModelShape,
+    row_columns: tuple[str, ...] = ROW_COLUMNS,
+    output_names: tuple[str, ...] = OUTPUT_COLUMNS,
+) -> pa.Schema:
+    """The file's carried-columns schema after checking every column the job reads; raises one line.
+
+    ``row_columns``: the per-row override columns the job's method reads (others are only carried);
+    ``output_names``: the columns the job writes, which an input column may not shadow.
+    """
     schema, path = file.schema, file.path
     names = schema.names
     if len(set(names)) != len(names):
@@ -209,29 +220,38 @@ def check_file(file: InputFile, shape: ModelShape) -> pa.Schema:
             raise _fail(path, f"no column 'label': the generator is conditional ({shape.n_labels} classes)")
         if not pa.types.is_integer(schema.field(LABEL).type):
             raise _fail(path, f"column 'label' must be integers, found {schema.field(LABEL).type}")
-    if TARGETS in names and not targets_column_ok(schema.field(TARGETS).type):
+    if TARGETS in names and TARGETS in row_columns and not targets_column_ok(schema.field(TARGETS).type):
         raise _fail(
             path,
             f"column 'targets' must be map<string, number>, list<struct<name, weight>> or JSON strings, "
             f"found {schema.field(TARGETS).type}",
         )
-    if STEPS in names and not pa.types.is_integer(schema.field(STEPS).type):
+    if STEPS in names and STEPS in row_columns and not pa.types.is_integer(schema.field(STEPS).type):
         raise _fail(path, f"column 'steps' must be integers, found {schema.field(STEPS).type}")
-    if STOP_AT_PROB in names and not pa.types.is_floating(schema.field(STOP_AT_PROB).type):
+    if (
+        STOP_AT_PROB in names
+        and STOP_AT_PROB in row_columns
+        and not pa.types.is_floating(schema.field(STOP_AT_PROB).type)
+    ):
         raise _fail(path, f"column 'stop_at_prob' must be floats, found {schema.field(STOP_AT_PROB).type}")
-    clash = [n for n in names if n in OUTPUT_COLUMNS]
+    clash = [n for n in names if n in output_names]
     if clash:
         raise _fail(path, f"column {clash[0]!r} has the name of an output column; rename it")
     fields = [pa.field(ID, out_id)] + [schema.field(n) for n in names if n not in (ID, Z)]
     return pa.schema(fields)
 
 
-def plan_manifest(paths: list[Path], shape: ModelShape) -> ManifestPlan:
+def plan_manifest(
+    paths: list[Path],
+    shape: ModelShape,
+    row_columns: tuple[str, ...] = ROW_COLUMNS,
+    output_names: tuple[str, ...] = OUTPUT_COLUMNS,
+) -> ManifestPlan:
     """Open every file's footer and check it against the models before any row is edited."""
     files = [read_footer(i, p) for i, p in enumerate(paths)]
     carried: pa.Schema | None = None
     for file in files:
-        schema = check_file(file, shape)
+        schema = check_file(file, shape, row_columns, output_names)
         if carried is None:
             carried, first = schema, file
             continue
@@ -251,8 +271,8 @@ def plan_manifest(paths: list[Path], shape: ModelShape) -> ManifestPlan:
     return ManifestPlan(
         files=tuple(files),
         carried=carried,
-        has_targets=TARGETS in carried.names,
-        has_steps=STEPS in carried.names,
-        has_stop_at_prob=STOP_AT_PROB in carried.names,
+        has_targets=TARGETS in carried.names and TARGETS in row_columns,
+        has_steps=STEPS in carried.names and STEPS in row_columns,
+        has_stop_at_prob=STOP_AT_PROB in carried.names and STOP_AT_PROB in row_columns,
         uses_labels=shape.n_labels > 0,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from datetime import timedelta
 
@@ -21,12 +22,17 @@ class Progress:
         self.every = every_seconds
         self._t0 = self._last = time.monotonic()
         self.bar = None
+        self._lock = threading.Lock()  # workers of an executor report from their own threads
         if self.stream.isatty():
             self.bar = tqdm(
                 total=total, initial=done, unit="rows", file=self.stream, dynamic_ncols=True, smoothing=0.1
             )
 
     def update(self, rows: int) -> None:
+        with self._lock:
+            self._update(rows)
+
+    def _update(self, rows: int) -> None:
         self.done += rows
         if self.bar is not None:
             self.bar.update(rows)

@@ -97,7 +97,7 @@ class _RowGroupStream:
         self.file, self.row_group = file, row_group
         self.size = file.row_groups[row_group]
         self.pos = 0  # rows of the row group handed out (or skipped) so far
-        # Threads off: two cores are the engine's; reading is far from the bottleneck (PERFORMANCE.md).
+        # Threads off: two cores are the engine's; reading is far from the bottleneck (docs/NOTES.md, "Reading and threads").
         self._batches = pf.iter_batches(
             batch_size=read_rows, row_groups=[row_group], columns=file.schema.names, use_threads=False
         )
@@ -133,50 +133,76 @@ class _RowGroupStream:
             pass
 
 
-def read_units(plan: ManifestPlan, units: list[Unit], read_rows: int) -> Iterator[Piece]:
-    """Pieces of ``units`` (in job order), at most ``read_rows`` rows each, every column.
+class UnitReader:
+    """Reads units of one job, a unit at a time, keeping its file and row-group stream open between calls.
 
-    Raises ReadError when a file cannot be opened or read; see the module docstring.
+    One per worker (a thread of the local executor, an actor of a cluster): consecutive units of a row
+    group continue the open stream instead of decoding the row group again from its start. Raises
+    ReadError when a file cannot be opened or read; see the module docstring.
     """
-    pf: pq.ParquetFile | None = None
-    pf_index = -1
-    stream: _RowGroupStream | None = None
-    broken: tuple[int, int, str] | None = None  # (file, row group, reason): undecodable from here on
-    try:
-        for unit in units:
-            file = plan.files[unit.file]
-            group_start = file.row_offset(unit.row_group)
-            first = unit.start - group_start  # the unit's first row, in its row group
-            if broken is not None and broken[:2] == (unit.file, unit.row_group):
-                yield Piece(unit, unit.start, unit.n_rows, True, fault=broken[2])
-                continue
-            if pf_index != unit.file:
-                if pf is not None:
-                    pf.close()
-                    pf, stream = None, None
-                try:
-                    pf = pq.ParquetFile(file.path, pre_buffer=False, buffer_size=READ_BUFFER)
-                    stat = file.path.stat()
-                except Exception as exc:  # gone or unreadable
-                    raise _read_error(file, "open it", exc) from None
-                pf_index = unit.file
-                _check_unchanged(file, pf, stat)
-            if stream is None or stream.row_group != unit.row_group or stream.pos > first:
-                stream = _RowGroupStream(pf, file, unit.row_group, read_rows)
-            done = 0
+
+    def __init__(self, plan: ManifestPlan, read_rows: int):
+        self.plan, self.read_rows = plan, read_rows
+        self._pf: pq.ParquetFile | None = None
+        self._pf_index = -1
+        self._stream: _RowGroupStream | None = None
+        self._broken: tuple[int, int, str] | None = (
+            None  # (file, row group, reason): undecodable from here on
+        )
+
+    def close(self) -> None:
+        if self._pf is not None:
+            self._pf.close()
+        self._pf, self._pf_index, self._stream = None, -1, None
+
+    def __enter__(self) -> UnitReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open(self, unit: Unit) -> pq.ParquetFile:
+        file = self.plan.files[unit.file]
+        if self._pf_index != unit.file:
+            self.close()
             try:
-                stream.skip_to(first)
-                for batch in stream.take(unit.n_rows):
-                    n = batch.num_rows
-                    yield Piece(unit, unit.start + done, n, done + n == unit.n_rows, batch=batch)
-                    done += n
-            except _Undecodable as exc:
-                # The stream of this row group is broken: its rows from here on cannot be read.
-                broken = (unit.file, unit.row_group, f"row group unreadable: {exc}")
-                stream = None
-                yield Piece(unit, unit.start + done, unit.n_rows - done, True, fault=broken[2])
-            except OSError as exc:
-                raise _read_error(file, f"read row group {unit.row_group}", exc) from None
-    finally:
-        if pf is not None:
-            pf.close()
+                pf = pq.ParquetFile(file.path, pre_buffer=False, buffer_size=READ_BUFFER)
+                stat = file.path.stat()
+            except Exception as exc:  # gone or unreadable
+                raise _read_error(file, "open it", exc) from None
+            self._pf, self._pf_index = pf, unit.file
+            _check_unchanged(file, pf, stat)
+        return self._pf
+
+    def pieces(self, unit: Unit) -> Iterator[Piece]:
+        """The unit's rows in order, as pieces of at most ``read_rows`` rows (or faults)."""
+        file = self.plan.files[unit.file]
+        first = unit.start - file.row_offset(unit.row_group)  # the unit's first row, in its row group
+        if self._broken is not None and self._broken[:2] == (unit.file, unit.row_group):
+            yield Piece(unit, unit.start, unit.n_rows, True, fault=self._broken[2])
+            return
+        pf = self._open(unit)
+        stream = self._stream
+        if stream is None or stream.row_group != unit.row_group or stream.pos > first:
+            stream = self._stream = _RowGroupStream(pf, file, unit.row_group, self.read_rows)
+        done = 0
+        try:
+            stream.skip_to(first)
+            for batch in stream.take(unit.n_rows):
+                n = batch.num_rows
+                yield Piece(unit, unit.start + done, n, done + n == unit.n_rows, batch=batch)
+                done += n
+        except _Undecodable as exc:
+            # The stream of this row group is broken: its rows from here on cannot be read.
+            self._broken = (unit.file, unit.row_group, f"row group unreadable: {exc}")
+            self._stream = None
+            yield Piece(unit, unit.start + done, unit.n_rows - done, True, fault=self._broken[2])
+        except OSError as exc:
+            raise _read_error(file, f"read row group {unit.row_group}", exc) from None
+
+
+def read_units(plan: ManifestPlan, units: list[Unit], read_rows: int) -> Iterator[Piece]:
+    """Pieces of ``units`` (in job order), at most ``read_rows`` rows each, every column."""
+    with UnitReader(plan, read_rows) as reader:
+        for unit in units:
+            yield from reader.pieces(unit)

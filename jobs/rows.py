@@ -3,8 +3,8 @@
 A rejected row gets every reason that applies, joined by "; ". Checks: null / duplicate id, null z,
 wrong z length, null values in z, NaN or Inf in z (after the cast to float32), null or out-of-range
 label (conditional generators), unusable per-row targets / steps (negative, or above
-max(MAX_ROW_STEPS, --steps)) / stop_at_prob. Duplicate ids are
-checked last, against rows accepted earlier in the job, so the first usable row with an id wins.
+max(MAX_ROW_STEPS, --steps)) / stop_at_prob, and later copies of an id (the job's first row with
+an id wins, duplicates.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .idset import IdSet, id_keys
+from .duplicates import DuplicateIndex, id_keys, position
 from .manifest import (
     ID,
     LABEL,
@@ -175,13 +175,15 @@ def _int_values(column: pa.Array, fill: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class RowValidator:
-    """Validates chunks of one job in order, keeping the job's accepted ids to catch duplicates."""
+    """Validates pieces of a job's units; each piece on its own (duplicates come from the job's index)."""
 
-    def __init__(self, plan: ManifestPlan, shape: ModelShape, defaults: RowDefaults, ids: IdSet):
+    def __init__(
+        self, plan: ManifestPlan, shape: ModelShape, defaults: RowDefaults, duplicates: DuplicateIndex
+    ):
         self.plan = plan
         self.shape = shape
         self.defaults = defaults
-        self.ids = ids
+        self.duplicates = duplicates
         self.targets = TargetParser(shape.attributes) if plan.has_targets else None
 
     def unreadable(self, unit: Unit, offset: int, n_rows: int, reason: str) -> RowChunk:
@@ -247,14 +249,15 @@ class RowValidator:
             reasons.add(bad, lambda i: f"stop_at_prob {own_p[i]} is not in (0, 1) (NaN = never)")
             stop_prob = np.where(null, stop_prob, own_p).astype(np.float32)
 
-        # Duplicates last: only rows that are otherwise usable claim their id.
-        usable = np.flatnonzero(~reasons.bad)
-        new = self.ids.add_new(id_keys(ids.take(pa.array(usable, pa.int64()))))
-        dup_rows = usable[~new]
-        if len(dup_rows):
-            shown = ids.take(pa.array(dup_rows, pa.int64())).to_pylist()
-            text = dict(zip(dup_rows.tolist(), shown, strict=True))
-            reasons.add_rows(dup_rows, lambda i: f"duplicate id {text[int(i)]!r}")
+        # A later copy of an id is rejected whatever else holds for it (duplicates.py has the rule).
+        named = np.flatnonzero(~id_null)
+        if len(self.duplicates) and len(named):
+            named_ids = ids.take(pa.array(named, pa.int64()))
+            later = self.duplicates.later_rows(id_keys(named_ids), position(unit.file, offset + named))
+            if later.any():
+                shown = named_ids.filter(pa.array(later)).to_pylist()
+                text = dict(zip(named[later].tolist(), shown, strict=True))
+                reasons.add_rows(named[later], lambda i: self._duplicate_reason(text[int(i)]))
 
         keep = np.flatnonzero(~reasons.bad)
         rejects = None
@@ -273,6 +276,11 @@ class RowValidator:
             z=z[keep], weights=weights, preserve=preserve, labels=None if labels is None else labels[keep],
             max_steps=max_steps[keep], stop_prob=stop_prob[keep], rejects=rejects,
         )  # fmt: skip
+
+    def _duplicate_reason(self, value) -> str:
+        key = int(id_keys(pa.array([value], self.plan.id_type))[0])
+        file, row = self.duplicates.first_of(key)
+        return f"duplicate id {value!r} (first in {self.plan.files[file].path.name}, row {row})"
 
     def _carried(self, batch: pa.RecordBatch, ids: pa.Array) -> pa.Table:
         """id (normalised) + every other column but z, by name, in the job's column order."""

@@ -2,10 +2,13 @@
 
 The job folder holds the edited rows; the "before" images are rendered again from the manifest's z with
 the job's generator (its fingerprint is checked), so the sheet needs nothing the job did not record.
+The pieces (``first_rows``, ``starting_latents``, ``render_latents``, ``decode_png``, ``contact_sheet``)
+are what `zsteer demo` draws its sheet with too.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image, ImageDraw
 
+from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.checkpoints import LoadedModel, load_generator
 from zsteer.pipeline.engine import to_uint8_images
-from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.network import latent_input
-from zsteer.pipeline.sheet import contact_sheet, decode_png
 
 from .folder import JOB_JSON, PARTS, JobFolder
 
@@ -149,3 +152,39 @@ def render_latents(generator: LoadedModel, z: np.ndarray, labels: np.ndarray | N
     lab = None if labels is None else torch.from_numpy(labels)
     z_in = latent_input(torch.from_numpy(z), lab, generator.spec.n_classes)
     return to_uint8_images(generator.module(z_in)).numpy()
+
+
+def decode_png(data: bytes) -> np.ndarray:  # -> [H, W, C] uint8
+    image = Image.open(io.BytesIO(data))
+    array = np.asarray(image)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def contact_sheet(
+    columns: list[np.ndarray],  # each [N, H, W, C] uint8: e.g. before, after
+    headers: list[str],  # one title per column
+    captions: list[str] | None = None,  # one line per row, drawn left of it
+    scale: int = 2,  # pixel repeat: 64x64 images are small on a screen
+    caption_width: int = 220,
+) -> Image.Image:
+    """A grid with one row per latent and one column per stage, like the notebook's image grid."""
+    n, h, w, c = columns[0].shape
+    if any(col.shape != columns[0].shape for col in columns):
+        raise ValueError("all columns must hold images of one shape")
+    cell_h, cell_w, pad, head = h * scale, w * scale, 4, 18
+    left = caption_width if captions else 0
+    sheet = Image.new(
+        "RGB", (left + len(columns) * (cell_w + pad) + pad, head + n * (cell_h + pad) + pad), "white"
+    )
+    draw = ImageDraw.Draw(sheet)
+    for j, title in enumerate(headers):
+        draw.text((left + pad + j * (cell_w + pad), 3), title, fill="black")
+    for i in range(n):
+        y = head + pad + i * (cell_h + pad)
+        if captions:
+            draw.text((4, y + cell_h // 2 - 6), captions[i][:36], fill="black")
+        for j, col in enumerate(columns):
+            tile = col[i] if c == 3 else np.repeat(col[i][..., :1], 3, axis=2)
+            tile = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+            sheet.paste(Image.fromarray(tile), (left + pad + j * (cell_w + pad), y))
+    return sheet

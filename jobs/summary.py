@@ -67,7 +67,7 @@ def job_totals(commits: list[Commit]) -> dict:
         "edited": sum(c.edited for c in commits),
         "rejected": sum(c.rejected for c in commits),
         "stop_reasons": dict(sorted(reasons.items())),
-        "units_done": sum(len(c.units) for c in commits),
+        "units_done": len(commits),
         "parts": sum(len(c.parts) for c in commits),
     }
 

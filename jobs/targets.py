@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.attributes import parse_target, resolve_attribute
 from zsteer.pipeline.engine import target_vector
-from zsteer.core.errors import ZsteerError
 
 CACHE_LIMIT = 4096  # distinct override values kept; a manifest with more just parses again
 

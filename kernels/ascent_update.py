@@ -32,7 +32,6 @@ from zsteer.core.status import ACTIVE, MAX_SHIFT, NON_FINITE, STATUS_NAMES, STEP
 from .dispatch import choose_impl, float_refusal, triton_module, width_refusal
 
 
-
 class UpdateResult(NamedTuple):
     z: torch.Tensor  # [N, D] next z
     accum: torch.Tensor | None  # [N, D] running gradient sum (lab-compatible mode), else None

@@ -21,8 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .attributes import CELEBA40, read_utf8
 from zsteer.core.errors import CheckpointError
+
+from .attributes import CELEBA40, read_utf8
 from .models import ClassifierSpec, GeneratorSpec, build_classifier, build_generator
 
 COURSE_KEYS = {"generator": "gen", "classifier": "classifier"}

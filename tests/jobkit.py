@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import torch
 from modelkit import write_models
 
-from zsteer.jobs.config import EditSpec, JobConfig, ModelSource, OutputConfig
-from zsteer.pipeline.engine import AscentConfig, EngineConfig
+from zsteer.jobs.ascent_method import AscentMethod
+from zsteer.jobs.config import EditSpec, JobConfig, OutputConfig
+from zsteer.pipeline.config import AscentConfig, EngineConfig
+from zsteer.pipeline.loading import ModelSource
 from zsteer.pipeline.models import ClassifierSpec, GeneratorSpec
 
 Z_DIM, N_ATTR = 8, 5
@@ -71,7 +73,7 @@ def job_config(manifests, out: Path, models: tuple[Path, Path], **kw) -> JobConf
         output=OutputConfig(out=out, **output),
         models=ModelSource(generator=models[0], classifier=models[1]),
         edit=EditSpec(targets=tuple(kw.pop("targets", ("attr1",))), preserve=kw.pop("preserve", None)),
-        ascent=AscentConfig(**ascent),
+        method=kw.pop("method", None) or AscentMethod(AscentConfig(**ascent)),
         engine=EngineConfig(batch_size=kw.pop("batch_size", 16)),
         handle_signals=False,
         **kw,

@@ -1,8 +1,9 @@
 """Small models with real gain for tests.
 
-Random-init course models have input gradients near 1e-8, below fp32 resolution (DESIGN.md), so a test
-of the ascent on them compares noise with noise. These initialise every convolution with unit gain
-(He-normal over the fan-in each output sees) and give BatchNorm non-trivial running statistics.
+Random-init course models have input gradients near 1e-8, below fp32 resolution (docs/NOTES.md, "Test
+models need real gain"), so a test of the ascent on them compares noise with noise. These initialise
+every convolution with unit gain (He-normal over the fan-in each output sees) and give BatchNorm
+non-trivial running statistics.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import pytest
 import torch
 from modelkit import write_models
 
+from zsteer.core.errors import AttributeNameError, CheckpointError
 from zsteer.pipeline.attributes import CELEBA40, load_attribute_names, parse_target, resolve_attribute
 from zsteer.pipeline.checkpoints import load_classifier, load_generator
-from zsteer.core.errors import AttributeNameError, CheckpointError
 from zsteer.pipeline.models import CourseClassifier, CourseGenerator
 
 

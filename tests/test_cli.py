@@ -11,20 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from jobkit import Z_DIM, latents, one_thread, read_parts, tiny_models, write_manifest
+from jobkit import Z_DIM, latents, read_parts, write_manifest
 
-from zsteer.jobs.cli import main
+from zsteer.cli.main import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tiny_models(tmp_path_factory.mktemp("models"))
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def run(*args: str):
@@ -76,13 +67,13 @@ def test_sample_is_deterministic_and_independent_of_row_group_size(tmp_path):
     )
 
 
-def test_sample_then_edit(tmp_path, models):
+def test_sample_then_edit(tmp_path, job_models):
     manifest = tmp_path / "m.parquet"
     assert (
         run("sample", "--n", 40, "--z-dim", Z_DIM, "--out", manifest, "--row-group-size", 16).exit_code == 0
     )
     result = run(
-        "edit", "-m", manifest, "--generator", models[0], "--classifier", models[1], "-t", "attr1", "-t", "attr2=-0.5",
+        "edit", "-m", manifest, "--generator", job_models[0], "--classifier", job_models[1], "-t", "attr1", "-t", "attr2=-0.5",
         "--preserve", "attr0,attr3", "--steps", 2, "--lr", 0.3, "--batch-size", 8, "--images", "none",
         "--out", tmp_path / "job",
     )  # fmt: skip
@@ -123,16 +114,16 @@ def bad_files(tmp_path_factory):
         ("clash", ["clash.parquet", "'image' has the name of an output column"]),
     ],
 )
-def test_whole_file_faults_are_one_line_errors(tmp_path, models, bad_files, name, fragments):
+def test_whole_file_faults_are_one_line_errors(tmp_path, job_models, bad_files, name, fragments):
     out = tmp_path / "job"
     result = run(
         "edit",
         "-m",
         bad_files / f"{name}.parquet",
         "--generator",
-        models[0],
+        job_models[0],
         "--classifier",
-        models[1],
+        job_models[1],
         "-t",
         "attr1",
         "--out",
@@ -160,17 +151,25 @@ def test_whole_file_faults_are_one_line_errors(tmp_path, models, bad_files, name
         (["-t", "attr1", "--z-dim", "9"], ["generator", "z_dim"]),
     ],
 )
-def test_flag_errors_are_one_line(tmp_path, models, bad_files, args, fragments):
-    base = ["edit", "-m", bad_files / "good.parquet", "--generator", models[0], "--classifier", models[1]]
+def test_flag_errors_are_one_line(tmp_path, job_models, bad_files, args, fragments):
+    base = [
+        "edit",
+        "-m",
+        bad_files / "good.parquet",
+        "--generator",
+        job_models[0],
+        "--classifier",
+        job_models[1],
+    ]
     one_line_error(run(*base, *args, "--out", tmp_path / "job"), *fragments)
 
 
-def test_missing_inputs_are_one_line_errors(tmp_path, models):
+def test_missing_inputs_are_one_line_errors(tmp_path, job_models):
     models_args = [
         "--generator",
-        models[0],
+        job_models[0],
         "--classifier",
-        models[1],
+        job_models[1],
         "-t",
         "attr1",
         "--out",
@@ -181,18 +180,18 @@ def test_missing_inputs_are_one_line_errors(tmp_path, models):
     one_line_error(run("edit", "-m", "x.parquet", "-t", "attr1"), "Missing option '--out'")
     write_manifest(tmp_path / "m.parquet", {"id": np.arange(2), "z": latents(2)})
     one_line_error(
-        run("edit", "-m", tmp_path / "m.parquet", "--generator", tmp_path / "g.safetensors", "--classifier", models[1], "-t", "a", "--out", tmp_path / "j"),
+        run("edit", "-m", tmp_path / "m.parquet", "--generator", tmp_path / "g.safetensors", "--classifier", job_models[1], "-t", "a", "--out", tmp_path / "j"),
         "g.safetensors", "not found",
     )  # fmt: skip
 
 
-def test_a_locked_job_folder_is_a_one_line_error(tmp_path, models):
+def test_a_locked_job_folder_is_a_one_line_error(tmp_path, job_models):
     from zsteer.jobs.lock import FolderLock
 
     write_manifest(tmp_path / "m.parquet", {"id": np.arange(2), "z": latents(2)})
     with FolderLock(tmp_path / "job"):
         result = run(
-            "edit", "-m", tmp_path / "m.parquet", "--generator", models[0], "--classifier", models[1], "-t", "attr1",
+            "edit", "-m", tmp_path / "m.parquet", "--generator", job_models[0], "--classifier", job_models[1], "-t", "attr1",
             "--out", tmp_path / "job",
         )  # fmt: skip
     one_line_error(result, "another zsteer run", f"(pid {os.getpid()})")
@@ -239,25 +238,27 @@ def test_help_lists_the_commands_and_the_job(tmp_path):
 # -- errors found before the job starts, and the OS-error backstop -----------------------------------
 
 
-def _edit_args(manifest, models, out, *extra):
-    return ["edit", "-m", manifest, "--generator", models[0], "--classifier", models[1], "-t", "attr1",
+def _edit_args(manifest, job_models, out, *extra):
+    return ["edit", "-m", manifest, "--generator", job_models[0], "--classifier", job_models[1], "-t", "attr1",
             "--steps", 2, "--images", "none", "--workers", 0, *extra, "--out", out]  # fmt: skip
 
 
-def test_impl_triton_without_cuda_is_refused_before_the_job_starts(tmp_path, models, bad_files, monkeypatch):
-    import zsteer.jobs.cli_edit
+def test_impl_triton_without_cuda_is_refused_before_the_job_starts(
+    tmp_path, job_models, bad_files, monkeypatch
+):
+    import zsteer.cli.edit
 
     manifest = bad_files / "good.parquet"
-    result = run(*_edit_args(manifest, models, tmp_path / "job", "--impl", "triton", "--device", "cpu"))
+    result = run(*_edit_args(manifest, job_models, tmp_path / "job", "--impl", "triton", "--device", "cpu"))
     one_line_error(result, "--impl triton: needs a CUDA device and triton installed", "--device cpu")
     assert not (tmp_path / "job").exists()
-    monkeypatch.setattr(zsteer.jobs.cli_edit, "triton_available", lambda: False)
-    result = run(*_edit_args(manifest, models, tmp_path / "job", "--impl", "triton", "--device", "cuda"))
+    monkeypatch.setattr(zsteer.cli.edit, "triton_available", lambda: False)
+    result = run(*_edit_args(manifest, job_models, tmp_path / "job", "--impl", "triton", "--device", "cuda"))
     one_line_error(result, "--impl triton", "triton not installed")
     assert not (tmp_path / "job").exists()
 
 
-def test_bad_model_files_are_one_line_errors(tmp_path, models, bad_files):
+def test_bad_model_files_are_one_line_errors(tmp_path, job_models, bad_files):
     import pickle
 
     from zsteer.pipeline.models import CourseGenerator
@@ -269,7 +270,7 @@ def test_bad_model_files_are_one_line_errors(tmp_path, models, bad_files):
             return (os.system, (f"touch {marker}",))
 
     (tmp_path / "evil.pth").write_bytes(pickle.dumps({"gen": Evil()}))
-    common = ["-m", bad_files / "good.parquet", "--classifier", models[1], "-t", "attr1"]
+    common = ["-m", bad_files / "good.parquet", "--classifier", job_models[1], "-t", "attr1"]
     result = run("edit", *common, "--generator", tmp_path / "evil.pth", "--out", tmp_path / "j1")
     one_line_error(result, "evil.pth: refused", "could run code")
     assert not marker.exists()  # the refusal came before anything in the file ran
@@ -286,7 +287,7 @@ def test_bad_model_files_are_one_line_errors(tmp_path, models, bad_files):
     )
 
     odd = tmp_path / "odd"
-    shutil.copytree(models[0].parent, odd)
+    shutil.copytree(job_models[0].parent, odd)
     config = json.loads((odd / "generator.json").read_text())
     (odd / "generator.json").write_text(json.dumps({**config, "z_dim": "8"}))
     result = run("edit", *common, "--generator", odd / "generator.safetensors", "--out", tmp_path / "j3")
@@ -300,15 +301,15 @@ def test_bad_model_files_are_one_line_errors(tmp_path, models, bad_files):
     assert not any((tmp_path / name).exists() for name in ("j1", "j2", "j3"))
 
 
-def test_an_attributes_file_that_is_not_utf8_is_a_one_line_error(tmp_path, models, bad_files):
+def test_an_attributes_file_that_is_not_utf8_is_a_one_line_error(tmp_path, job_models, bad_files):
     names = tmp_path / "names.txt"
     names.write_bytes(b"attr0\nattr\xe91\nattr2\nattr3\nattr4\n")
-    result = run(*_edit_args(bad_files / "good.parquet", models, tmp_path / "job", "--attributes", names))
+    result = run(*_edit_args(bad_files / "good.parquet", job_models, tmp_path / "job", "--attributes", names))
     one_line_error(result, "names.txt", "not UTF-8 text")
 
 
 @pytest.mark.parametrize("command", ["sample", "edit", "sheet", "demo"])
-def test_an_output_below_a_file_is_a_one_line_error(tmp_path, models, bad_files, command):
+def test_an_output_below_a_file_is_a_one_line_error(tmp_path, job_models, bad_files, command):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("not a folder")
     out = (
@@ -318,14 +319,14 @@ def test_an_output_below_a_file_is_a_one_line_error(tmp_path, models, bad_files,
     )
     args = {
         "sample": ["sample", "--n", 3, "--out", out],
-        "edit": _edit_args(bad_files / "good.parquet", models, out),
+        "edit": _edit_args(bad_files / "good.parquet", job_models, out),
         "sheet": ["sheet", tmp_path, "--out", out],
         "demo": ["demo", "--out", out],
     }[command]
     one_line_error(run(*args), f"--out {out}: {blocker} is a file, not a folder")
 
 
-def test_an_os_error_mid_job_is_one_line_naming_the_file(tmp_path, models, bad_files, monkeypatch):
+def test_an_os_error_mid_job_is_one_line_naming_the_file(tmp_path, job_models, bad_files, monkeypatch):
     import errno
 
     from zsteer.jobs.folder import JobFolder
@@ -334,25 +335,25 @@ def test_an_os_error_mid_job_is_one_line_naming_the_file(tmp_path, models, bad_f
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.job_json))
 
     monkeypatch.setattr(JobFolder, "write_job", full_disk)
-    result = run(*_edit_args(bad_files / "good.parquet", models, tmp_path / "job"))
+    result = run(*_edit_args(bad_files / "good.parquet", job_models, tmp_path / "job"))
     one_line_error(result, f"zsteer: error: {tmp_path / 'job' / 'job.json'}: No space left on device")
 
 
 # -- zsteer sheet ------------------------------------------------------------------------------------
 
 
-def _png_job(folder, models, n: int = 6):
+def _png_job(folder, job_models, n: int = 6):
     """A finished job with PNG images over a manifest of ``n`` rows in ``folder``; (manifest, job)."""
     manifest = write_manifest(folder / "m.parquet", {"id": np.arange(n), "z": latents(n)})
     job = folder / "job"
-    result = run(*_edit_args(manifest, models, job, "--images", "png"))
+    result = run(*_edit_args(manifest, job_models, job, "--images", "png"))
     assert result.exit_code == 0, result.output
     return manifest, job
 
 
 @pytest.fixture(scope="module")
-def png_job(tmp_path_factory, models):
-    return _png_job(tmp_path_factory.mktemp("png_job"), models)[1]
+def png_job(tmp_path_factory, job_models):
+    return _png_job(tmp_path_factory.mktemp("png_job"), job_models)[1]
 
 
 def test_sheet_draws_before_and_after(tmp_path, png_job):
@@ -370,8 +371,8 @@ def test_sheet_draws_before_and_after(tmp_path, png_job):
     assert heights[4] > heights[2]
 
 
-def test_sheet_after_the_manifest_moved_is_a_one_line_error(tmp_path, models):
-    manifest, job = _png_job(tmp_path, models)
+def test_sheet_after_the_manifest_moved_is_a_one_line_error(tmp_path, job_models):
+    manifest, job = _png_job(tmp_path, job_models)
     manifest.rename(tmp_path / "elsewhere.parquet")
     result = run("sheet", job, "--out", tmp_path / "s.png")
     one_line_error(result, f"{manifest}: the job's manifest is not there (moved or deleted)")
@@ -403,19 +404,19 @@ def test_sheet_of_a_damaged_job_json_is_a_one_line_error(tmp_path, png_job, dama
 # -- --lab-compat and --stop-at-prob through the command line --------------------------------------
 
 
-def test_lab_compat_flags_reach_the_engine(tmp_path, models, bad_files):
+def test_lab_compat_flags_reach_the_engine(tmp_path, job_models, bad_files):
     from jobkit import job_config
 
     from zsteer.jobs.runner import run_job
 
     manifest = bad_files / "good.parquet"
     lab = ["--lab-compat", "--lab-batch", 4, "--steps", 3]
-    assert run(*_edit_args(manifest, models, tmp_path / "cli", *lab)).exit_code == 0
+    assert run(*_edit_args(manifest, job_models, tmp_path / "cli", *lab)).exit_code == 0
     ascent = json.loads((tmp_path / "cli" / "job.json").read_text())["identity"]["ascent"]
     assert ascent["lab_compat"] is True and ascent["lab_batch"] == 4 and ascent["lr"] is None  # 1/steps
     library = {"steps": 3, "lr": None, "penalty": 0.1, "lab_compat": True, "lab_batch": 4}
-    run_job(job_config([manifest], tmp_path / "lib", models, ascent=library))
-    clean = run(*_edit_args(manifest, models, tmp_path / "clean", "--steps", 3, "--lr", 1 / 3))
+    run_job(job_config([manifest], tmp_path / "lib", job_models, ascent=library))
+    clean = run(*_edit_args(manifest, job_models, tmp_path / "clean", "--steps", 3, "--lr", 1 / 3))
     assert clean.exit_code == 0
     z = {
         name: read_parts(tmp_path / name).sort_by("id").column("z_edited").to_pylist()
@@ -426,9 +427,11 @@ def test_lab_compat_flags_reach_the_engine(tmp_path, models, bad_files):
     assert np.abs(np.asarray(z["cli"]) - np.asarray(z["clean"])).max() > 1e-3
 
 
-def test_stop_at_prob_stops_rows_once_the_target_passes_it(tmp_path, models):
+def test_stop_at_prob_stops_rows_once_the_target_passes_it(tmp_path, job_models):
     manifest = write_manifest(tmp_path / "m.parquet", {"id": np.arange(32), "z": latents(32)})
-    args = _edit_args(manifest, models, tmp_path / "job", "--steps", 6, "--lr", 0.5, "--stop-at-prob", 0.8)
+    args = _edit_args(
+        manifest, job_models, tmp_path / "job", "--steps", 6, "--lr", 0.5, "--stop-at-prob", 0.8
+    )
     assert run(*args).exit_code == 0
     parts = read_parts(tmp_path / "job").to_pydict()
     prob = 1 / (1 + np.exp(-np.asarray(parts["logits_after"])[:, 1]))  # attr1, the target
@@ -439,27 +442,27 @@ def test_stop_at_prob_stops_rows_once_the_target_passes_it(tmp_path, models):
     assert (steps[~reached] == 6).all()  # only the target stops a row early (its last step may pass P)
 
 
-def test_unit_rows_cuts_row_groups_into_units_and_is_fixed_for_the_job(tmp_path, models):
+def test_unit_rows_cuts_row_groups_into_units_and_is_fixed_for_the_job(tmp_path, job_models):
     """--unit-rows: a 40-row row group in units of 16 rows commits 3 units; a resume with another value
     would cut the row groups differently, so it is refused."""
     manifest = tmp_path / "m.parquet"
     assert run("sample", "--n", 40, "--z-dim", Z_DIM, "--out", manifest).exit_code == 0
     out = tmp_path / "job"
-    result = run(*_edit_args(manifest, models, out, "--unit-rows", 16, "--flush-seconds", 0.5))
+    result = run(*_edit_args(manifest, job_models, out, "--unit-rows", 16))
     assert result.exit_code == 0, result.output
-    units = [u for p in (out / "commits").glob("commit-*.json") for u in json.loads(p.read_text())["units"]]
+    units = [json.loads(p.read_text())["unit"] for p in (out / "commits").glob("commit-*.json")]
     assert len(units) == len(set(units)) == 3
     assert read_parts(out).num_rows == 40
-    one_line_error(run(*_edit_args(manifest, models, out, "--unit-rows", 8)), "unit_rows")
+    one_line_error(run(*_edit_args(manifest, job_models, out, "--unit-rows", 8)), "unit_rows")
 
 
-def test_a_job_json_that_is_not_utf8_is_a_one_line_error(tmp_path, models):
+def test_a_job_json_that_is_not_utf8_is_a_one_line_error(tmp_path, job_models):
     manifest = tmp_path / "m.parquet"
     assert run("sample", "--n", 8, "--z-dim", Z_DIM, "--out", manifest).exit_code == 0
     out = tmp_path / "job"
     out.mkdir()
     (out / "job.json").write_bytes(b'{"version": "\xff"}')
-    one_line_error(run(*_edit_args(manifest, models, out)), "job.json", "unreadable")
+    one_line_error(run(*_edit_args(manifest, job_models, out)), "job.json", "unreadable")
 
 
 @pytest.mark.parametrize(
@@ -467,14 +470,14 @@ def test_a_job_json_that_is_not_utf8_is_a_one_line_error(tmp_path, models):
     [(b"[1, 2]", ["expected a JSON object, found list"]), (b'{"v": "\xff"}', ["unreadable"])],
 )
 def test_a_job_json_of_the_wrong_kind_is_a_one_line_error_for_edit_and_sheet(
-    tmp_path, models, content, fragments
+    tmp_path, job_models, content, fragments
 ):
     manifest = tmp_path / "m.parquet"
     assert run("sample", "--n", 8, "--z-dim", Z_DIM, "--out", manifest).exit_code == 0
     out = tmp_path / "job"
     out.mkdir()
     (out / "job.json").write_bytes(content)
-    edit_error = one_line_error(run(*_edit_args(manifest, models, out)), "job.json", *fragments)
+    edit_error = one_line_error(run(*_edit_args(manifest, job_models, out)), "job.json", *fragments)
     assert "choose another --out" in edit_error
     sheet_error = one_line_error(run("sheet", out, "--out", tmp_path / "s.png"), "job.json", *fragments)
     assert "--out" not in sheet_error

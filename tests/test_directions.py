@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from modelkit import load_models
 
 from zsteer.pipeline.directions import (
     apply_direction,
@@ -18,8 +17,8 @@ from zsteer.pipeline.network import EditNet
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory):
-    return EditNet(*load_models(tmp_path_factory.mktemp("models")))
+def net(unit_gain_models):
+    return EditNet(*unit_gain_models)
 
 
 def test_boundaries_recover_planted_directions():

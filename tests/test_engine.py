@@ -10,13 +10,13 @@ import pytest
 import torch
 from modelkit import load_models
 
+from zsteer.core.status import MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED
 from zsteer.kernels import dispatch
-from zsteer.kernels.ascent_update import MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED, targets_reached
-from zsteer.pipeline import engine as engine_module
+from zsteer.kernels.ascent_update import targets_reached
+from zsteer.pipeline import ascent_loop
 from zsteer.pipeline.engine import (
     AscentConfig,
     EngineConfig,
-    _bucket,
     default_preserve,
     make_engine,
     target_vector,
@@ -174,30 +174,28 @@ def test_a_row_that_reaches_the_target_on_its_last_step_says_so(models):
 def test_stopped_rows_are_dropped_from_the_compute(models, monkeypatch):
     z, w, p, _, threshold = _stop_case(models, n=32)
     engine = _engine(models, batch_size=32, steps=12, lr=0.3, stop_at_prob=threshold)
-    padded, active = [], []
-    step, update = engine._step, engine_module.ascent_update
+    sizes, run = [], []  # (active rows, rows padded to) per call of padded_size; rows the step ran
+    real_size, step = ascent_loop.padded_size, engine._step
+
+    def spy_size(m, n, batch_size, fixed):
+        size = real_size(m, n, batch_size, fixed)
+        sizes.append((m, size))
+        return size
 
     def count_step(z_in, *args):
-        padded.append(z_in.shape[0])
+        run.append(z_in.shape[0])
         return step(z_in, *args)
 
-    def count_update(z_cur, *args, **kwargs):
-        active.append(z_cur.shape[0])
-        out = update(z_cur, *args, **kwargs)
-        still = int((out.status == 0).sum())
-        active.append(still)  # rows still active after this step
-        return out
-
+    monkeypatch.setattr(ascent_loop, "padded_size", spy_size)
     monkeypatch.setattr(engine, "_step", count_step)
-    monkeypatch.setattr(engine_module, "ascent_update", count_update)
     r = engine.edit(z, w, p, render=False)
-    rows_in, rows_left = active[0::2], active[1::2]
-    assert rows_in[0] == padded[0] == 32, "step 0 runs every row"
-    assert rows_in[1:] == rows_left[:-1], "each step runs exactly the rows left active by the one before"
-    assert padded == [32] + [_bucket(m, 32) for m in rows_in[1:]], "padded to power-of-two buckets only"
-    assert rows_left[0] <= 16 and padded[1] <= 16, "half the rows stop at step 0: the batch halves"
-    assert sum(padded) < 32 * len(padded)
-    assert int((r.status == TARGET_REACHED).sum()) == 32 - rows_left[-1] or rows_left[-1] == 0
+    steps = sizes[:-1]  # the last call pads the final forward
+    assert [size for _, size in steps] == run, "the step runs exactly the padded rows"
+    assert steps[0] == (32, 32), "step 0 runs every row"
+    assert all(size == max(2, 1 << (m - 1).bit_length()) for m, size in steps[1:]), "power-of-two buckets"
+    assert steps[1][0] <= 16 and run[1] <= 16, "half the rows stop at step 0: the batch halves"
+    assert sum(run) < 32 * len(run)
+    assert int((r.status == TARGET_REACHED).sum()) == 32 - steps[-1][0] or r.status.eq(0).sum() == 0
 
 
 def test_a_zero_gradient_moves_nothing_and_counts_no_step(models):

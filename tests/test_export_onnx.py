@@ -8,34 +8,28 @@ import math
 import numpy as np
 import pytest
 import torch
+from exportkit import gain_models, update_edge_cases
 
-from zsteer.core.errors import ExportError
+from zsteer.core.errors import ExportError, ZsteerError
 from zsteer.export.graphs import build_edit_vjp, update_rows
 from zsteer.export.onnx_export import MANIFEST, export_models, load_graphs, to_onnx
 from zsteer.export.runtime import Placement, make_session
-from zsteer.export.testing import gain_models, update_edge_cases
 from zsteer.kernels.ascent_update import ascent_update_torch
-from zsteer.core.errors import ZsteerError
 
 pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def models():
-    return gain_models(z_dim=8, hidden_dim=8, n_attributes=5)
-
-
-@pytest.fixture(scope="module")
-def exported(models, tmp_path_factory):
+def exported(gain_pair, tmp_path_factory):
     """One export with the default (dynamo) exporter, parity at batch 1, 7 and 128."""
     out = tmp_path_factory.mktemp("onnx")
-    generator, classifier = models
+    generator, classifier = gain_pair
     return out, export_models(generator, classifier, out)
 
 
-def test_export_writes_models_and_manifest(models, exported):
+def test_export_writes_models_and_manifest(gain_pair, exported):
     out, report = exported
-    generator, classifier = models
+    generator, classifier = gain_pair
     assert report["passed"] and report["failure"] is None
     assert {p.name for p in out.iterdir()} == {
         "generator.onnx", "classifier.onnx", "step.onnx", "step_lab.onnx", MANIFEST, "parity.json",
@@ -70,10 +64,10 @@ def test_parity_report_covers_batch_sizes(exported):
         assert all(e["max_grad_norm"] > 1e-2 for e in entries)  # real gain: a meaningful comparison
 
 
-def test_exported_generator_runs_any_batch_size(exported, models):
+def test_exported_generator_runs_any_batch_size(exported, gain_pair):
     out, _ = exported
     session = make_session(out / "generator.onnx", Placement())
-    net, vjp = build_edit_vjp(*models)
+    net, vjp = build_edit_vjp(*gain_pair)
     for n in (2, 33):
         z = torch.randn(n, 8)
         (images,) = session.run(None, {"z": z.numpy()})
@@ -87,8 +81,8 @@ def test_load_graphs_reads_the_manifest(exported):
     assert graphs.image_shape == (3, 64, 64) and set(graphs.steps) == {False, True}
 
 
-def test_parity_failure_raises_one_line_and_writes_no_manifest(models, tmp_path):
-    generator, classifier = models
+def test_parity_failure_raises_one_line_and_writes_no_manifest(gain_pair, tmp_path):
+    generator, classifier = gain_pair
     # atol = 0 demands bit-identical outputs, which two runtimes do not give: the gate must trip.
     with pytest.raises(ExportError) as info:
         export_models(

@@ -39,7 +39,13 @@ def test_wheel_installs_and_imports_outside_the_source_tree(tmp_path):
     )
     (wheel,) = wheels.glob("zsteer-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("pipeline/engine.py", "kernels/objective.py", "jobs/cli.py", "export/__init__.py"):
+    for module in (
+        "pipeline/engine.py",
+        "kernels/objective.py",
+        "cli/main.py",
+        "demo/command.py",
+        "export/__init__.py",
+    ):
         assert f"zsteer/{module}" in names
     for role in ROLES:  # the demo models are package data: `zsteer demo` needs them after an install
         for ext in ("safetensors", "json"):
@@ -57,9 +63,8 @@ def test_wheel_installs_and_imports_outside_the_source_tree(tmp_path):
     code = "\n".join(
         [
             "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]",
-            "import zsteer.pipeline.engine, zsteer.jobs.cli, zsteer.kernels.objective",
-            "from zsteer.jobs.config import ModelSource",
-            "from zsteer.jobs.models import demo_model_paths, load_models",
+            "import zsteer.pipeline.engine, zsteer.cli.main, zsteer.kernels.objective",
+            "from zsteer.pipeline.loading import ModelSource, demo_model_paths, load_models",
             "from zsteer.pipeline.checkpoints import load_classifier",
             "gen, cls = load_models(ModelSource())",
             "judge = load_classifier(demo_model_paths()['judge'])",

@@ -1,4 +1,4 @@
-"""The job's small parts on their own: id set, rebatching, units, the reader, manifest discovery, targets,
+"""The job's small parts on their own: the duplicate index, units, the reader, manifest discovery, targets,
 identity diffs, summary totals."""
 
 from __future__ import annotations
@@ -8,64 +8,63 @@ import pyarrow as pa
 import pytest
 from jobkit import ATTRS, latents, write_manifest
 
-from zsteer.jobs import idset
-from zsteer.jobs.batcher import Batcher, UnitEnd
+from zsteer.core.errors import ZsteerError
+from zsteer.jobs import duplicates
 from zsteer.jobs.identity import differences
 from zsteer.jobs.manifest import ModelShape, plan_manifest
 from zsteer.jobs.reader import read_units
-from zsteer.jobs.rows import RowChunk, Unit, plan_units
+from zsteer.jobs.rows import plan_units
 from zsteer.jobs.sources import resolve_manifests
 from zsteer.jobs.summary import run_totals
 from zsteer.jobs.targets import TargetParser, resolve_job_targets
-from zsteer.core.errors import ZsteerError
 
 
-def test_idset_finds_repeats_within_and_across_calls_through_merges(monkeypatch):
-    monkeypatch.setattr(idset, "MERGE_MIN", 8)
-    ids = idset.IdSet()
+def _reference_duplicates(files: list[list]) -> dict:
+    """{key: (file, row) of its first row} for every id that occurs more than once, the slow way."""
+    first, count = {}, {}
+    for f, ids in enumerate(files):
+        for row, value in enumerate(ids):
+            if value is None:
+                continue
+            first.setdefault(value, (f, row))
+            count[value] = count.get(value, 0) + 1
+    return {value: first[value] for value, c in count.items() if c > 1}
+
+
+@pytest.mark.parametrize("partition_rows", [1 << 22, 7])  # all in memory; spilled to 18+ partitions
+def test_duplicate_index_finds_later_copies_across_files(tmp_path, monkeypatch, partition_rows):
+    monkeypatch.setattr(duplicates, "PARTITION_ROWS", partition_rows)
     rng = np.random.default_rng(0)
-    seen: set[int] = set()
-    for _ in range(50):
-        keys = rng.integers(-500, 500, 20)
-        new = ids.add_new(keys)
-        expected = []
-        for k in keys.tolist():
-            expected.append(k not in seen)
-            seen.add(k)
-        assert new.tolist() == expected
-    assert len(ids) == len(seen)
+    files = [rng.integers(-40, 40, 50).tolist() for _ in range(3)]
+    files[1][3] = None  # null ids are nobody's duplicate
+    paths = [
+        write_manifest(
+            tmp_path / f"{i}.parquet", {"id": pa.array(ids, pa.int64()), "z": latents(len(ids))}, 20
+        )
+        for i, ids in enumerate(files)
+    ]
+    plan = plan_manifest(paths, ModelShape(8, 0, ATTRS))
+    index = duplicates.find_duplicates(plan, tmp_path / "scratch")
+    want = _reference_duplicates(files)
+    assert (
+        dict(zip(index.keys.tolist(), (index.first_of(k) for k in index.keys.tolist()), strict=True)) == want
+    )
+    for f, ids in enumerate(files):
+        rows = [r for r, v in enumerate(ids) if v is not None]
+        keys = np.array([ids[r] for r in rows], np.int64)
+        later = index.later_rows(keys, duplicates.position(f, np.array(rows)))
+        expected = [ids[r] in want and want[ids[r]] != (f, r) for r in rows]
+        assert later.tolist() == expected
+    index.save(tmp_path / "dup.npz")
+    again = duplicates.DuplicateIndex.load(tmp_path / "dup.npz")
+    assert np.array_equal(again.keys, index.keys) and np.array_equal(again.first, index.first)
+    assert not list((tmp_path / "scratch").glob("*")), "spill files are removed"
 
 
 def test_string_ids_hash_to_stable_keys():
-    a = idset.id_keys(pa.array(["x", "y", "x"]))
+    a = duplicates.id_keys(pa.array(["x", "y", "x"]))
     assert a[0] == a[2] != a[1] and a.dtype == np.int64
-    np.testing.assert_array_equal(idset.id_keys(pa.array([3, 7], pa.int32())), [3, 7])
-
-
-def _chunk(unit: Unit, n_edit: int, n_rows: int, last: bool) -> RowChunk:
-    return RowChunk(
-        unit=unit, n_rows=n_rows, last=last, carried=pa.table({"id": np.arange(n_edit)}), z=latents(n_edit),
-        weights=np.zeros((n_edit, 5), np.float32), preserve=np.zeros((n_edit, 5), np.float32), labels=None,
-        max_steps=np.zeros(n_edit, np.int32), stop_prob=np.zeros(n_edit, np.float32), rejects=None,
-    )  # fmt: skip
-
-
-def test_batcher_cuts_full_batches_across_units_and_ends_units_after_their_last_row():
-    u0, u1, u2 = Unit(0, 0), Unit(0, 1), Unit(1, 0)
-    b = Batcher(4)
-    b.add(_chunk(u0, 3, 3, False))
-    b.add(_chunk(u0, 2, 4, True))  # two rows of this chunk were rejected
-    assert b.finished() == () and b.full()
-    first = b.take()
-    assert [(s.chunk.unit, s.start, s.stop, s.ends) for s in first] == [(u0, 0, 3, ()), (u0, 0, 1, ())]
-    b.add(_chunk(u1, 0, 6, True))  # every row rejected: ends once u0 is out
-    b.add(_chunk(u2, 5, 5, True))
-    second = b.take()
-    assert [(s.chunk.unit, s.stop - s.start) for s in second] == [(u0, 1), (u2, 3)]
-    assert second[0].ends == (UnitEnd(u0, 7), UnitEnd(u1, 6)) and second[1].ends == ()
-    last = b.take()
-    assert [(s.stop - s.start, s.ends) for s in last] == [(2, (UnitEnd(u2, 5),))]
-    assert b.buffered == 0 and b.finished() == ()
+    np.testing.assert_array_equal(duplicates.id_keys(pa.array([3, 7], pa.int32())), [3, 7])
 
 
 def test_manifests_from_files_directories_and_globs(tmp_path):

@@ -28,10 +28,11 @@ from jobkit import (
 from modelkit import write_models
 from PIL import Image
 
+from zsteer.core.errors import ZsteerError
 from zsteer.jobs import folder as folder_module
 from zsteer.jobs.lock import FolderLock
 from zsteer.jobs.runner import run_job
-from zsteer.core.errors import ZsteerError
+from zsteer.pipeline.config import AscentConfig, EngineConfig
 from zsteer.pipeline.models import GeneratorSpec
 
 
@@ -244,12 +245,13 @@ def test_duplicates_across_files_and_a_directory_or_glob_of_files(tmp_path, mode
         run_job(job_config(spec, out, models))
         assert sorted(read_parts(out).column("id").to_pylist()) == ["../../x", "/etc/passwd", "x", "y"]
         rejects = read_rejects(out)
-        assert rejects.column("reason").to_pylist() == ["duplicate id 'x'"]
+        assert rejects.column("reason").to_pylist() == ["duplicate id 'x' (first in a.parquet, row 0)"]
         assert rejects.column("source").to_pylist() == [str((data / "b.parquet").resolve())]
         # ids never become file names
         names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
         assert all(
-            n.split("/")[0] in ("parts", "rejects", "commits") or n in ("job.json", "summary.json", ".lock")
+            n.split("/")[0] in ("parts", "rejects", "commits")
+            or n in ("job.json", "summary.json", ".lock", "duplicates.npz")
             for n in names
         )
         assert not (tmp_path / "x").exists()
@@ -310,9 +312,11 @@ def test_crash_between_shard_and_commit_leaves_no_duplicates(tmp_path, models, m
     """A crash after a shard is renamed into place but before its commit marker: the resume deletes
     the orphan shard and redoes its units, so every row is still there exactly once."""
     out = tmp_path / "job"
-    _crash_at_commit(monkeypatch, 2, job_config(manifest, out, models, output={"flush_seconds": 0.0}))
-    assert len(list((out / "commits").glob("commit-*.json"))) == 1
-    run_job(job_config(manifest, out, models, output={"flush_seconds": 0.0}))
+    _crash_at_commit(monkeypatch, 2, job_config(manifest, out, models))
+    markers = len(list((out / "commits").glob("commit-*.json")))
+    assert 1 <= markers < 3, "the crash left units (of 70, 70, 60 rows) without a marker"
+    assert len(list((out / "parts").glob("part-*.parquet"))) > markers, "and a shard without one"
+    run_job(job_config(manifest, out, models))
     ids = read_parts(out).column("id").to_pylist()
     assert sorted(ids) == list(range(200))
     summary = json.loads((out / "summary.json").read_text())
@@ -326,7 +330,7 @@ def test_big_row_groups_are_split_into_bounded_shards(tmp_path, models):
     out = tmp_path / "job"
     run_job(job_config(path, out, models, read_rows=40, output={"rows_per_shard": 32}))
     commits = [json.loads(p.read_text()) for p in (out / "commits").glob("commit-*.json")]
-    assert len(commits) == 1 and len(commits[0]["parts"]) == 5 and commits[0]["units"] == ["0:0:0"]
+    assert len(commits) == 1 and len(commits[0]["parts"]) == 5 and commits[0]["unit"] == "0:0:0"
     assert sorted(read_parts(out).column("id").to_pylist()) == list(range(150))
 
 
@@ -356,28 +360,34 @@ def test_unreadable_row_group_becomes_rejects(tmp_path, models, monkeypatch, uni
     )
 
 
-def test_a_compiled_engine_sees_full_batches_only(tmp_path, models, manifest):
-    """The job's last, short batch is padded for a compiled engine (one shape, one compile), and the
-    padding rows never reach the output. The factory is also how another backend plugs in."""
+def test_a_fixed_shape_engine_sees_full_batches_only_and_gives_the_same_rows(tmp_path, models, manifest):
+    """A compiled engine (fixed_batch) runs every step on batch_size rows: the short batch at the end of
+    each unit is padded inside the editor, the padding never reaches the output, and the rows are the
+    same bits as an eager run's."""
     from zsteer.pipeline.engine import make_engine
 
     sizes = []
 
-    def factory(generator, classifier, ascent, engine_config):
-        engine = make_engine(generator, classifier, ascent, engine_config)
+    def factory(generator, classifier):
+        engine = make_engine(
+            generator, classifier, AscentConfig(steps=3, lr=0.5), EngineConfig(batch_size=16)
+        )
+        engine.fixed_batch, step = True, engine._step
 
-        class Recording:
-            compiled = True
+        def recording(z_in, *args):
+            sizes.append(len(z_in))
+            return step(z_in, *args)
 
-            def edit(self, z, *args, **kwargs):
-                sizes.append(len(z))
-                return engine.edit(z, *args, **kwargs)
+        engine._step = recording
+        return engine
 
-        return Recording()
-
-    run_job(job_config(manifest, tmp_path / "job", models, batch_size=16), engine_factory=factory)
-    assert set(sizes) == {16} and len(sizes) == 13  # 200 rows = 12 full batches + 8 rows padded
-    assert sorted(read_parts(tmp_path / "job").column("id").to_pylist()) == list(range(200))
+    run_job(job_config(manifest, tmp_path / "fixed", models, batch_size=16), editor_factory=factory)
+    run_job(job_config(manifest, tmp_path / "eager", models, batch_size=16))
+    assert set(sizes) == {16} and 15 <= len(sizes) <= 3 * 15  # units of 70, 70, 60 rows: 5 batches each
+    fixed, eager = read_parts(tmp_path / "fixed"), read_parts(tmp_path / "eager")
+    assert sorted(fixed.column("id").to_pylist()) == list(range(200))
+    for column in ("z_edited", "logits_before", "logits_after", "steps_taken"):
+        assert _by_id(fixed, column) == _by_id(eager, column), column
 
 
 # -- units: bounded runs of rows of a row group --------------------------------------------------------
@@ -396,20 +406,21 @@ def test_a_huge_row_group_commits_unit_by_unit_and_a_resume_redoes_only_the_rest
 
     path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(150), "z": latents(150)})
     out = tmp_path / "job"
-    config = job_config(path, out, models, unit_rows=40, read_rows=16, output={"flush_seconds": 0.0})
+    config = job_config(path, out, models, unit_rows=40, read_rows=16)
     _crash_at_commit(monkeypatch, 3, config)
-    assert [c["units"] for c in _commit_docs(out)] == [["0:0:0"], ["0:0:1"]]
+    committed = [c["unit"] for c in _commit_docs(out)]
+    assert committed[:2] == ["0:0:0", "0:0:1"] and len(committed) < 4  # two threads: unit 2 or 3 crashed
     asked = []
-    real_read = reader.read_units
+    real_pieces = reader.UnitReader.pieces
 
-    def recording(plan, units, read_rows):
-        asked.extend(u.key for u in units)
-        return real_read(plan, units, read_rows)
+    def recording(self, unit):
+        asked.append(unit.key)
+        return real_pieces(self, unit)
 
-    monkeypatch.setattr("zsteer.jobs.runner.read_units", recording)
+    monkeypatch.setattr(reader.UnitReader, "pieces", recording)
     assert run_job(config).status == "complete"
-    assert asked == ["0:0:2", "0:0:3"]
-    assert [c["units"] for c in _commit_docs(out)] == [["0:0:0"], ["0:0:1"], ["0:0:2"], ["0:0:3"]]
+    assert sorted(asked) == sorted({"0:0:0", "0:0:1", "0:0:2", "0:0:3"} - set(committed))
+    assert [c["unit"] for c in _commit_docs(out)] == ["0:0:0", "0:0:1", "0:0:2", "0:0:3"]
     assert [c["rows"] for c in _commit_docs(out)] == [40, 40, 40, 30]
     assert sorted(read_parts(out).column("id").to_pylist()) == list(range(150))
     with pytest.raises(ZsteerError, match=r"unit_rows: 40 -> 64"):
@@ -417,18 +428,25 @@ def test_a_huge_row_group_commits_unit_by_unit_and_a_resume_redoes_only_the_rest
 
 
 def _engine_doing_at(n: int, action):
-    """An engine factory whose engines call ``action()`` as their ``n``-th batch starts, then edit it."""
+    """An editor factory whose editors (job_config's settings) call ``action()`` as their ``n``-th batch
+    starts, then edit it."""
     from zsteer.pipeline.engine import make_engine
 
-    def factory(*args):
-        engine, calls = make_engine(*args), {"n": 0}
+    def factory(generator, classifier):
+        engine = make_engine(
+            generator, classifier, AscentConfig(steps=3, lr=0.5), EngineConfig(batch_size=16)
+        )
+        calls = {"n": 0}
 
         class Acting:
-            def edit(self, *a, **kw):
+            def edit_batch(self, batch, render=True):
                 calls["n"] += 1
                 if calls["n"] == n:
                     action()
-                return engine.edit(*a, **kw)
+                return engine.edit_batch(batch, render)
+
+            def render(self, z, labels=None):
+                return engine.render(z, labels)
 
         return Acting()
 
@@ -455,12 +473,12 @@ def test_a_stop_inside_a_huge_row_group_keeps_the_units_already_done(tmp_path, m
 
     runner.StopFlag, saved = capture, runner.StopFlag
     try:
-        result = run_job(config, engine_factory=factory)
+        result = run_job(config, editor_factory=factory)
     finally:
         runner.StopFlag = saved
     assert result.status == "interrupted" and result.exit_code == 130
     # 4 batches of 16 rows: units 0 and 1 (rows 0-63) are done and committed.
-    assert [c["units"] for c in _commit_docs(out)] == [["0:0:0", "0:0:1"]]
+    assert [c["unit"] for c in _commit_docs(out)] == ["0:0:0", "0:0:1"]
     assert run_job(config).status == "complete"
     assert sorted(read_parts(out).column("id").to_pylist()) == list(range(120))
 
@@ -497,7 +515,7 @@ def test_os_errors_are_fatal_one_line_errors_and_the_job_resumes(tmp_path, model
 
     monkeypatch.setattr(reader, "pq", SimpleNamespace(ParquetFile=Failing))  # the reader's opens only
     out = tmp_path / "job"
-    config = job_config(data, out, models, output={"flush_seconds": 0.0})
+    config = job_config(data, out, models)
     with pytest.raises(ZsteerError) as info:
         run_job(config)
     message = str(info.value)
@@ -505,7 +523,7 @@ def test_os_errors_are_fatal_one_line_errors_and_the_job_resumes(tmp_path, model
     assert ("Permission denied" if where == "open" else "Input/output error") in message
     assert "run the same command again to resume" in message
     assert read_rejects(out) is None, "an OS error must not reject rows"
-    assert "1:1:0" not in {u for c in _commit_docs(out) for u in c["units"]}
+    assert "1:1:0" not in {c["unit"] for c in _commit_docs(out)}
     monkeypatch.undo()  # the file is readable again
     assert run_job(config).status == "complete"
     assert sorted(read_parts(out).column("id").to_pylist()) == list(range(80))
@@ -536,7 +554,7 @@ def test_an_input_rewritten_during_the_job_stops_it_and_the_original_resumes(tmp
 
     monkeypatch.setattr(reader, "pq", SimpleNamespace(ParquetFile=rewrite_then_open))
     out = tmp_path / "job"
-    config = job_config(data, out, models, output={"flush_seconds": 0.0})
+    config = job_config(data, out, models)
     with pytest.raises(ZsteerError, match=r"b\.parquet: changed since the job started") as info:
         run_job(config)
     assert "\n" not in str(info.value) and read_rejects(out) is None
@@ -547,34 +565,23 @@ def test_an_input_rewritten_during_the_job_stops_it_and_the_original_resumes(tmp
     assert sorted(read_parts(out).column("id").to_pylist()) == list(range(80))
 
 
-def test_a_failing_writer_stops_the_job_instead_of_hanging(tmp_path, models, monkeypatch):
-    """The writer fails while the main thread is slow and the read queue is full: the reader gives up
-    without an end marker, and the main thread must notice the error instead of waiting for one."""
+def test_a_failing_commit_stops_the_job_instead_of_hanging(tmp_path, models, monkeypatch):
+    """A worker's commit fails (a full disk) while the other worker is busy: the job stops with that
+    error, and it does not wait for units that will never be handed out."""
     import threading
-    import time
 
-    from zsteer.jobs import progress, writer
+    from zsteer.jobs import local
 
-    n = 160  # every row rejected (null z): no batch is edited, so no edit checks for errors either
+    n = 160  # every row rejected (null z): the commits are all the work there is
     path = write_manifest(
         tmp_path / "m.parquet", {"id": np.arange(n), "z": [None] * n},
-        schema=pa.schema([("id", pa.int64()), ("z", pa.list_(pa.float32()))]),
+        schema=pa.schema([("id", pa.int64()), ("z", pa.list_(pa.float32()))]), row_group_size=20,
     )  # fmt: skip
 
-    def failing(self, unit, table):
+    def failing(folder, output, rows_per_shard):
         raise OSError("No space left on device")
 
-    real_update = progress.Progress.update
-    calls = []
-
-    def slow_update(self, rows):  # the main thread stalls once, long enough for the reader to give up
-        calls.append(rows)
-        if len(calls) == 1:
-            time.sleep(1.0)
-        real_update(self, rows)
-
-    monkeypatch.setattr(writer.ShardWriter, "add_rejects", failing)
-    monkeypatch.setattr(progress.Progress, "update", slow_update)
+    monkeypatch.setattr(local, "commit_unit", failing)
     outcome = {}
 
     def run():
@@ -586,33 +593,34 @@ def test_a_failing_writer_stops_the_job_instead_of_hanging(tmp_path, models, mon
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(timeout=30)
-    assert not thread.is_alive(), "the job hung after its writer failed"
+    assert not thread.is_alive(), "the job hung after a commit failed"
     assert "No space left on device" in str(outcome.get("error"))
+    assert not list((tmp_path / "job" / "commits").glob("commit-*.json"))
 
 
-def test_a_failed_run_stops_its_writer_before_releasing_the_folder(tmp_path, models, manifest, monkeypatch):
-    """The engine fails while the writer is still busy: run_job returns only once the writer is gone,
-    so nothing writes into the folder after its lock is released."""
+def test_a_failed_run_stops_its_workers_before_releasing_the_folder(tmp_path, models, manifest, monkeypatch):
+    """The editor fails while another worker is still committing: run_job returns only once every worker
+    is gone, so nothing writes into the folder after its lock is released."""
     import threading
     import time
 
-    from zsteer.jobs import writer
+    from zsteer.jobs import local
 
-    real_add = writer.ShardWriter.add_rows
+    real_commit = local.commit_unit
 
-    def slow_add(self, unit, table):
+    def slow_commit(folder, output, rows_per_shard):
         time.sleep(0.3)
-        real_add(self, unit, table)
+        return real_commit(folder, output, rows_per_shard)
 
     def device_lost():
         raise RuntimeError("device lost")
 
-    factory = _engine_doing_at(3, device_lost)
-
-    monkeypatch.setattr(writer.ShardWriter, "add_rows", slow_add)
+    monkeypatch.setattr(local, "commit_unit", slow_commit)
     with pytest.raises(RuntimeError, match="device lost"):
-        run_job(job_config(manifest, tmp_path / "job", models), engine_factory=factory)
-    assert not [t for t in threading.enumerate() if t.name == "zsteer-writer" and t.is_alive()]
+        run_job(
+            job_config(manifest, tmp_path / "job", models), editor_factory=_engine_doing_at(6, device_lost)
+        )
+    assert not [t for t in threading.enumerate() if t.name.startswith("zsteer-unit") and t.is_alive()]
     with FolderLock(tmp_path / "job"):  # free
         pass
 
@@ -655,7 +663,7 @@ def test_resume_with_the_output_folder_inside_the_manifest_directory(tmp_path, m
         assert run_job(job_config(data, out, models)).status == "complete"
     assert sorted(read_parts(out).column("id").to_pylist()) == list(range(30))
     with pytest.raises(ZsteerError, match="inside the output folder"):
-        run_job(job_config([data, out / "parts" / "part-000000.parquet"], out, models))
+        run_job(job_config([data, sorted((out / "parts").glob("part-*.parquet"))[0]], out, models))
 
 
 # -- the manifest contract -----------------------------------------------------------------------------
@@ -744,11 +752,11 @@ def test_a_signal_after_the_last_batch_reports_the_job_complete(tmp_path, models
     import os
     import signal
 
-    # 200 rows in batches of 16: the 13th is the last.
-    factory = _engine_doing_at(13, lambda: os.kill(os.getpid(), signal.SIGINT))
+    # Units of 70, 70 and 60 rows in batches of 16: 5 + 5 + 4 batches, the 14th is the last.
+    factory = _engine_doing_at(14, lambda: os.kill(os.getpid(), signal.SIGINT))
 
     config = dataclasses.replace(job_config(manifest, tmp_path / "job", models), handle_signals=True)
-    result = run_job(config, engine_factory=factory)
+    result = run_job(config, editor_factory=factory)
     assert (result.status, result.exit_code) == ("complete", 0)
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["complete"] and summary["runs"][-1]["status"] == "complete"
@@ -786,7 +794,11 @@ def test_rejects_are_written_in_bounded_files(tmp_path, models):
 def test_rows_do_not_depend_on_reading_sharding_units_or_row_groups(tmp_path, models):
     n = 180
     z = latents(n, seed=5)
-    bad = {7: "z has NaN or Inf (as float32)", 64: "z is null", 150: "duplicate id 3"}
+    bad = {
+        7: "z has NaN or Inf (as float32)",
+        64: "z is null",
+        150: "duplicate id 3 (first in m.parquet, row 3)",
+    }
     zs = [None if i == 64 else [math.nan] * Z_DIM if i == 7 else z[i].tolist() for i in range(n)]
     ids = [3 if i == 150 else i for i in range(n)]
     steps = [1 + i % 5 if i % 3 == 0 else None for i in range(n)]  # per-row budgets vary in a batch

@@ -7,38 +7,37 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from jobkit import job_config, latents, one_thread, tiny_models, write_manifest
+from jobkit import job_config, latents, write_manifest
 from PIL import Image
 from test_cli import one_line_error
 
-from zsteer.jobs.cli import main
-from zsteer.jobs.demo import DemoConfig, format_report, run_demo
+from zsteer.cli.main import main
+from zsteer.core.errors import ZsteerError
+from zsteer.demo.command import DemoConfig, format_report, run_demo
 from zsteer.jobs.runner import run_job
 from zsteer.jobs.sheet import SheetConfig, job_sheet
 from zsteer.pipeline.engine import AscentConfig
-from zsteer.core.errors import ZsteerError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def test_sheet_shows_before_and_after_of_the_first_rows(tmp_path):
-    models = tiny_models(tmp_path / "models")
+def test_sheet_shows_before_and_after_of_the_first_rows(tmp_path, job_models):
     z = latents(10)
     manifest = write_manifest(tmp_path / "m.parquet", {"id": np.arange(10, dtype=np.int64), "z": z})
-    with one_thread():
-        run_job(job_config([str(manifest)], tmp_path / "job", models))
-        path = job_sheet(SheetConfig(tmp_path / "job", tmp_path / "sheet.png", rows=4, scale=1))
+    run_job(job_config([str(manifest)], tmp_path / "job", job_models))
+    path = job_sheet(SheetConfig(tmp_path / "job", tmp_path / "sheet.png", rows=4, scale=1))
     image = Image.open(path)
     assert image.height > 4 * 64 and image.width > 2 * 64
     with pytest.raises(ZsteerError, match="not a zsteer job folder"):
-        job_sheet(SheetConfig(tmp_path / "models", tmp_path / "x.png"))
+        job_sheet(SheetConfig(job_models[0].parent, tmp_path / "x.png"))
 
 
 def test_demo_gains_the_target_by_the_judge_and_the_penalty_holds_the_rest(tmp_path):
-    with one_thread():
-        report = run_demo(
-            DemoConfig(
-                out=tmp_path / "demo", n=64, ascent=AscentConfig(steps=8, lr=0.5, penalty=1.0, normalize=True)
-            )
+    report = run_demo(
+        DemoConfig(
+            out=tmp_path / "demo", n=64, ascent=AscentConfig(steps=8, lr=0.5, penalty=1.0, normalize=True)
         )
+    )
     judged = report["judge"]
     assert judged["no_penalty"]["gained_target"] > 0
     assert judged["no_penalty"]["target_prob_after"] > judged["no_penalty"]["target_prob_before"]
@@ -54,8 +53,7 @@ def test_demo_reruns_with_other_settings_replace_its_jobs_and_the_same_settings_
     small = ["demo", "--out", str(out), "--n", "64", "--lr", "0.5", "--penalty", "1.0"]
 
     def demo(*extra: str):
-        with one_thread():
-            return CliRunner().invoke(main, [*small, *extra])
+        return CliRunner().invoke(main, [*small, *extra])
 
     first = demo("--steps", "8")
     assert first.exit_code == 0, first.output

@@ -14,13 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from zsteer.core.status import ACTIVE, MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED
 from zsteer.kernels import dispatch
 from zsteer.kernels.ascent_update import (
-    ACTIVE,
-    MAX_SHIFT,
-    NON_FINITE,
-    STEPS_DONE,
-    TARGET_REACHED,
     ascent_update,
     ascent_update_torch,
     final_status,
@@ -208,7 +204,7 @@ def test_auto_on_cuda_falls_back_once_for_update_inputs_the_kernel_refuses(fresh
 def test_importing_the_job_modules_does_not_import_triton():
     code = (
         "import sys\n"
-        "import zsteer.pipeline.engine, zsteer.jobs.cli, zsteer.export\n"
+        "import zsteer.pipeline.engine, zsteer.cli.main, zsteer.export\n"
         "from zsteer.kernels import ascent_update, objective, dispatch\n"
         "print(sorted(m for m in sys.modules if m == 'triton' or m.startswith('triton.')))\n"
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from exportkit import gain_models
 from torch import nn
 
-from zsteer.export.testing import gain_models
 from zsteer.pipeline.network import EditNet, _transpose_then_bias
 
 

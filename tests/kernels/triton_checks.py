@@ -23,14 +23,10 @@ if not INTERPRET and not torch.cuda.is_available():
         allow_module_level=True,
     )
 
+from zsteer.core.status import ACTIVE, MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED  # noqa: E402
 from zsteer.kernels._triton_ascent_update import ascent_update_triton  # noqa: E402
 from zsteer.kernels._triton_objective import objective_triton  # noqa: E402
 from zsteer.kernels.ascent_update import (  # noqa: E402
-    ACTIVE,
-    MAX_SHIFT,
-    NON_FINITE,
-    STEPS_DONE,
-    TARGET_REACHED,
     UpdateResult,
     ascent_update,
     ascent_update_torch,

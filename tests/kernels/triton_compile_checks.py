@@ -24,8 +24,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from zsteer.core.status import ACTIVE  # noqa: E402
 from zsteer.kernels import _triton_ascent_update, _triton_objective  # noqa: E402
-from zsteer.kernels.ascent_update import ACTIVE  # noqa: E402
 
 POINTER_TYPES = {
     torch.float32: "*fp32",

@@ -1,9 +1,12 @@
-"""Small frozen models with real gain, for tests and benchmarks of the export and the onnxruntime backend.
+"""Shared helpers of the export tests (no tests here): small frozen models with real gain, edge-case rows.
+
+Also used by ``benchmarks/onnx.py``, which puts tests/ on its path.
 
 Random-init course models have input gradients of about 1e-8 per step, below fp32 resolution, so a
-comparison of two gradient paths on them compares rounding noise (DESIGN.md). These models are
-initialised so that every layer keeps the signal's variance (He-style gain per activation, BatchNorm with
-plausible running statistics): logits are O(1) and d logits / d z is O(0.1-1), like a trained model's.
+comparison of two gradient paths on them compares rounding noise (docs/NOTES.md, "Test models need real
+gain"). These models are initialised so that every layer keeps the signal's variance (He-style gain per
+activation, BatchNorm with plausible running statistics): logits are O(1) and d logits / d z is
+O(0.1-1), like a trained model's.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from zsteer.kernels.ascent_update import ACTIVE, STEPS_DONE
+from zsteer.core.status import ACTIVE, STEPS_DONE
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.models import ClassifierSpec, GeneratorSpec, build_classifier, build_generator
 from zsteer.pipeline.network import flatten_layers

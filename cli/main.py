@@ -4,7 +4,8 @@ library (`write_sample`, `run_job`, ...), which works the same without the CLI.
 Adding a command: a click command that parses its flags into a config, calls a library function and
 returns an exit code. Light commands are decorated here with ``@main.command()``; a command whose module
 imports torch (or onnxruntime) is registered in ``LAZY_COMMANDS`` as "module:attribute", so that it is
-imported only when named and `zsteer sample` / `zsteer --help` do not pay for torch. User errors
+imported only when named and `zsteer sample` / `zsteer --help` do not pay for torch. What the commands
+share (``check_out_parent``) lives in ``paths``, a leaf module, so no command imports this one. User errors
 (ZsteerError, click usage errors) are printed as one line, ``zsteer: error: ...``, exit code 2, no
 traceback; so are OS errors (an unwritable --out, a full disk), naming the file.
 """
@@ -22,15 +23,16 @@ import click
 from zsteer.core.errors import ZsteerError
 
 from .malloc import MALLOC_ENV, reexec_with_malloc_settings
+from .paths import check_out_parent
 
 ERROR_EXIT = 2
 REEXEC_COMMANDS = ("edit", "demo")  # the commands that run the engine for long enough to gain from it
 # name -> "module:attribute" of commands imported only when used (their modules import torch).
 LAZY_COMMANDS = {
-    "edit": "zsteer.jobs.cli_edit:edit",
-    "sheet": "zsteer.jobs.cli_tools:sheet",
-    "demo": "zsteer.jobs.cli_tools:demo",
-    "export": "zsteer.jobs.cli_tools:export",
+    "edit": "zsteer.cli.edit:edit",
+    "sheet": "zsteer.cli.tools:sheet",
+    "demo": "zsteer.cli.tools:demo",
+    "export": "zsteer.cli.tools:export",
 }
 
 
@@ -42,13 +44,6 @@ def _os_error_line(exc: OSError) -> str:
     """``FILE: reason`` of an OSError, or its message where it names no file."""
     reason = exc.strerror or _one_line(exc) or type(exc).__name__
     return f"{exc.filename}: {reason}" if exc.filename is not None else reason
-
-
-def check_out_parent(flag: str, path: Path) -> None:
-    """Refuse an output path below a file (``--out notes.txt/job``) before any work, naming both."""
-    existing = next((p for p in Path(path).parents if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ZsteerError(f"{flag} {path}: {existing} is a file, not a folder")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -155,7 +150,7 @@ def main():
 )  # fmt: skip
 def sample(n, seed, out, z_dim, labels, row_group_size):
     """Write a manifest of N latents z ~ N(0, I) (float32), deterministic from --seed."""
-    from .sample import SampleConfig, write_sample
+    from zsteer.jobs.sample import SampleConfig, write_sample
 
     check_out_parent("--out", out)
     path = write_sample(SampleConfig(n, seed, out, z_dim, labels, row_group_size))
@@ -163,5 +158,5 @@ def sample(n, seed, out, z_dim, labels, row_group_size):
     return 0
 
 
-if __name__ == "__main__":  # python -m zsteer.jobs.cli
+if __name__ == "__main__":  # python -m zsteer.cli.main
     main()

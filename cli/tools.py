@@ -1,6 +1,6 @@
 """`zsteer sheet`, `zsteer demo` and `zsteer export`: thin parsers into configs and library calls.
 
-Imported only when one of them is named (cli.LAZY_COMMANDS): they import torch.
+Imported only when one of them is named (main.LAZY_COMMANDS): they import torch.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from pathlib import Path
 
 import click
 
+from zsteer.demo.command import DemoConfig, format_report, run_demo
+from zsteer.jobs.sheet import SheetConfig, job_sheet
 from zsteer.pipeline.engine import AscentConfig
+from zsteer.pipeline.loading import ModelSource, load_models
 
-from .cli import check_out_parent
-from .config import ModelSource
-from .demo import DemoConfig, format_report, run_demo
-from .models import load_models
-from .sheet import SheetConfig, job_sheet
+from .paths import check_out_parent
 
 
 @click.command()

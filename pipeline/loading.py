@@ -1,14 +1,31 @@
-"""The job's generator and classifier: the user's files, or the demo models embedded in the package."""
+"""A job's generator and classifier: the user's files, or the demo models embedded in the package."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from zsteer.pipeline.attributes import load_attribute_names
-from zsteer.pipeline.checkpoints import LoadedModel, load_classifier, load_generator
 from zsteer.core.errors import ZsteerError
 
-from .config import ModelSource
+from .attributes import load_attribute_names
+from .checkpoints import LoadedModel, load_classifier, load_generator
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the generator and classifier come from and how to rebuild a bare course .pth file."""
+
+    # Generator weights (.safetensors + JSON, or the course's .pth). None = the embedded demo generator.
+    generator: Path | None = None
+    # Classifier weights. None = the embedded demo classifier.
+    classifier: Path | None = None
+    # Attribute names (a file, or "celeba40"); None = the classifier's own names, else celeba40.
+    attributes: str | None = None
+    # Spec overrides for the generator (z_dim, hidden_dim, im_chan, n_classes, kind); bare .pth files
+    # carry no config, so the command line has to say what the file holds.
+    generator_overrides: tuple[tuple[str, object], ...] = ()
+    # Spec overrides for the classifier (hidden_dim, im_chan, n_classes, image_size).
+    classifier_overrides: tuple[tuple[str, object], ...] = ()
 
 
 def demo_model_paths() -> dict[str, Path]:

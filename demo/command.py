@@ -21,21 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zsteer.jobs.ascent_method import AscentMethod
+from zsteer.jobs.config import EditSpec, JobConfig, OutputConfig
+from zsteer.jobs.folder import JOB_JSON, PARTS, TMP_PREFIX, write_json_atomic
+from zsteer.jobs.identity import zsteer_version
+from zsteer.jobs.lock import FolderLock
+from zsteer.jobs.runner import run_job
+from zsteer.jobs.sample import SampleConfig, write_sample
+from zsteer.jobs.sheet import contact_sheet, decode_png, first_rows, render_latents, starting_latents
 from zsteer.pipeline.attributes import resolve_attribute
 from zsteer.pipeline.checkpoints import file_fingerprint, load_classifier, load_generator
 from zsteer.pipeline.engine import AscentConfig
-from zsteer.pipeline.sheet import contact_sheet, decode_png
+from zsteer.pipeline.loading import ModelSource, demo_model_paths
 
-from .config import EditSpec, JobConfig, ModelSource, OutputConfig
-from .folder import JOB_JSON, PARTS, TMP_PREFIX, write_json_atomic
-from .identity import zsteer_version
-from .lock import FolderLock
-from .models import demo_model_paths
-from .runner import run_job
-from .sample import SampleConfig, write_sample
-from .sheet import first_rows, render_latents, starting_latents
-
-log = logging.getLogger("zsteer.jobs.demo")
+log = logging.getLogger("zsteer.demo.command")
 MANIFEST, SETTINGS_JSON, REPORT_JSON, SHEET_PNG = (
     "manifest.parquet", "demo_settings.json", "demo_report.json", "sheet.png",
 )  # fmt: skip
@@ -164,7 +163,7 @@ def _run_locked(config: DemoConfig, paths: dict[str, Path], judge, target: int) 
             output=OutputConfig(out=folders[name], workers=0),
             models=ModelSource(paths["generator"], paths["classifier"]),
             edit=EditSpec(targets=(config.target,)),
-            ascent=ascent,
+            method=AscentMethod(ascent),
             progress_seconds=1e9,
         )
         summaries[name] = run_job(job).summary

@@ -1,7 +1,8 @@
 """glibc allocator settings for long CPU runs, which a process can only give itself by re-executing.
 
-PERFORMANCE.md: told to keep large blocks instead of returning them to the OS after every step, glibc
-stops the page-fault churn on the large activations, worth 20-40% more latents/s on CPU.
+Told to keep large blocks instead of returning them to the OS after every step, glibc stops the
+page-fault churn on the large activations, worth 20-40% more latents/s on CPU (docs/NOTES.md, "glibc
+allocator settings").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`zsteer edit`: the flags of the edit job, parsed into a JobConfig for `run_job`.
 
-Imported only when the command is used (cli.LAZY_COMMANDS): building the option defaults imports the
+Imported only when the command is used (main.LAZY_COMMANDS): building the option defaults imports the
 engine, and with it torch.
 """
 
@@ -13,14 +13,18 @@ from pathlib import Path
 import click
 import torch
 
-from zsteer.kernels.dispatch import triton_available
-from zsteer.pipeline.engine import AscentConfig, EngineConfig
 from zsteer.core.errors import ZsteerError
+from zsteer.jobs.ascent_method import AscentMethod
+from zsteer.jobs.backends import BACKENDS, BackendConfig
+from zsteer.jobs.config import EditSpec, JobConfig, OutputConfig
+from zsteer.jobs.executor import EXECUTORS
+from zsteer.jobs.method import method_class, method_names
+from zsteer.jobs.runner import run_job
+from zsteer.kernels.dispatch import triton_available
+from zsteer.pipeline.config import AscentConfig, EngineConfig
+from zsteer.pipeline.loading import ModelSource
 
-from .backends import BACKENDS, BackendConfig, engine_factory
-from .cli import check_out_parent
-from .config import EditSpec, JobConfig, ModelSource, OutputConfig
-from .runner import run_job
+from .paths import check_out_parent
 
 _GEN_OVERRIDES = ("z_dim", "gen_hidden_dim", "gen_im_chan", "gen_n_classes", "gen_kind")
 _CLS_OVERRIDES = ("cls_hidden_dim", "cls_im_chan", "cls_n_classes", "cls_image_size")
@@ -116,10 +120,12 @@ def _edit_options(fn):
         click.option("--unit-rows", type=click.IntRange(min=1), default=4096, show_default=True,
                      help="Rows per unit of resume: row groups are cut into units of at most this many "
                      "rows (fixed for the life of a job)."),
-        click.option("--flush-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0,
-                     show_default=True, help="Commit finished units at least this often."),
-        click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
-                     help="Runtime of the ascent step; onnxruntime needs the 'cpu' or 'gpu' extra."),
+        click.option("--method", type=click.Choice(method_names()), default="ascent", show_default=True,
+                     help="How rows are edited (ascent: classifier-gradient ascent on z)."),
+        click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
+                     help="Runtime of the edit; onnxruntime needs the 'cpu' or 'gpu' extra."),
+        click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
+                     help="Who runs the job's units (local: threads on this machine)."),
         click.option("--onnx-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="With --backend onnxruntime: run the graphs `zsteer export` wrote there."),
         click.option("--cpu-fallback", is_flag=True,
@@ -130,6 +136,18 @@ def _edit_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _method(opt: dict):
+    """The --method with its settings: ascent takes the ascent flags; another method its defaults."""
+    if opt["method"] != "ascent":
+        return method_class(opt["method"])()
+    ascent = AscentConfig(
+        steps=opt["steps"], lr=opt["lr"], penalty=opt["penalty"], normalize=opt["normalize"],
+        max_shift=opt["max_shift"], stop_at_prob=opt["stop_at_prob"], lab_compat=opt["lab_compat"],
+        lab_batch=opt["lab_batch"],
+    )  # fmt: skip
+    return AscentMethod(ascent)
 
 
 @click.command()
@@ -168,7 +186,6 @@ def edit(ctx, **opt):
                 out=opt["out"],
                 images=opt["images"],
                 rows_per_shard=opt["rows_per_shard"],
-                flush_seconds=opt["flush_seconds"],
                 workers=opt["workers"],
             ),
             models=ModelSource(
@@ -179,29 +196,21 @@ def edit(ctx, **opt):
                 classifier_overrides=_overrides(opt, _CLS_OVERRIDES, "cls_"),
             ),
             edit=EditSpec(targets=tuple(opt["targets"]), preserve=preserve),
-            ascent=AscentConfig(
-                steps=opt["steps"],
-                lr=opt["lr"],
-                penalty=opt["penalty"],
-                normalize=opt["normalize"],
-                max_shift=opt["max_shift"],
-                stop_at_prob=opt["stop_at_prob"],
-                lab_compat=opt["lab_compat"],
-                lab_batch=opt["lab_batch"],
-            ),
+            method=_method(opt),
             engine=EngineConfig(
                 batch_size=opt["batch_size"],
                 device=opt["device"],
                 compile=opt["compile_mode"],
                 impl=opt["impl"],
             ),
+            backend=BackendConfig(opt["backend"], opt["onnx_dir"], opt["threads"], opt["cpu_fallback"]),
+            executor=opt["executor"],
             read_rows=opt["read_rows"],
             unit_rows=opt["unit_rows"],
         )
     except ValueError as exc:  # a dataclass's own check, for what click's types do not cover
         raise ZsteerError(f"invalid settings: {exc}") from None
-    backend = BackendConfig(opt["backend"], opt["onnx_dir"], opt["threads"], opt["cpu_fallback"])
-    result = run_job(config, engine_factory(backend))
+    result = run_job(config)
     if result.signum is not None:
         argv = ctx.obj["argv"] if ctx.obj else sys.argv[1:]
         click.echo(f"zsteer: interrupted; to resume, run: {shlex.join(['zsteer', *argv])}", err=True)

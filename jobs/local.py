@@ -1,0 +1,103 @@
+"""The local executor: units run by a few threads on this machine, one editor, PNG encoder processes.
+
+    thread 1   process_unit(unit k)   read, validate | edit (holds the editor) | tables, commit_unit
+    thread 2   process_unit(unit k+1) read, validate |      waits for it      | ...
+
+Each thread runs whole units through the plain ``process_unit`` and commits them itself. The editor is
+shared and used by one thread at a time (a lock): the device (or the CPU's cores) runs one batch at
+once, while the other thread reads, validates, waits for PNGs and writes files. The main thread only
+hands out units, a bounded number at a time, so memory holds at most ``threads`` units whatever the
+manifest size, and signal handlers (which run on the main thread) are never blocked behind compute.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from zsteer.pipeline.editor import EditBatch, Editor, EditResult
+
+from .commit import commit_unit
+from .encode import Encoder
+from .executor import JobWork
+from .reader import UnitReader
+from .rows import Unit
+from .unit import UnitCancelled, inline_encoder, process_unit
+
+
+class SerializedEditor:
+    """An Editor used by several threads, one batch at a time."""
+
+    def __init__(self, editor: Editor):
+        self.editor = editor
+        self._lock = threading.Lock()
+
+    def edit_batch(self, batch: EditBatch, render: bool = True) -> EditResult:
+        with self._lock:
+            return self.editor.edit_batch(batch, render)
+
+    def render(self, z, labels=None):
+        with self._lock:
+            return self.editor.render(z, labels)
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """Threads on this machine."""
+
+    # Units in flight: 2 lets one thread edit while the other does everything else; more only adds memory.
+    threads: int = 2
+
+    def run(self, work: JobWork) -> None:
+        editor = SerializedEditor(work.make_editor())
+        encoder = Encoder(work.png_workers if work.plan.images else 0)
+        failed = threading.Event()  # a unit failed: the others stop at their next batch
+        local = threading.local()  # each thread keeps its reader (and open file) across its units
+        readers: list[UnitReader] = []
+
+        def stopped() -> bool:
+            return failed.is_set() or work.stopped()
+
+        def run_unit(unit: Unit) -> None:
+            if not hasattr(local, "reader"):
+                local.reader = UnitReader(work.plan.manifest, work.plan.read_rows)
+                readers.append(local.reader)
+            try:
+                output = process_unit(
+                    work.plan, unit, editor, reader=local.reader,
+                    encode=encoder.submit if encoder.pool is not None else inline_encoder,
+                    cancelled=stopped, on_rows=work.progress.update,
+                )  # fmt: skip
+            except UnitCancelled:
+                return
+            start = time.perf_counter()
+            commit = commit_unit(work.folder, output, work.rows_per_shard)
+            work.stats.add("write", time.perf_counter() - start)
+            for stage in ("read", "compute", "encode"):
+                work.stats.add(stage, output.seconds[stage])
+            work.stats.encoder_peak(output.encoder_peak_mb)
+            work.stats.count(edited=commit.edited, rejected=commit.rejected)
+            work.on_commit(commit)
+
+        pending: deque[Future] = deque()
+        try:
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="zsteer-unit") as pool:
+                try:
+                    for unit in work.units:
+                        while len(pending) >= self.threads:
+                            pending.popleft().result()
+                        if stopped():
+                            break
+                        pending.append(pool.submit(run_unit, unit))
+                    while pending:
+                        pending.popleft().result()
+                except BaseException:
+                    failed.set()  # the pool's exit waits for the threads, which stop at their next batch
+                    raise
+        finally:
+            encoder.close()
+            for reader in readers:
+                reader.close()
