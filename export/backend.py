@@ -140,9 +140,9 @@ class OrtAscentEngine(AscentLoop):
         if self.iobinding:
             out = self._run_step_bound(tensors, t_feed)
         else:
-            feeds = {k: v.numpy() for k, v in tensors.items()} | self._scalar_feeds | {"t": t_feed}
+            feeds = {k: v.cpu().numpy() for k, v in tensors.items()} | self._scalar_feeds | {"t": t_feed}
             out = {
-                k: torch.from_numpy(v)
+                k: torch.from_numpy(v).to(self.device)
                 for k, v in zip(self.step_outputs, self.sessions["step"].run(None, feeds), strict=True)
             }
         return StepOut(
@@ -152,13 +152,19 @@ class OrtAscentEngine(AscentLoop):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None, images: bool):
         """(images [m, H, W, C] uint8 or None, logits [m, A]) of a padded batch, by the two sessions."""
         self._check_labels(labels)
-        feeds = {"z": z.cpu().numpy()} | ({"labels": labels.cpu().numpy()} if self.n_labels else {})
-        if self.iobinding:
-            values = {k: self._ortvalue(v) for k, v in feeds.items()}
-            (generated,) = self._run_bound("generator", values, ["images"])
+        inputs = {"z": z} | ({"labels": labels} if self.n_labels else {})
+        if self.iobinding:  # z read in place, the images stay on the device between the two sessions
+            generator = self.sessions["generator"].io_binding()
+            kept = {k: v.contiguous() for k, v in inputs.items()}  # alive until the run returns
+            for key, value in kept.items():
+                self._bind_tensor(generator, key, value, output=False)
+            generator.bind_output("images", self.placement.device_type, self.placement.device_id)
+            self.sessions["generator"].run_with_iobinding(generator)
+            (generated,) = generator.get_outputs()
             (logits,) = self._run_bound("classifier", {"images": generated}, ["logits"])
             generated, logits = generated.numpy(), logits.numpy()
         else:
+            feeds = {k: v.cpu().numpy() for k, v in inputs.items()}
             generated = self.sessions["generator"].run(None, feeds)[0]
             logits = self.sessions["classifier"].run(None, {"images": generated})[0]
         pixels = to_uint8_images(torch.from_numpy(generated)) if images else None

@@ -5,13 +5,23 @@ that exceeds 1, since fp32 rounding is relative). The reference is the torch mod
 (BatchNorm folded); the distance to the user's unfolded modules is reported beside it.
 
 Step graphs: two steps (t = 0 from z0, where delta is exactly 0, then t = 1 with starting logits away
-from the current ones) through the exported step and through the same torch module. Statuses and moved
-flags must be equal. The gradient d score / d z is compared per row, relative to the row's largest entry:
-the median row must be within ``step_rtol``, and at most ``outlier_frac`` of the rows (at least one) may
-be over it. Why outliers at all: the gradient of a ReLU network is discontinuous where a pre-activation
-is 0, and the two runtimes' forwards differ by ~1e-6, so a row with a pre-activation closer to 0 than
-that takes the other side of the kink in one runtime; with a course-size model and 128 rows there are a
-few such rows at every step. A wrong graph (a padding, a transposition, a mask) fails every row instead.
+from the current ones) through the exported step. The reference for the gradient d score / d z is
+autograd (torch.func.vjp) through the user's own, unfolded modules, not the hand-written input-gradient
+that was exported: a wrong adjoint (a flipped sign, a wrong output padding, another LeakyReLU slope) is
+in both the exported graph and its torch twin, and only autograd tells. Statuses and moved flags are
+compared with the torch twin of the graph, which computes the same update.
+
+The gradient is compared per row, relative to the row's largest entry, and judged over every row of
+every batch size together (a batch of one row says nothing alone):
+
+- the median row must be within ``step_rtol``;
+- each row is allowed max(step_rtol, 2 x its conditioning): the penalty's direction delta / ||delta||
+  turns the two forwards' ~1e-6 logit difference into a gradient difference of about that difference
+  over ||delta||, which is the objective's conditioning, not the export's;
+- at most ``outlier_frac`` of the rows (at least one) may exceed their allowance: the gradient of a ReLU
+  network is discontinuous where a pre-activation is 0, and a row that close to a kink takes the other
+  side of it in one runtime. A wrong graph fails nearly every row instead.
+
 The relative comparison needs gradients above fp32 resolution: the report gives the largest gradient
 norm, so a tiny one (random-init models: about 1e-8 per step) is visible as the cause.
 """
@@ -23,6 +33,7 @@ import math
 import numpy as np
 import torch
 
+from zsteer.kernels.objective import objective_torch
 from zsteer.pipeline.network import EditNet
 
 from .graphs import AscentStepGraph, EditVJP
@@ -82,7 +93,7 @@ def check_parity(
     report: dict = {
         "passed": True, "failure": None, "atol": atol, "step_rtol": step_rtol,
         "outlier_frac": outlier_frac, "batch_sizes": list(batch_sizes),
-        "provider": "CPUExecutionProvider", "generator": [], "classifier": [], "steps": {},
+        "provider": "CPUExecutionProvider", "generator": [], "classifier": [], "steps": {}, "gradients": {},
     }  # fmt: skip
 
     def fail(message: str) -> None:
@@ -124,6 +135,7 @@ def check_parity(
         module = AscentStepGraph(vjp, lab).eval()
         key = "lab" if lab else "clean"
         report["steps"][key] = []
+        errors, allowed = [], []  # per row, pooled over every batch size and step
         for n in batch_sizes:
             feeds = step_feeds(vjp, lab, n, seed + n)
             for t in (0, 1):
@@ -131,33 +143,21 @@ def check_parity(
                     ref = module(*(torch.from_numpy(np.asarray(feeds[k])) for k in module.input_names))
                 ref = dict(zip(module.output_names, (r.numpy() for r in ref), strict=True))
                 out = dict(zip(module.output_names, sess.run(None, feeds), strict=True))
-                entry = _compare_step(ref, out, n, t, atol)
-                per_row = entry.pop("per_row")
-                over = int(np.sum(~(per_row <= step_rtol)))
-                entry["rows_over_rtol"] = over
+                true_grad = autograd_step_grad(unfolded, feeds, lab)
+                entry = _compare_step(ref, out, true_grad, feeds, n, t, atol)
+                errors.append(entry.pop("per_row"))
+                allowed.append(np.maximum(step_rtol, 2 * entry.pop("conditioning")))
                 report["steps"][key].append(entry)
                 where = f"{key} step at batch {n}, t={t}"
-                if not entry["same_status"]:
-                    fail(f"{where}: statuses or moved flags differ")
-                elif not (
-                    entry["grad_rel_diff_median"] <= step_rtol and over <= max(1, int(outlier_frac * n))
-                ):
+                if entry["status_mismatch_rows"] > max(1, int(outlier_frac * n)):
                     fail(
-                        f"{where}: d score / d z differs by {entry['grad_rel_diff_median']:.3g} relative (median row), "
-                        f"{over} of {n} rows over {step_rtol:g}; largest gradient norm {entry['max_grad_norm']:.3g}"
-                        + (
-                            " (below fp32 resolution: random weights?)"
-                            if entry["max_grad_norm"] < 1e-5
-                            else ""
-                        )
+                        f"{where}: statuses or moved flags differ in {entry['status_mismatch_rows']} of {n} rows"
                     )
                 elif not entry["logits_max_abs_diff"] <= entry["logits_bound"]:
                     fail(f"{where}: logits differ by {entry['logits_max_abs_diff']:.3g}")
                 # The next step starts where torch's did, so both runs see the same inputs. Its starting
-                # logits are moved by O(1) on the preserved attributes: right after step 0, ||delta|| is
-                # tiny for some rows, and delta / ||delta|| then turns the ~1e-6 rounding difference of the
-                # two forwards into a large change of direction. That is the objective's conditioning,
-                # not the export's; a well-conditioned delta tests the penalty's gradient itself.
+                # logits are moved by O(1) on the preserved attributes, so that delta is well away from 0
+                # and the penalty's own gradient is tested (right after step 0, ||delta|| is tiny).
                 offset = np.random.default_rng(seed + n).standard_normal(ref["logits"].shape)
                 feeds = dict(feeds)
                 feeds.update(logits0=(ref["logits"] + offset * feeds["preserve"]).astype(np.float32))
@@ -165,20 +165,63 @@ def check_parity(
                 feeds.update(steps_taken=ref["steps_next"], t=np.asarray(1, dtype=np.int32))
                 if lab:
                     feeds["accum"] = ref["accum_next"]
+        per_row, allowance = np.concatenate(errors), np.concatenate(allowed)
+        over = int(np.sum(~(per_row <= allowance)))
+        median = float(np.median(per_row))
+        max_norm = max(e["max_grad_norm"] for e in report["steps"][key])
+        report["gradients"][key] = {
+            "rows": int(per_row.size), "rel_diff_median": median, "rel_diff_max": float(per_row.max()),
+            "rows_over_allowance": over, "max_grad_norm": max_norm,
+        }  # fmt: skip
+        if not (median <= step_rtol and over <= max(1, int(outlier_frac * per_row.size))):
+            fail(
+                f"{key} step: d score / d z differs from autograd by {median:.3g} relative (median of "
+                f"{per_row.size} rows over batches {list(batch_sizes)}), {over} rows over their allowance; "
+                f"largest gradient norm {max_norm:.3g}"
+                + (" (below fp32 resolution: random weights?)" if max_norm < 1e-5 else "")
+            )
     return report
 
 
-def _compare_step(ref: dict, out: dict, n: int, t: int, atol: float) -> dict:
+def autograd_step_grad(net: EditNet, feeds: dict, lab: bool) -> np.ndarray:
+    """d score / d z [n, z_dim] of a step's inputs by autograd through ``net`` (the user's modules)."""
+    z = torch.from_numpy(np.asarray(feeds["z"]))
+    labels = torch.from_numpy(np.asarray(feeds["labels"])) if "labels" in feeds else None
+    weights = torch.from_numpy(np.asarray(feeds["weights"]))
+    penalty = float(feeds["penalty"])
+    if lab:  # as the step graph: mean over the targets and over the notebook's batch
+        scale = float(feeds["lab_scale"])
+        weights = weights / (weights != 0).sum(dim=1, keepdim=True).clamp_min(1) * scale
+        penalty *= scale
+    logits, pull = torch.func.vjp(net, net.latent_input(z, labels))
+    start = logits if int(feeds["t"]) == 0 else torch.from_numpy(np.asarray(feeds["logits0"]))
+    _, grad_logits = objective_torch(
+        logits, start, weights, torch.from_numpy(np.asarray(feeds["preserve"])), penalty
+    )
+    (grad,) = pull(grad_logits)
+    return grad[:, : z.shape[1]].detach().numpy()
+
+
+def _compare_step(
+    ref: dict, out: dict, true_grad: np.ndarray, feeds: dict, n: int, t: int, atol: float
+) -> dict:
     # Per row, relative to the row's own largest gradient entry; z_next - z would be quantised by z's ulp.
-    g_ref, g_ort = ref["grad"].astype(np.float64), out["grad"].astype(np.float64)
+    g_ref, g_ort = true_grad.astype(np.float64), out["grad"].astype(np.float64)
     scale = np.maximum(np.abs(g_ref).max(axis=1), _TINY)
     per_row = np.abs(g_ort - g_ref).max(axis=1) / scale  # [n]
-    same = all(np.array_equal(ref[k], out[k]) for k in ("status_next", "moved", "steps_next"))
+    # Conditioning of the penalty's direction (module doc); at t = 0 delta is exactly 0.
+    start = ref["logits"] if t == 0 else feeds["logits0"]
+    delta = np.linalg.norm((ref["logits"] - start) * feeds["preserve"], axis=1)
+    logit_error = np.abs(out["logits"] - ref["logits"]).max(axis=1)
+    conditioning = np.where(delta > 0, logit_error / np.maximum(delta, _TINY), 0.0)
+    mismatch = np.zeros(n, bool)
+    for k in ("status_next", "moved", "steps_next"):
+        mismatch |= ref[k].reshape(n) != out[k].reshape(n)
     return {
         "batch": n, "t": t, "grad_rel_diff_median": float(np.median(per_row)),
-        "grad_rel_diff_max": float(per_row.max()), "per_row": per_row,
+        "grad_rel_diff_max": float(per_row.max()), "per_row": per_row, "conditioning": conditioning,
         "max_grad_norm": float(np.max(ref["grad_norm"], initial=0.0)),
         "z_next_max_abs_diff": _max_abs(out["z_next"], ref["z_next"]),
         "logits_max_abs_diff": _max_abs(out["logits"], ref["logits"]), "logits_bound": _bound(ref["logits"], atol),
-        "same_status": bool(same),
+        "status_mismatch_rows": int(mismatch.sum()),
     }  # fmt: skip

@@ -4,8 +4,9 @@
     thread 2   process_unit(unit k+1) read, validate |      waits for it      | ...
 
 Each thread runs whole units through the plain ``process_unit`` and commits them itself. The editor is
-shared and used by one thread at a time (a lock): the device (or the CPU's cores) runs one batch at
-once, while the other thread reads, validates, waits for PNGs and writes files. The main thread only
+shared, and its batches run one at a time on a compute thread of their own (``SerializedEditor``): the
+device (or the CPU's cores) runs one batch at once, while the other unit thread reads, validates, waits
+for PNGs and writes files. The main thread only
 hands out units, a bounded number at a time, so memory holds at most ``threads`` units whatever the
 manifest size, and signal handlers (which run on the main thread) are never blocked behind compute.
 """
@@ -29,19 +30,25 @@ from .unit import UnitCancelled, inline_encoder, process_unit
 
 
 class SerializedEditor:
-    """An Editor used by several threads, one batch at a time."""
+    """An Editor shared by several threads: every batch runs on one compute thread of its own.
+
+    One thread, not a lock: torch's CPU ops run on an OpenMP team per calling thread, and the idle
+    team of another thread keeps spinning for a while after each parallel region, taking the cores
+    from the team at work (measured: a lock between two threads made the job 12% slower).
+    """
 
     def __init__(self, editor: Editor):
         self.editor = editor
-        self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="zsteer-compute")
 
     def edit_batch(self, batch: EditBatch, render: bool = True) -> EditResult:
-        with self._lock:
-            return self.editor.edit_batch(batch, render)
+        return self._thread.submit(self.editor.edit_batch, batch, render).result()
 
     def render(self, z, labels=None):
-        with self._lock:
-            return self.editor.render(z, labels)
+        return self._thread.submit(self.editor.render, z, labels).result()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class LocalExecutor:
                     failed.set()  # the pool's exit waits for the threads, which stop at their next batch
                     raise
         finally:
+            editor.close()
             encoder.close()
             for reader in readers:
                 reader.close()

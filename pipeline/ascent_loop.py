@@ -28,7 +28,7 @@ from zsteer.core.status import ACTIVE, STEPS_DONE
 from zsteer.kernels.ascent_update import final_status
 
 from .config import AscentConfig
-from .editor import EditBatch, EditResult, Rows, as_tensor
+from .editor import EditBatch, EditResult, Rows, as_tensor, cut_rows
 
 # oneDNN (and cuDNN) pick another convolution algorithm for a single row, which changes its bits: a batch
 # of one row is padded to two (docs/ARCHITECTURE.md, "Batch invariance").
@@ -151,7 +151,7 @@ class AscentLoop:
         images, logits = [], []
         for s in range(0, z.shape[0], self.batch_size):
             img, lg = self._forward_rows(
-                z[s : s + self.batch_size], _cut(labels, s, s + self.batch_size), True
+                z[s : s + self.batch_size], cut_rows(labels, s, s + self.batch_size), True
             )
             images.append(img.cpu())
             logits.append(lg.cpu())
@@ -227,10 +227,6 @@ class AscentLoop:
             status=status.cpu(),
             images=images.cpu() if images is not None else None,
         )
-
-
-def _cut(x, start: int, stop: int):
-    return None if x is None else x[start:stop]
 
 
 def _pad_all(rows: StepRows, size: int) -> StepRows:

@@ -24,9 +24,22 @@ from torch import nn
 from zsteer.core.errors import CheckpointError
 
 from .attributes import CELEBA40, read_utf8
+from .inference import check_against, infer_classifier, infer_generator, unwrap
 from .models import ClassifierSpec, GeneratorSpec, build_classifier, build_generator
 
 COURSE_KEYS = {"generator": "gen", "classifier": "classifier"}
+# How to turn a pickled module (torch.save(model)) into a file zsteer reads.
+RESAVE = (
+    "if it is your own model, load it where its class is importable and re-save its weights: "
+    "torch.save(model.state_dict(), 'weights.pth')"
+)
+# The command-line flag of each spec field, for messages about contradicting values.
+FLAGS = {
+    "generator": {"kind": "--gen-kind", "z_dim": "--z-dim", "hidden_dim": "--gen-hidden-dim",
+                  "im_chan": "--gen-im-chan", "n_classes": "--gen-n-classes"},
+    "classifier": {"hidden_dim": "--cls-hidden-dim", "im_chan": "--cls-im-chan", "n_classes": "--cls-n-classes",
+                   "image_size": "--cls-image-size"},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,7 @@ def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], di
                     f"{sidecar}: expected a JSON object of model settings, found {type(config).__name__}"
                 )
         try:
-            return load_file(str(path)), config
+            return unwrap(load_file(str(path)), COURSE_KEYS[role]), config
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
@@ -83,7 +96,7 @@ def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], di
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
             raise CheckpointError(
                 f"{path}: refused: the file holds pickled objects other than tensors, which could run code "
-                "on load (only weights are accepted)"
+                f"on load (only weights are accepted); {RESAVE}"
             ) from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first})") from None
     except Exception as exc:  # garbage bytes can fail anywhere inside the unpickler
@@ -92,9 +105,8 @@ def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], di
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     key = COURSE_KEYS[role]
-    if key in obj:
-        obj = obj[key]
-    elif obj and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    obj = unwrap(obj, key)
+    if obj and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(
             f"{path}: missing key {key!r} (the course saves the {role} as {{{key!r}: state_dict}}); "
             f"found keys {sorted(map(str, obj))[:6]}"
@@ -118,9 +130,11 @@ def _check_field(name: str, value, default, where: str) -> None:
         raise CheckpointError(f"{where}: field {name!r} must be {kind}, got {json.dumps(value, default=str)}")
 
 
-def _spec_from(config: dict, default, overrides: dict, path: Path):
+def _spec_from(config: dict, default, overrides: dict, path: Path, inferred: dict | None = None):
+    """The spec: defaults, then what the tensors imply, then the sidecar's values, then the overrides."""
     defaults = {f.name: getattr(default, f.name) for f in fields(default)}
-    values = {k: v for k, v in config.items() if k in defaults}
+    values = dict(inferred or {})
+    values.update({k: v for k, v in config.items() if k in defaults})
     for name, value in values.items():
         _check_field(name, value, defaults[name], str(path.with_suffix(".json")))
     for name, value in overrides.items():
@@ -164,7 +178,15 @@ def _freeze(module: nn.Module) -> nn.Module:
 def _load(path: Path, role: str, default_spec, build, overrides: dict):
     """(frozen module, spec, sidecar config) of a ``role`` checkpoint."""
     state, config = _read_state_dict(path, role)
-    spec = _spec_from(config, default_spec, overrides, path)
+    inferred = {}
+    if not any(name in config for name in FLAGS[role]):  # a bare checkpoint: read the spec off the tensors
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            inferred = infer_generator(state, given) if role == "generator" else infer_classifier(state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        check_against(inferred, given, FLAGS[role], path)
+    spec = _spec_from(config, default_spec, overrides, path, inferred)
     try:
         module = build(spec)
     except ValueError as exc:

@@ -37,10 +37,11 @@ class EditBatch:
 
     def slice(self, start: int, stop: int) -> EditBatch:
         """Rows [start, stop) of every field (None stays None)."""
-        return EditBatch(**{f.name: _cut(getattr(self, f.name), start, stop) for f in fields(self)})
+        return EditBatch(**{f.name: cut_rows(getattr(self, f.name), start, stop) for f in fields(self)})
 
 
-def _cut(x, start: int, stop: int):
+def cut_rows(x: Rows | None, start: int, stop: int) -> Rows | None:
+    """Rows [start, stop) of a per-row array (None stays None)."""
     return None if x is None else x[start:stop]
 
 

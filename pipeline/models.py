@@ -137,10 +137,36 @@ def build_generator(spec: GeneratorSpec) -> nn.Module:
     raise ValueError(f"unknown generator kind {spec.kind!r}; expected one of {', '.join(GENERATOR_KINDS)}")
 
 
+# (kernel, stride) of the course classifier's convolutions, in order.
+_CLASSIFIER_CONVS = ((4, 2), (4, 2), (4, 3), (4, 2))
+
+
+def classifier_output_side(image_size: int) -> int:
+    """Side of the course classifier's last feature map for square images of ``image_size`` (0: none)."""
+    side = image_size
+    for kernel, stride in _CLASSIFIER_CONVS:
+        side = (side - kernel) // stride + 1
+        if side < 1:
+            return 0
+    return side
+
+
+def classifier_image_sizes() -> range:
+    """The image sizes the course classifier reduces to one logit per attribute (58 to 81 pixels)."""
+    sizes = [n for n in range(1, 1024) if classifier_output_side(n) == 1]
+    return range(sizes[0], sizes[-1] + 1)
+
+
 def build_classifier(spec: ClassifierSpec) -> nn.Module:
     """A freshly initialised classifier of the given spec."""
     if spec.kind != "course_classifier":
         raise ValueError(
             f"unknown classifier kind {spec.kind!r}; expected one of {', '.join(CLASSIFIER_KINDS)}"
+        )
+    sizes = classifier_image_sizes()
+    if spec.image_size not in sizes:
+        raise ValueError(
+            f"image_size {spec.image_size} does not fit the course classifier, which reduces images of "
+            f"{sizes.start} to {sizes.stop - 1} pixels to one logit per attribute (the course uses 64)"
         )
     return CourseClassifier(spec.im_chan, spec.n_classes, spec.hidden_dim)

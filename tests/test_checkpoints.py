@@ -13,7 +13,7 @@ from modelkit import write_models
 from zsteer.core.errors import AttributeNameError, CheckpointError
 from zsteer.pipeline.attributes import CELEBA40, load_attribute_names, parse_target, resolve_attribute
 from zsteer.pipeline.checkpoints import load_classifier, load_generator
-from zsteer.pipeline.models import CourseClassifier, CourseGenerator
+from zsteer.pipeline.models import CourseClassifier, CourseConditionalGenerator, CourseGenerator
 
 
 def test_course_files_load_with_course_defaults(tmp_path):
@@ -58,8 +58,8 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
         (lambda p: torch.save({"generator": {"x": 1}}, p), "missing key 'gen'"),
         (lambda p: torch.save([1, 2], p), "expected a dict"),
         (
-            lambda p: torch.save({"gen": CourseGenerator(32, 3, 64).state_dict()}, p),
-            r"gen\.0\.0\.weight.*\[32, 512",
+            lambda p: torch.save({"gen": {"gen.0.0.weight": torch.zeros(3, 3)}}, p),
+            r"parameter 'gen\.0\.0\.bias' is missing",
         ),
         (lambda p: torch.save({"gen": {}}, p), "is missing"),
     ],
@@ -77,6 +77,90 @@ def test_missing_file_and_shape_overrides(tmp_path):
         load_generator(tmp_path / "nope.pth")
     torch.save({"gen": CourseGenerator(32, 3, 16).state_dict()}, tmp_path / "g.pth")
     assert load_generator(tmp_path / "g.pth", z_dim=32, hidden_dim=16).spec.z_dim == 32
+
+
+@pytest.mark.parametrize(
+    ("module", "given", "want"),
+    [
+        (CourseGenerator(32, 1, 16), {}, {"kind": "course_generator", "z_dim": 32, "hidden_dim": 16, "im_chan": 1}),
+        (CourseConditionalGenerator(74, 1, 8), {}, {"kind": "course_conditional_generator", "z_dim": 64, "n_classes": 10}),
+        (CourseConditionalGenerator(20, 1, 8), {"z_dim": 12}, {"z_dim": 12, "n_classes": 8, "hidden_dim": 8}),
+        (CourseConditionalGenerator(20, 1, 8), {"n_classes": 5}, {"z_dim": 15, "n_classes": 5}),
+    ],
+)  # fmt: skip
+def test_bare_generator_checkpoints_need_no_flags(tmp_path, module, given, want):
+    torch.save({"gen": module.state_dict()}, tmp_path / "g.pth")
+    spec = load_generator(tmp_path / "g.pth", **given).spec
+    assert {k: getattr(spec, k) for k in want} == want
+
+
+def test_a_conditional_generator_whose_inputs_cannot_be_split_asks_for_one_flag(tmp_path):
+    torch.save({"gen": CourseConditionalGenerator(20, 1, 8).state_dict()}, tmp_path / "g.pth")
+    with pytest.raises(CheckpointError, match=r"20 inputs .*give --z-dim or --gen-n-classes"):
+        load_generator(tmp_path / "g.pth")
+
+
+def test_bare_classifier_checkpoints_need_no_flags(tmp_path):
+    torch.save({"classifier": CourseClassifier(1, 40, 16).state_dict()}, tmp_path / "c.pth")
+    spec = load_classifier(tmp_path / "c.pth").spec
+    assert (spec.im_chan, spec.n_classes, spec.hidden_dim) == (1, 40, 16)
+
+
+@pytest.mark.parametrize(
+    ("role", "given", "fragment"),
+    [
+        ("generator", {"z_dim": 40}, "--z-dim 40 contradicts the file, whose generator takes 32 inputs"),
+        ("generator", {"hidden_dim": 64}, "--gen-hidden-dim 64 contradicts the file, whose tensors hold hidden_dim = 16"),
+        ("generator", {"kind": "course_conditional_generator"}, "--gen-kind course_conditional_generator contradicts"),
+        ("classifier", {"n_classes": 5}, "--cls-n-classes 5 contradicts the file, whose tensors hold n_classes = 40"),
+    ],
+)  # fmt: skip
+def test_flags_that_contradict_the_file_name_both_values(tmp_path, role, given, fragment):
+    path = tmp_path / "m.pth"
+    if role == "generator":
+        torch.save({"gen": CourseGenerator(32, 3, 16).state_dict()}, path)
+        load = load_generator
+    else:
+        torch.save({"classifier": CourseClassifier(3, 40, 16).state_dict()}, path)
+        load = load_classifier
+    with pytest.raises(CheckpointError) as info:
+        load(path, **given)
+    assert fragment in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd, key: {f"module.{k}": v for k, v in sd.items()},  # DataParallel, bare
+        lambda sd, key: {key: {f"module.{k}": v for k, v in sd.items()}},  # DataParallel, course-wrapped
+        lambda sd, key: {"state_dict": sd, "epoch": 3},
+        lambda sd, key: {"model": {f"_orig_mod.{k}": v for k, v in sd.items()}},  # torch.compile'd
+    ],
+)
+def test_wrapped_and_data_parallel_checkpoints_load(tmp_path, wrap):
+    gen, cls = CourseGenerator(16, 3, 8), CourseClassifier(3, 40, 8)
+    torch.save(wrap(gen.state_dict(), "gen"), tmp_path / "g.pth")
+    torch.save(wrap(cls.state_dict(), "classifier"), tmp_path / "c.pth")
+    g, c = load_generator(tmp_path / "g.pth"), load_classifier(tmp_path / "c.pth")
+    z = torch.randn(2, 16)
+    torch.testing.assert_close(c.module(g.module(z)), cls.eval()(gen.eval()(z)))
+
+
+def test_a_classifier_image_size_the_architecture_cannot_take_is_one_line(tmp_path):
+    torch.save({"classifier": CourseClassifier(3, 40, 8).state_dict()}, tmp_path / "c.pth")
+    for size in (28, 90):
+        with pytest.raises(CheckpointError) as info:
+            load_classifier(tmp_path / "c.pth", image_size=size)
+        assert f"image_size {size} does not fit the course classifier" in str(info.value)
+        assert "58 to 81 pixels" in str(info.value) and "\n" not in str(info.value)
+    assert load_classifier(tmp_path / "c.pth", image_size=58).spec.image_size == 58
+
+
+def test_a_whole_pickled_module_is_refused_with_how_to_resave_it(tmp_path):
+    torch.save(CourseGenerator(16, 3, 8), tmp_path / "whole.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_generator(tmp_path / "whole.pth")
+    assert "refused" in str(info.value) and "torch.save(model.state_dict()" in str(info.value)
 
 
 def test_attribute_names_and_targets(tmp_path):

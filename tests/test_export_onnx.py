@@ -60,7 +60,8 @@ def test_parity_report_covers_batch_sizes(exported):
     for key in ("clean", "lab"):
         entries = report["steps"][key]
         assert [(e["batch"], e["t"]) for e in entries] == [(n, t) for n in (1, 7, 128) for t in (0, 1)]
-        assert all(e["same_status"] and e["grad_rel_diff_median"] <= 1e-4 for e in entries)
+        assert all(e["status_mismatch_rows"] == 0 for e in entries)
+        assert report["gradients"][key]["rel_diff_median"] <= 1e-4  # against autograd, every batch together
         assert all(e["max_grad_norm"] > 1e-2 for e in entries)  # real gain: a meaningful comparison
 
 
