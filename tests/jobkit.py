@@ -95,3 +95,25 @@ def reasons_by_row(out: Path) -> dict[int, str]:
     if rejects is None:
         return {}
     return dict(zip(rejects.column("row").to_pylist(), rejects.column("reason").to_pylist(), strict=True))
+
+
+def crash_at_commit(monkeypatch, n: int, config) -> None:
+    """Run the job with its ``n``-th commit marker failing as a crash would, then restore commits."""
+    import pytest
+
+    from zsteer.jobs import folder as folder_module
+    from zsteer.jobs.runner import run_job
+
+    real_commit = folder_module.JobFolder.commit
+    calls = {"n": 0}
+
+    def crashing_commit(self, commit):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("simulated crash")
+        real_commit(self, commit)
+
+    monkeypatch.setattr(folder_module.JobFolder, "commit", crashing_commit)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_job(config)
+    monkeypatch.setattr(folder_module.JobFolder, "commit", real_commit)

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 from exportkit import gain_models
-from jobkit import job_config, read_parts, write_manifest
+from jobkit import crash_at_commit, job_config, read_parts, write_manifest
 
 from zsteer.core.status import TARGET_REACHED
-from zsteer.jobs import folder as folder_module
 from zsteer.jobs.runner import run_job
 from zsteer.pipeline.checkpoints import save_model
 from zsteer.pipeline.config import AscentConfig, EngineConfig
@@ -99,18 +98,9 @@ def test_a_resumed_job_writes_the_bits_of_an_uninterrupted_one(tmp_path, models,
     settings = {"ascent": {"steps": 10, "lr": 0.05, "penalty": 1.0}, "unit_rows": 7}
     run_job(job_config(manifest, tmp_path / "whole", paths, batch_size=16, **settings))
 
-    real_commit, calls = folder_module.JobFolder.commit, {"n": 0}
-
-    def crash_on_fourth(self, commit):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("simulated crash")
-        real_commit(self, commit)
-
-    monkeypatch.setattr(folder_module.JobFolder, "commit", crash_on_fourth)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_job(job_config(manifest, tmp_path / "resumed", paths, batch_size=3, **settings))
-    monkeypatch.undo()
+    crash_at_commit(
+        monkeypatch, 4, job_config(manifest, tmp_path / "resumed", paths, batch_size=3, **settings)
+    )
     run_job(
         job_config(manifest, tmp_path / "resumed", paths, batch_size=5, **settings)
     )  # other sizes: speed only

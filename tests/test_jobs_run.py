@@ -16,9 +16,9 @@ from jobkit import (
     TINY_CLASSIFIER,
     TINY_GENERATOR,
     Z_DIM,
+    crash_at_commit,
     job_config,
     latents,
-    one_thread,
     read_parts,
     read_rejects,
     reasons_by_row,
@@ -29,22 +29,18 @@ from modelkit import write_models
 from PIL import Image
 
 from zsteer.core.errors import ZsteerError
-from zsteer.jobs import folder as folder_module
 from zsteer.jobs.lock import FolderLock
 from zsteer.jobs.runner import run_job
 from zsteer.pipeline.config import AscentConfig, EngineConfig
 from zsteer.pipeline.models import GeneratorSpec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tiny_models(tmp_path_factory.mktemp("models"))
+def models(job_models):
+    """conftest's tiny job models, under this module's name for them."""
+    return job_models
 
 
 @pytest.fixture(scope="module")
@@ -291,28 +287,11 @@ def test_a_folder_that_is_not_a_job_is_refused(tmp_path, models, manifest):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
-def _crash_at_commit(monkeypatch, n: int, config) -> None:
-    """Run the job with its ``n``-th commit marker failing as a crash would, then restore commits."""
-    real_commit = folder_module.JobFolder.commit
-    calls = {"n": 0}
-
-    def crashing_commit(self, commit):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise RuntimeError("simulated crash")
-        real_commit(self, commit)
-
-    monkeypatch.setattr(folder_module.JobFolder, "commit", crashing_commit)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_job(config)
-    monkeypatch.setattr(folder_module.JobFolder, "commit", real_commit)
-
-
 def test_crash_between_shard_and_commit_leaves_no_duplicates(tmp_path, models, manifest, monkeypatch):
     """A crash after a shard is renamed into place but before its commit marker: the resume deletes
     the orphan shard and redoes its units, so every row is still there exactly once."""
     out = tmp_path / "job"
-    _crash_at_commit(monkeypatch, 2, job_config(manifest, out, models))
+    crash_at_commit(monkeypatch, 2, job_config(manifest, out, models))
     markers = len(list((out / "commits").glob("commit-*.json")))
     assert 1 <= markers < 3, "the crash left units (of 70, 70, 60 rows) without a marker"
     assert len(list((out / "parts").glob("part-*.parquet"))) > markers, "and a shard without one"
@@ -407,7 +386,7 @@ def test_a_huge_row_group_commits_unit_by_unit_and_a_resume_redoes_only_the_rest
     path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(150), "z": latents(150)})
     out = tmp_path / "job"
     config = job_config(path, out, models, unit_rows=40, read_rows=16)
-    _crash_at_commit(monkeypatch, 3, config)
+    crash_at_commit(monkeypatch, 3, config)
     committed = [c["unit"] for c in _commit_docs(out)]
     assert committed[:2] == ["0:0:0", "0:0:1"] and len(committed) < 4  # two threads: unit 2 or 3 crashed
     asked = []
@@ -536,6 +515,7 @@ def test_an_input_rewritten_during_the_job_stops_it_and_the_original_resumes(tmp
     original back (modification time included), the same command finishes."""
     import os
     import shutil
+    import threading
     from types import SimpleNamespace
 
     from zsteer.jobs import reader
@@ -545,11 +525,13 @@ def test_an_input_rewritten_during_the_job_stops_it_and_the_original_resumes(tmp
     b = write_manifest(data / "b.parquet", {"id": np.arange(40, 80), "z": latents(40, 1)}, row_group_size=20)
     saved = tmp_path / "b.saved"
     shutil.copy2(b, saved)
-    real = reader.pq.ParquetFile
+    real, rewritten, lock = reader.pq.ParquetFile, [], threading.Lock()
 
     def rewrite_then_open(source, **kw):
-        if str(source) == str(b.resolve()):
-            write_manifest(b, {"id": np.arange(40, 80), "z": latents(40, 2)}, row_group_size=8)
+        with lock:  # two unit threads may open b at once: it is rewritten once, before either reads it
+            if str(source) == str(b.resolve()) and not rewritten:
+                write_manifest(b, {"id": np.arange(40, 80), "z": latents(40, 2)}, row_group_size=8)
+                rewritten.append(True)
         return real(source, **kw)
 
     monkeypatch.setattr(reader, "pq", SimpleNamespace(ParquetFile=rewrite_then_open))

@@ -15,11 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from jobkit import job_config, latents, read_parts, read_rejects, write_manifest
+from jobkit import crash_at_commit, job_config, latents, read_parts, read_rejects, write_manifest
 
 from zsteer.core.errors import ZsteerError
 from zsteer.core.status import STEPS_DONE
-from zsteer.jobs import folder as folder_module
 from zsteer.jobs.method import register_method, result_columns, result_fields, unregister_method
 from zsteer.jobs.runner import run_job
 from zsteer.pipeline.editor import EditBatch, EditResult, as_tensor, to_uint8_images
@@ -95,18 +94,7 @@ def test_an_identity_method_runs_as_a_job_and_resumes_exactly_once(
     )
     out = tmp_path / "job"
     config = job_config(path, out, job_models, method=IdentityMethod())
-    real_commit, calls = folder_module.JobFolder.commit, {"n": 0}
-
-    def crash_on_second(self, commit):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash")
-        real_commit(self, commit)
-
-    monkeypatch.setattr(folder_module.JobFolder, "commit", crash_on_second)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_job(config)
-    monkeypatch.undo()
+    crash_at_commit(monkeypatch, 2, config)
     assert len(list((out / "commits").glob("commit-*.json"))) < 3
     assert run_job(config).status == "complete"
 
