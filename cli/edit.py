@@ -21,7 +21,7 @@ from zsteer.jobs.executor import EXECUTORS
 from zsteer.jobs.method import method_class, method_names
 from zsteer.jobs.runner import run_job
 from zsteer.kernels.dispatch import triton_available
-from zsteer.pipeline.config import AscentConfig, EngineConfig
+from zsteer.pipeline.config import MAX_STEPS, AscentConfig, EngineConfig
 from zsteer.pipeline.loading import ModelSource
 
 from .paths import check_out_parent
@@ -88,7 +88,7 @@ def _edit_options(fn):
         click.option("--preserve", multiple=True,
                      help="Attributes to hold in place (repeatable or comma-separated). Default: every "
                      "attribute that is not a target of the row."),
-        click.option("--steps", type=click.IntRange(min=0), default=a.steps, show_default=True,
+        click.option("--steps", type=click.IntRange(0, MAX_STEPS), default=a.steps, show_default=True,
                      help="Gradient steps per row (a 'steps' column overrides it per row)."),
         click.option("--lr", type=pos, help="Step size. Default: 0.1, or 1/steps with --lab-compat."),
         click.option("--penalty", type=click.FloatRange(min=0), default=a.penalty, show_default=True,

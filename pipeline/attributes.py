@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from pathlib import Path
 
 from zsteer.core.errors import AttributeNameError
@@ -70,6 +71,9 @@ def resolve_attribute(name: str, names: tuple[str, ...], where: str = "target") 
     raise AttributeNameError(f"{where}: unknown attribute {name!r}{hint}")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+
+
 def parse_target(spec: str, names: tuple[str, ...]) -> tuple[int, float]:
     """``Smiling`` or ``Eyeglasses=-1`` -> (attribute index, signed weight)."""
     name, sep, weight_text = spec.partition("=")
@@ -79,4 +83,10 @@ def parse_target(spec: str, names: tuple[str, ...]) -> tuple[int, float]:
             weight = float(weight_text)
         except ValueError:
             raise AttributeNameError(f"--target {spec!r}: weight {weight_text!r} is not a number") from None
+        # Weights are float32 on the device: NaN, inf and anything past float32's range make every row
+        # end non_finite, so they are refused here.
+        if not math.isfinite(weight) or abs(weight) > FLOAT32_MAX:
+            raise AttributeNameError(
+                f"--target {spec!r}: weight {weight_text!r} must be a finite number of at most {FLOAT32_MAX:.3g}"
+            )
     return resolve_attribute(name.strip(), names, where=f"--target {spec!r}"), weight

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# Most steps a job may ask for: step counters are int32 on the device, and a budget this large already
+# takes days per batch.
+MAX_STEPS = 1_000_000
+
 
 @dataclass(frozen=True)
 class AscentConfig:
@@ -28,8 +32,8 @@ class AscentConfig:
     lab_batch: int = 8
 
     def __post_init__(self):
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not 0 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be in [0, {MAX_STEPS}], got {self.steps}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.penalty) and self.penalty >= 0):

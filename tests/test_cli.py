@@ -479,3 +479,20 @@ def test_a_job_json_of_the_wrong_kind_is_a_one_line_error_for_edit_and_sheet(
     assert "choose another --out" in edit_error
     sheet_error = one_line_error(run("sheet", out, "--out", tmp_path / "s.png"), "job.json", *fragments)
     assert "--out" not in sheet_error
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (("-t", "attr1=nan"), "weight 'nan' must be a finite number"),
+        (("-t", "attr1=inf"), "weight 'inf' must be a finite number"),
+        (("-t", "attr1=1e39"), "weight '1e39' must be a finite number"),
+        (("-t", "attr1", "--steps", "3000000000"), "--steps"),
+    ],
+)
+def test_targets_and_steps_that_would_overflow_are_refused_in_one_line(tmp_path, job_models, flags, fragment):
+    manifest = tmp_path / "m.parquet"
+    assert run("sample", "--n", 4, "--z-dim", Z_DIM, "--out", manifest).exit_code == 0
+    args = ["edit", "-m", manifest, "--generator", job_models[0], "--classifier", job_models[1], *flags]
+    one_line_error(run(*args, "--out", tmp_path / "job"), fragment)
+    assert not (tmp_path / "job" / "parts").exists()
