@@ -57,8 +57,8 @@ def _init_worker(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-class _Inline:
-    """Encoding deferred to whoever asks for the result (the writer thread), not the submitter."""
+class DeferredPNGs:
+    """Encoding deferred to whoever asks for the result (the thread that builds the unit's table)."""
 
     def __init__(self, images: np.ndarray):
         self.images = images
@@ -102,11 +102,11 @@ class Encoder:
                 for _ in range(workers):
                     self.pool.submit(_noop)
 
-    def submit(self, images: np.ndarray) -> Future | _Inline:
+    def submit(self, images: np.ndarray) -> Future | DeferredPNGs:
         """Something whose ``result()`` is ``encode_pngs(images)``."""
         if self.pool is not None:
             return self.pool.submit(encode_pngs, images)
-        return _Inline(images)
+        return DeferredPNGs(images)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -26,7 +26,7 @@ from .encode import Encoder
 from .executor import JobWork
 from .reader import UnitReader
 from .rows import Unit
-from .unit import UnitCancelled, inline_encoder, process_unit
+from .unit import UnitCancelled, process_unit
 
 
 class SerializedEditor:
@@ -75,7 +75,7 @@ class LocalExecutor:
             try:
                 output = process_unit(
                     work.plan, unit, editor, reader=local.reader,
-                    encode=encoder.submit if encoder.pool is not None else inline_encoder,
+                    encode=encoder.submit,
                     cancelled=stopped, on_rows=work.progress.update,
                 )  # fmt: skip
             except UnitCancelled:

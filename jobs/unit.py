@@ -25,7 +25,7 @@ from zsteer.core.status import count_stop_reasons
 from zsteer.pipeline.editor import EditBatch, Editor
 
 from .duplicates import DuplicateIndex
-from .encode import encode_pngs
+from .encode import DeferredPNGs
 from .manifest import ManifestPlan, ModelShape
 from .method import EditMethod
 from .reader import UnitReader
@@ -75,19 +75,6 @@ def output_schema(plan_carried: pa.Schema, method: EditMethod, shape: ModelShape
     return pa.schema(fields)
 
 
-def inline_encoder(images: np.ndarray):
-    """An ``encode`` for process_unit that encodes when the result is asked for (no processes)."""
-    return _Done(images)
-
-
-class _Done:
-    def __init__(self, images: np.ndarray):
-        self.images = images
-
-    def result(self) -> tuple[list[bytes], float, float]:
-        return encode_pngs(self.images)
-
-
 def _read_unit(plan: UnitPlan, unit: Unit, reader: UnitReader) -> tuple[list[RowChunk], float]:
     validator = RowValidator(plan.manifest, plan.shape, plan.defaults, plan.duplicates)
     start, chunks = time.perf_counter(), []
@@ -120,14 +107,15 @@ def process_unit(
     editor: Editor,
     *,
     reader: UnitReader | None = None,
-    encode: Callable = inline_encoder,
+    encode: Callable = DeferredPNGs,
     cancelled: Callable[[], bool] | None = None,
     on_rows: Callable[[int], None] | None = None,
 ) -> UnitOutput:
     """Read, validate, edit, encode one unit; returns its tables. Writes nothing.
 
     ``reader``: a UnitReader to reuse (a worker keeps one open across its units); ``encode(images)`` ->
-    something whose ``result()`` is ``encode_pngs(images)`` (a process pool's future, or inline);
+    something whose ``result()`` is ``encode_pngs(images)`` (``Encoder.submit``; by default encoded
+    when asked for);
     ``cancelled()``: asked between batches, raises UnitCancelled when true; ``on_rows(n)``: progress.
     """
     own_reader = reader is None
