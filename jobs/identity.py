@@ -50,6 +50,9 @@ def job_identity(
             }
             for f in plan.files
         },
+        # The carried columns and their unified types (manifest.unify_schemas): every shard of the job
+        # has this schema, so a resume that would write another one is refused.
+        "columns": [[f.name, str(f.type)] for f in plan.carried],
         # Unit keys in commits/ name chunks of unit_rows rows: another value would name other rows.
         "unit_rows": unit_rows,
         "generator": _model(generator),

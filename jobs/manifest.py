@@ -12,9 +12,16 @@ A manifest is one or more Parquet files with these columns:
   (float in (0, 1), NaN = never stop early);
 - anything else is carried to the output untouched (every column but ``z`` is carried).
 
+Files of one job may differ in layout (``unify_schemas``): z of either float width and list kind, id of
+any accepted integer width, and a column that only some files have (null in the rows of the others).
+The carried columns of the output are the union of the files' columns, each with the narrowest type
+that holds every file's values without loss; the same column with types that no type holds without
+loss (a string in one file, an integer in another; string ids and integer ids) is a conflict.
+
 Whole-file faults (not Parquet, truncated, empty, no rows, a missing or mistyped column, a z length that
-does not fit the generator, columns that differ between files) stop the job before it starts with one
-line naming the file and the column. Row faults are found while streaming and go to rejects/.
+does not fit the generator, a column whose types conflict between files) stop the job before it starts
+with one line naming the file and the column (and the other file, for a conflict). Row faults are found
+while streaming and go to rejects/.
 """
 
 from __future__ import annotations
@@ -84,9 +91,10 @@ class ManifestPlan:
 
     # Every input file, in the job's order (sorted paths): units are done in this order.
     files: tuple[InputFile, ...]
-    # Output schema of the carried columns (id first, normalised to int64 or string; z left out).
+    # Output schema of the carried columns: id first (int64 or string), then the union of every file's
+    # other columns but z, widened to one type each (unify_schemas); the same for every unit of the job.
     carried: pa.Schema
-    # Which per-row override columns the manifest has (same in every file: the schemas must agree).
+    # Which per-row override columns the manifest has (in any file: rows of the others have none).
     has_targets: bool
     has_steps: bool
     has_stop_at_prob: bool
@@ -100,6 +108,23 @@ class ManifestPlan:
     @property
     def num_rows(self) -> int:
         return sum(f.num_rows for f in self.files)
+
+    def conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """A batch read from any file of the job, as the job reads it: the carried columns in the plan's
+        order and types (all null where the file lacks one), then z as stored (rows.py reads either kind).
+        """
+        columns, fields = [], list(self.carried)
+        names = batch.schema.names
+        for f in fields:
+            if f.name not in names:
+                columns.append(pa.nulls(batch.num_rows, f.type))
+                continue
+            column = batch.column(f.name)
+            columns.append(column if column.type == f.type else column.cast(f.type))
+        z = batch.column(Z)
+        columns.append(z)
+        fields.append(pa.field(Z, z.type))
+        return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
 
 
 def _fail(path: Path, message: str) -> ZsteerError:
@@ -241,33 +266,128 @@ def check_file(
     return pa.schema(fields)
 
 
+def _widen_int(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """The narrowest integer type holding every value of both; None for uint64 with a signed type."""
+    signed = [t.bit_width for t in (a, b) if pa.types.is_signed_integer(t)]
+    unsigned = [t.bit_width for t in (a, b) if pa.types.is_unsigned_integer(t)]
+    if not signed:
+        return getattr(pa, f"uint{max(unsigned)}")()
+    width = max(signed + [2 * w for w in unsigned])  # uintN fits in int(2N)
+    return getattr(pa, f"int{width}")() if width <= 64 else None
+
+
+def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """The type that ``a`` and ``b`` both cast to without losing a value, or None (a conflict).
+
+    Lossless widenings only: null to anything, integers to a wider integer, floats to a wider float,
+    string to large_string (binary alike), a dictionary to its values, fixed-size or variable lists to a
+    list of the widened values, maps and structs (same fields) member by member. Integer with float, or
+    anything with a string, is a conflict: float64 cannot hold every int64, and a job that silently
+    turned one file's numbers into text would change the user's data.
+    """
+    if a == b:
+        return a
+    if pa.types.is_null(a) or pa.types.is_null(b):
+        return b if pa.types.is_null(a) else a
+    if pa.types.is_dictionary(a) or pa.types.is_dictionary(b):
+        return widen(
+            a.value_type if pa.types.is_dictionary(a) else a, b.value_type if pa.types.is_dictionary(b) else b
+        )
+    if pa.types.is_integer(a) and pa.types.is_integer(b):
+        return _widen_int(a, b)
+    if pa.types.is_floating(a) and pa.types.is_floating(b):
+        return a if a.bit_width > b.bit_width else b
+    for kinds, large in ((_is_string, pa.large_string()), (_is_binary, pa.large_binary())):
+        if kinds(a) and kinds(b):
+            return large  # they differ, so one of them is large
+    if _is_list(a) and _is_list(b):
+        value = widen(a.value_type, b.value_type)
+        if value is None:
+            return None
+        field = a.value_field.with_type(value).with_nullable(a.value_field.nullable or b.value_field.nullable)
+        if pa.types.is_fixed_size_list(a) and pa.types.is_fixed_size_list(b) and a.list_size == b.list_size:
+            return pa.list_(field, a.list_size)
+        return (
+            pa.large_list(field)
+            if pa.types.is_large_list(a) or pa.types.is_large_list(b)
+            else pa.list_(field)
+        )
+    if pa.types.is_map(a) and pa.types.is_map(b):
+        key, item = widen(a.key_type, b.key_type), widen(a.item_type, b.item_type)
+        return None if key is None or item is None else pa.map_(key, item)
+    if pa.types.is_struct(a) and pa.types.is_struct(b):
+        names = [a.field(i).name for i in range(a.num_fields)]
+        if names != [b.field(i).name for i in range(b.num_fields)]:
+            return None
+        types = [widen(a.field(i).type, b.field(i).type) for i in range(a.num_fields)]
+        if any(t is None for t in types):
+            return None
+        return pa.struct([a.field(i).with_type(t) for i, t in enumerate(types)])
+    return None
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _kind(t: pa.DataType) -> str:
+    """How a conflict names a type: ids as strings or integers, anything else by its Arrow name."""
+    return "strings" if _is_string(t) else "integers" if pa.types.is_integer(t) else str(t)
+
+
+def unify_schemas(files: list[InputFile], schemas: list[pa.Schema]) -> pa.Schema:
+    """One carried schema for the whole job from each file's (check_file): the union of the columns, in
+    order of first appearance, each with the type every file's values widen to; a column that some file
+    lacks is nullable. A conflict is one line naming both files (the later one first).
+    """
+    merged: dict[str, pa.Field] = {}
+    for file, schema in zip(files, schemas, strict=True):
+        for field in schema:
+            old = merged.get(field.name)
+            if old is None:
+                merged[field.name] = field
+                continue
+            wide = widen(old.type, field.type)
+            if wide is None:
+                raise _conflict(files, schemas, file, field)
+            merged[field.name] = old.with_type(wide).with_nullable(old.nullable or field.nullable)
+    for name, field in merged.items():
+        if not all(name in schema.names for schema in schemas):
+            merged[name] = field.with_nullable(True)  # null in the rows of the files without it
+    return pa.schema(list(merged.values()))
+
+
+def _conflict(
+    files: list[InputFile], schemas: list[pa.Schema], file: InputFile, field: pa.Field
+) -> ZsteerError:
+    """The conflict of ``field`` of ``file`` with the earliest file whose own type of it does not widen."""
+    earlier = [
+        (f, s.field(field.name).type)
+        for f, s in zip(files, schemas, strict=True)
+        if f.index < file.index and field.name in s.names
+    ]
+    other, other_type = next(((f, t) for f, t in earlier if widen(t, field.type) is None), earlier[0])
+    here = field.type
+    if field.name == ID:
+        detail = f"holds {_kind(here)} but {_kind(other_type)} in {other.path}; one job needs one kind of id"
+    else:
+        detail = (
+            f"is {here} but {other_type} in {other.path}; no type holds both without loss "
+            "(convert one of the files, or edit them as separate jobs)"
+        )
+    return _fail(file.path, f"column {field.name!r} {detail}")
+
+
 def plan_manifest(
     paths: list[Path],
     shape: ModelShape,
     row_columns: tuple[str, ...] = ROW_COLUMNS,
     output_names: tuple[str, ...] = OUTPUT_COLUMNS,
 ) -> ManifestPlan:
-    """Open every file's footer and check it against the models before any row is edited."""
+    """Open every file's footer, check it against the models and unify the files' schemas, before any
+    row is edited."""
     files = [read_footer(i, p) for i, p in enumerate(paths)]
-    carried: pa.Schema | None = None
-    for file in files:
-        schema = check_file(file, shape, row_columns, output_names)
-        if carried is None:
-            carried, first = schema, file
-            continue
-        if set(schema.names) != set(carried.names):
-            extra = sorted(set(schema.names) ^ set(carried.names))
-            raise _fail(
-                file.path, f"columns differ from {first.path} (at {extra[0]!r}); one job needs one schema"
-            )
-        for name in carried.names:  # the order may differ: columns are read by name
-            if schema.field(name).type != carried.field(name).type:
-                raise _fail(
-                    file.path,
-                    f"column {name!r} is {schema.field(name).type} but {carried.field(name).type} "
-                    f"in {first.path}",
-                )
-    assert carried is not None  # resolve_manifests never returns an empty list
+    carried = unify_schemas(files, [check_file(file, shape, row_columns, output_names) for file in files])
     return ManifestPlan(
         files=tuple(files),
         carried=carried,

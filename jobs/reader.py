@@ -45,7 +45,8 @@ class _Undecodable(Exception):
 
 @dataclass
 class Piece:
-    """A slice of a unit as read: either a record batch, or a reason it could not be read."""
+    """A slice of a unit as read: either a record batch (ManifestPlan.conform's columns), or a reason it
+    could not be read."""
 
     unit: Unit
     offset: int  # index in its file of the piece's first row
@@ -190,6 +191,7 @@ class UnitReader:
             stream.skip_to(first)
             for batch in stream.take(unit.n_rows):
                 n = batch.num_rows
+                batch = self.plan.conform(batch)  # the job's columns and types, whatever the file's
                 yield Piece(unit, unit.start + done, n, done + n == unit.n_rows, batch=batch)
                 done += n
         except _Undecodable as exc:

@@ -202,7 +202,8 @@ class RowValidator:
         )  # fmt: skip
 
     def validate(self, unit: Unit, offset: int, batch: pa.RecordBatch, last: bool) -> RowChunk:
-        """Split ``batch`` (rows ``offset``.. of its file) into rows to edit and rejects."""
+        """Split ``batch`` (rows ``offset``.. of its file, in ``plan.conform``'s columns) into rows to edit
+        and rejects."""
         file: InputFile = self.plan.files[unit.file]
         n, shape, d = batch.num_rows, self.shape, self.defaults
         reasons = Reasons(n)

@@ -676,12 +676,19 @@ def test_mistyped_columns_are_refused_naming_file_and_column(tmp_path, columns, 
 @pytest.mark.parametrize(
     ("b_columns", "fragment"),
     [
-        ({"id": np.arange(3, 5), "z": latents(2), "note": ["x", "y"], "more": [1, 2]}, "columns differ from"),
+        (
+            {"id": np.arange(3, 5), "z": latents(2), "note": [1.5, 2.5]},
+            "column 'note' is double but string in",
+        ),
         ({"id": np.arange(3, 5), "z": latents(2), "note": [1, 2]}, "column 'note' is int64 but string in"),
-        ({"id": ["p", "q"], "z": latents(2), "note": ["x", "y"]}, "column 'id' is string but int64 in"),
+        (
+            {"id": ["p", "q"], "z": latents(2), "note": ["x", "y"]},
+            "column 'id' holds strings but integers in",
+        ),
     ],
 )
-def test_files_of_one_job_must_share_one_schema(tmp_path, models, b_columns, fragment):
+def test_files_of_one_job_must_not_conflict(tmp_path, models, b_columns, fragment):
+    """Conflicts only: columns that unify are tests/test_manifest_union.py's."""
     data = tmp_path / "data"
     write_manifest(data / "a.parquet", {"id": np.arange(3), "z": latents(3), "note": ["a", "b", "c"]})
     b = write_manifest(data / "b.parquet", b_columns)
