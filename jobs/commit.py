@@ -6,9 +6,11 @@ finished, in any order, with no counter shared with other workers: every name co
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pyarrow as pa
 
-from .folder import Commit, JobFolder, unit_stem, write_parquet_atomic
+from .folder import PARTS, REJECTS, Commit, JobFolder, shard_name, write_parquet_atomic
 from .unit import UnitOutput
 
 
@@ -18,28 +20,30 @@ def _shards(table: pa.Table, rows_per_shard: int) -> list[pa.Table]:
 
 
 def commit_unit(folder: JobFolder, output: UnitOutput, rows_per_shard: int) -> Commit:
-    """Write the unit's parts and rejects under temporary names, rename them, then write its marker."""
+    """Write the unit's parts and rejects under temporary names, rename them, then write its marker,
+    which records each file's size and sha256 (checked on resume and by `zsteer verify`)."""
     if output.n_rows != output.unit.n_rows:  # every row of the unit, exactly once
         raise RuntimeError(
             f"unit {output.unit.key}: {output.edited.num_rows} edited + {output.rejects.num_rows} rejected, "
             f"{output.unit.n_rows} in the manifest"
         )
-    stem = unit_stem(output.unit.key)
-    parts, rejects = [], []
-    for k, shard in enumerate(_shards(output.edited, rows_per_shard)):
-        parts.append(f"part-{stem}-{k:03d}.parquet")
-        write_parquet_atomic(shard, folder.parts / parts[-1])
-    for k, shard in enumerate(_shards(output.rejects, rows_per_shard)):
-        rejects.append(f"rejects-{stem}-{k:03d}.parquet")
-        write_parquet_atomic(shard, folder.rejects / rejects[-1])
+    key = output.unit.key
+    files: dict[str, dict] = {}
+    names: dict[str, list[str]] = {PARTS: [], REJECTS: []}
+    for kind, table in ((PARTS, output.edited), (REJECTS, output.rejects)):
+        for k, shard in enumerate(_shards(table, rows_per_shard)):
+            name = shard_name(kind, key, k)
+            files[name] = asdict(write_parquet_atomic(shard, folder.root / kind / name))
+            names[kind].append(name)
     commit = Commit(
         unit=output.unit.key,
-        parts=parts,
-        rejects=rejects,
+        parts=names[PARTS],
+        rejects=names[REJECTS],
         rows=output.n_rows,
         edited=output.edited.num_rows,
         rejected=output.rejects.num_rows,
         stop_reasons=dict(sorted(output.stop_reasons.items())),
+        files=files,
     )
     folder.commit(commit)
     return commit

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 
-from .manifest import InputFile, ManifestPlan
+from .manifest import InputFile, ManifestPlan, footer_hash
 from .rows import Unit
 
 READ_BUFFER = 1 << 20  # bytes read at a time from a column chunk (pyarrow's buffered stream)
@@ -78,17 +78,21 @@ def _read_error(file: InputFile, what: str, exc: BaseException) -> ReadError:
     )
 
 
+def _changed(file: InputFile) -> ReadError:
+    return ReadError(
+        f"{file.path}: changed since the job started (size, modification time or footer differ); nothing "
+        "read from it since was committed: put the original back (with its modification time: cp -p) and run "
+        "the same command to resume, or start a new job with another --out"
+    )
+
+
 def _check_unchanged(file: InputFile, pf: pq.ParquetFile, stat) -> None:
     """Refuse a file written again since the job planned it: its rows are not the rows job.json names."""
     groups = tuple(pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups))
     if (stat.st_size, groups) != (file.size, file.row_groups) or (
         file.mtime_ns and stat.st_mtime_ns != file.mtime_ns
     ):
-        raise ReadError(
-            f"{file.path}: changed since the job started (size, modification time or row groups differ); "
-            "put the original back (with its modification time: cp -p) and run the same command to resume, or start a "
-            "new job with another --out"
-        )
+        raise _changed(file)
 
 
 class _RowGroupStream:
@@ -174,6 +178,26 @@ class UnitReader:
             self._pf, self._pf_index = pf, unit.file
             _check_unchanged(file, pf, stat)
         return self._pf
+
+    def confirm(self, unit: Unit) -> None:
+        """Raise ReadError if the unit's file is not the one the job planned (size, modification time,
+        footer hash): called after a unit's rows are read and before they are committed, so rows read
+        from a file rewritten in place mid-job (``cp other.parquet m.parquet``: the open handle then
+        reads the new bytes under the old footer) are never committed, as rows or as rejects."""
+        file = self.plan.files[unit.file]
+        try:
+            stat = file.path.stat()
+        except OSError as exc:
+            raise _read_error(file, "check it", exc) from None
+        if stat.st_size != file.size or (file.mtime_ns and stat.st_mtime_ns != file.mtime_ns):
+            raise _changed(file)
+        if file.footer_hash:
+            try:
+                digest = footer_hash(file.path)
+            except (OSError, ValueError):  # a footer length that points nowhere: not the planned file
+                digest = None
+            if digest != file.footer_hash:
+                raise _changed(file)
 
     def pieces(self, unit: Unit) -> Iterator[Piece]:
         """The unit's rows in order, as pieces of at most ``read_rows`` rows (or faults)."""

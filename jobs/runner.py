@@ -40,6 +40,7 @@ from .sources import resolve_manifests
 from .summary import RunStats, write_summary
 from .targets import JobTargets, resolve_job_targets
 from .unit import UnitPlan, output_schema
+from .verify import check_commit
 
 log = logging.getLogger("zsteer.jobs")
 # (generator, classifier) -> the Editor of the job; default: the method's, on the configured backend.
@@ -163,7 +164,7 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
                 )
         folder.make()
         folder.write_job({"identity": prep.identity, "runtime": prep.runtime})
-        commits = folder.load_commits()
+        commits = _intact(folder, folder.load_commits())
         removed = folder.remove_orphans(commits)
         units = plan_units(prep.plan, config.unit_rows)
         done = {c.unit for c in commits}
@@ -187,6 +188,31 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
 def _make_editor(config: JobConfig, prep: PreparedJob, editor_factory: EditorFactory | None):
     def make() -> Editor:
         try:
+def _intact(folder: JobFolder, commits: list) -> list:
+    """The commits whose files are all there with the size and sha256 their marker recorded. A damaged
+    unit's marker is withdrawn (one line each), so the unit is done again and the summary counts only
+    rows that are in the output."""
+    intact = []
+    for commit in commits:
+        problems = check_commit(folder, commit)
+        if not problems:
+            intact.append(commit)
+            continue
+        more = f" (and {len(problems) - 1} more of its files)" if len(problems) > 1 else ""
+        log.warning(
+            "%s: %s%s: a committed file of unit %s is damaged; the unit will be done again",
+            problems[0].path, problems[0].what, more, commit.unit,
+        )  # fmt: skip
+        folder.drop_commit(commit)
+    legacy = sum(not c.files for c in intact)
+    if legacy:
+        log.info(
+            "%d unit(s) were committed by a zsteer without checksums: checked by their Parquet row counts only",
+            legacy,
+        )
+    return intact
+
+
             if editor_factory is not None:
                 return editor_factory(prep.generator, prep.classifier)
             return config.method.make_editor(prep.generator, prep.classifier, config.engine, config.backend)

@@ -83,6 +83,7 @@ def _read_unit(plan: UnitPlan, unit: Unit, reader: UnitReader) -> tuple[list[Row
             chunks.append(validator.unreadable(piece.unit, piece.offset, piece.n_rows, piece.fault))
         else:
             chunks.append(validator.validate(piece.unit, piece.offset, piece.batch, piece.last))
+    reader.confirm(unit)  # the file is still the planned one: what was read may be committed
     return chunks, time.perf_counter() - start
 
 
