@@ -35,6 +35,7 @@ from .checkpoints import LoadedModel
 from .compile import compile_step, should_compile
 from .config import AscentConfig, EngineConfig
 from .editor import to_uint8_images
+from .generic_net import build_net
 from .network import EditNet
 
 log = logging.getLogger(__name__)
@@ -133,10 +134,11 @@ def _max_shift(ascent: AscentConfig) -> float:
 def make_engine(
     generator: LoadedModel, classifier: LoadedModel, ascent: AscentConfig, engine: EngineConfig | None = None
 ) -> AscentEngine:
-    """An engine over these models, laid out as the mode needs (exact course modules in lab mode)."""
+    """An engine over these models, laid out as the mode needs (exact course modules in lab mode); imported
+    models run as their exported graphs (generic_net.ModelNet)."""
     engine = engine or EngineConfig()
     fast = engine.fast_layout and not ascent.lab_compat
-    return AscentEngine(EditNet(generator, classifier, fold=fast, channels_last=fast), ascent, engine)
+    return AscentEngine(build_net(generator, classifier, fast), ascent, engine)
 
 
 def torch_backend(
