@@ -22,18 +22,9 @@ from zsteer.jobs.method import method_class, method_names
 from zsteer.jobs.runner import run_job
 from zsteer.kernels.dispatch import triton_available
 from zsteer.pipeline.config import MAX_STEPS, AscentConfig, EngineConfig
-from zsteer.pipeline.loading import ModelSource
 
+from .models import model_options, model_source
 from .paths import check_out_parent
-
-_GEN_OVERRIDES = ("z_dim", "gen_hidden_dim", "gen_im_chan", "gen_n_classes", "gen_kind")
-_CLS_OVERRIDES = ("cls_hidden_dim", "cls_im_chan", "cls_n_classes", "cls_image_size")
-
-
-def _overrides(options: dict, names: tuple[str, ...], prefix: str) -> tuple[tuple[str, object], ...]:
-    """Spec overrides given on the command line, keyed by the spec's field names."""
-    return tuple((name.removeprefix(prefix), options[name]) for name in names if options[name] is not None)
-
 
 def _names(values: tuple[str, ...]) -> tuple[str, ...]:
     """Repeated and/or comma-separated names: --preserve A --preserve B,C."""
@@ -65,23 +56,6 @@ def _edit_options(fn):
                      help="Parquet file, directory (every *.parquet below it) or glob; repeatable."),
         click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
                      help="Job folder. Running the same command again resumes it."),
-        click.option("--generator", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Generator weights (.safetensors + .json, or the course's .pth). Default: demo."),
-        click.option("--classifier", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Classifier weights. Default: the embedded demo classifier."),
-        click.option("--attributes", help="Classifier output names: a file (JSON list or one per line) or "
-                     "'celeba40'. Default: the classifier's own, else celeba40."),
-        click.option("--z-dim", type=click.IntRange(min=1), help="Generator z length (bare .pth files)."),
-        click.option("--gen-hidden-dim", type=click.IntRange(min=1), help="Generator width (bare .pth)."),
-        click.option("--gen-im-chan", type=click.IntRange(min=1), help="Generator image channels (bare .pth)."),
-        click.option("--gen-n-classes", type=click.IntRange(min=0),
-                     help="Classes of a conditional generator (bare .pth); rows then need a label."),
-        click.option("--gen-kind", type=click.Choice(["course_generator", "course_conditional_generator"]),
-                     help="Generator architecture (bare .pth): C1W4B faces or C1W4A conditional MNIST."),
-        click.option("--cls-hidden-dim", type=click.IntRange(min=1), help="Classifier width (bare .pth)."),
-        click.option("--cls-im-chan", type=click.IntRange(min=1), help="Classifier image channels (bare .pth)."),
-        click.option("--cls-n-classes", type=click.IntRange(min=1), help="Classifier outputs (bare .pth)."),
-        click.option("--cls-image-size", type=click.IntRange(min=1), help="Classifier input size (bare .pth)."),
         click.option("--target", "-t", "targets", multiple=True,
                      help="NAME or NAME=WEIGHT (e.g. Smiling, Eyeglasses=-1); repeatable. Rows with a "
                      "'targets' value use theirs instead."),
@@ -152,6 +126,7 @@ def _method(opt: dict):
 
 @click.command()
 @_edit_options
+@model_options
 @click.pass_context
 def edit(ctx, **opt):
     """Edit every latent of the manifest(s) and write the job folder --out.
@@ -188,13 +163,7 @@ def edit(ctx, **opt):
                 rows_per_shard=opt["rows_per_shard"],
                 workers=opt["workers"],
             ),
-            models=ModelSource(
-                generator=opt["generator"],
-                classifier=opt["classifier"],
-                attributes=opt["attributes"],
-                generator_overrides=_overrides(opt, _GEN_OVERRIDES, "gen_"),
-                classifier_overrides=_overrides(opt, _CLS_OVERRIDES, "cls_"),
-            ),
+            models=model_source(opt),
             edit=EditSpec(targets=tuple(opt["targets"]), preserve=preserve),
             method=_method(opt),
             engine=EngineConfig(

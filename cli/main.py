@@ -26,13 +26,14 @@ from .malloc import MALLOC_ENV, reexec_with_malloc_settings
 from .paths import check_out_parent
 
 ERROR_EXIT = 2
-REEXEC_COMMANDS = ("edit", "demo")  # the commands that run the engine for long enough to gain from it
+REEXEC_COMMANDS = ("edit", "demo", "bench")  # the commands that run the engine for long enough to gain from it
 # name -> "module:attribute" of commands imported only when used (their modules import torch).
 LAZY_COMMANDS = {
     "edit": "zsteer.cli.edit:edit",
     "sheet": "zsteer.cli.tools:sheet",
     "demo": "zsteer.cli.tools:demo",
     "export": "zsteer.cli.tools:export",
+    "bench": "zsteer.cli.bench:bench",
     "verify": "zsteer.cli.verify:verify",
 }
 
