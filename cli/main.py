@@ -33,6 +33,7 @@ LAZY_COMMANDS = {
     "sheet": "zsteer.cli.tools:sheet",
     "demo": "zsteer.cli.tools:demo",
     "export": "zsteer.cli.tools:export",
+    "import": "zsteer.cli.model_import:import_",
     "bench": "zsteer.cli.bench:bench",
     "verify": "zsteer.cli.verify:verify",
 }
