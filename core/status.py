@@ -10,12 +10,16 @@ import numpy as np
 
 # ACTIVE: still moving. STEPS_DONE: used its step budget (set by the edit loop, not the kernels).
 ACTIVE, STEPS_DONE, TARGET_REACHED, MAX_SHIFT, NON_FINITE = 0, 1, 2, 3, 4
+# NOT_REACHED: a direction edit's --until-prob search used its strength bound or evaluation budget
+# without the target probability (jobs/direction_method.py); never written by the kernels.
+NOT_REACHED = 5
 STATUS_NAMES = {
     ACTIVE: "active",
     STEPS_DONE: "steps",
     TARGET_REACHED: "target_reached",
     MAX_SHIFT: "max_shift",
     NON_FINITE: "non_finite",
+    NOT_REACHED: "not_reached",
 }
 # The stop_reason strings of a job's output, indexed by code.
 _REASONS = np.array([STATUS_NAMES[i] for i in range(len(STATUS_NAMES))], dtype=object)

@@ -35,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from zsteer.core.errors import ZsteerError
+
 from .manifest import ID, ManifestPlan
 
 # Rows per spill partition: 16 bytes each, so about 64 MiB of pairs sorted at a time.
@@ -47,10 +49,13 @@ def id_keys(ids: pa.Array) -> np.ndarray:
     """[n] int64 keys of non-null ids: the ids themselves, or 64-bit hashes of string ids."""
     if pa.types.is_integer(ids.type):
         return ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    # The bytes as stored (for valid UTF-8, what str.encode gives): an invalid id hashes instead of raising
+    # here; the row is rejected for it (rows.invalid_text).
+    raw = ids.cast(pa.large_binary() if pa.types.is_large_string(ids.type) else pa.binary())
     return np.fromiter(
         (
-            int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
-            for s in ids.to_pylist()
+            int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little", signed=True)
+            for b in raw.to_pylist()
         ),
         dtype=np.int64,
         count=len(ids),
@@ -100,17 +105,47 @@ class DuplicateIndex:
 
 
 def _id_batches(plan: ManifestPlan):
-    """(keys [n], positions [n]) of every non-null id of the job, file by file, in bounded batches."""
+    """(keys [n], positions [n]) of every non-null id of the job, file by file, in bounded batches.
+
+    A row group whose ids cannot be decoded (a corrupt page, a failed page checksum) is left at that
+    point: the reader rejects those rows as unreadable (reader.py), so their ids count for nothing. An
+    error of the system (errno set) stops the job with one line naming the file.
+    """
     for file in plan.files:
-        with pq.ParquetFile(file.path, pre_buffer=False) as pf:
+        try:
+            pf = pq.ParquetFile(file.path, pre_buffer=False, page_checksum_verification=True)
+        except OSError as exc:
+            raise _unreadable(file.path, exc) from None
+        with pf:
             row = 0
-            for batch in pf.iter_batches(batch_size=READ_ROWS, columns=[ID], use_threads=False):
-                ids = batch.column(0).cast(plan.id_type)
-                valid = np.flatnonzero(~ids.is_null().to_numpy(zero_copy_only=False))
-                if len(valid):
-                    kept = ids.take(pa.array(valid)) if len(valid) < len(ids) else ids
-                    yield id_keys(kept), position(file.index, row + valid)
-                row += batch.num_rows
+            for group, rows in enumerate(file.row_groups):
+                batches = pf.iter_batches(
+                    batch_size=READ_ROWS, row_groups=[group], columns=[ID], use_threads=False
+                )
+                done = 0
+                while True:
+                    try:
+                        batch = next(batches, None)
+                    except Exception as exc:  # pyarrow raises OSError for decoding faults too
+                        if isinstance(exc, OSError) and exc.errno is not None:
+                            raise _unreadable(file.path, exc) from None
+                        break
+                    if batch is None:
+                        break
+                    ids = batch.column(0).cast(plan.id_type)
+                    valid = np.flatnonzero(~ids.is_null().to_numpy(zero_copy_only=False))
+                    if len(valid):
+                        kept = ids.take(pa.array(valid)) if len(valid) < len(ids) else ids
+                        yield id_keys(kept), position(file.index, row + done + valid)
+                    done += batch.num_rows
+                row += rows
+
+
+def _unreadable(path: Path, exc: OSError) -> ZsteerError:
+    return ZsteerError(
+        f"{path}: cannot read its ids ({exc.strerror or exc}); nothing was edited yet: make the file "
+        "readable and run the same command again"
+    )
 
 
 def _duplicates_of(keys: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,10 @@ A method is a frozen dataclass holding its own settings. It tells the job:
 - ``output_fields`` / ``output_columns``: the columns it writes after the carried ones;
 - ``make_editor(...)``: the ``Editor`` (pipeline/editor.py) that edits the rows.
 
+Optional members (``row_inputs``, ``needs_targets``, and an EditResult with ``source`` for several
+output rows per input row) let a method read its own per-row columns, run without targets, or expand
+rows (jobs/direction_method.py, jobs/interpolate_method.py); the helpers below give their defaults.
+
 Adding a method is one module with such a class plus one ``register_method`` call (or one entry in
 ``BUILTIN``): docs/ARCHITECTURE.md, "Adding an edit method".
 """
@@ -62,7 +66,10 @@ class EditMethod(Protocol):
 
 
 # name -> "module:attribute" of the methods zsteer ships (imported when first looked up).
-BUILTIN: dict[str, str] = {"ascent": "zsteer.jobs.ascent_method:AscentMethod"}
+BUILTIN: dict[str, str] = {
+    "ascent": "zsteer.jobs.ascent_method:AscentMethod",
+    "direction": "zsteer.jobs.direction_method:DirectionMethod",
+}
 _REGISTERED: dict[str, type] = {}
 
 
@@ -127,3 +134,24 @@ def result_columns(result: EditResult, rows: slice) -> list[pa.Array]:
         pa.array(result.steps_taken[rows].numpy().astype(np.int32)),
         pa.array(stop_reasons(result.status[rows].numpy()), pa.string()),
     ]
+
+
+# ---- optional members, with their defaults ------------------------------------------------------------
+
+
+def row_inputs(method: EditMethod, batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """The method's own per-row inputs from a manifest batch (``method.row_inputs(batch)``, if it has one):
+    name -> [n, ...] array, and {row in the batch: reason} for rows it rejects. Default: none."""
+    hook = getattr(method, "row_inputs", None)
+    return ({}, {}) if hook is None else hook(batch)
+
+
+def needs_targets(method: EditMethod) -> bool:
+    """Whether rows need targets (``--target`` or a ``targets`` column); a method may say not."""
+    return bool(getattr(method, "needs_targets", True))
+
+
+def replaced_columns(method: EditMethod, z_dim: int, n_attributes: int) -> tuple[str, ...]:
+    """Override columns the method reads and writes again (the value it applied): not carried as given."""
+    written = {f.name for f in method.output_fields(z_dim, n_attributes)}
+    return tuple(c for c in method.row_columns if c in written)

@@ -10,8 +10,9 @@ read time only, memory stays bounded.
 
 Faults are of two kinds:
 
-- the data of a row group cannot be decoded part way (a corrupt page, a bad compressed block): not
-  fatal; its remaining rows, in every unit of the row group still to do, become rejects with the reason,
+- the data of a row group cannot be decoded part way (a corrupt page, a bad compressed block, a page
+  whose CRC does not match: files written with page checksums are read with their verification on, so
+  flipped bytes in a page are found instead of edited as a valid row): not fatal; its remaining rows, in every unit of the row group still to do, become rejects with the reason,
   so every row is still accounted for exactly once;
 - the file cannot be opened or read (gone, permission denied, an I/O error of the disk or the network):
   a ``ReadError``, which stops the job with one line naming the file; nothing of the unit was committed,
@@ -171,7 +172,9 @@ class UnitReader:
         if self._pf_index != unit.file:
             self.close()
             try:
-                pf = pq.ParquetFile(file.path, pre_buffer=False, buffer_size=READ_BUFFER)
+                pf = pq.ParquetFile(
+                    file.path, pre_buffer=False, buffer_size=READ_BUFFER, page_checksum_verification=True
+                )
                 stat = file.path.stat()
             except Exception as exc:  # gone or unreadable
                 raise _read_error(file, "open it", exc) from None

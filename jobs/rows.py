@@ -29,6 +29,7 @@ from .manifest import (
     ModelShape,
     Z,
 )
+from .method import EditMethod, needs_targets, row_inputs
 from .targets import TargetParser
 
 
@@ -98,6 +99,8 @@ class RowChunk:
     max_steps: np.ndarray  # [n] int32 step budget per row
     stop_prob: np.ndarray  # [n] float32 stop probability per row, NaN = never
     rejects: pa.Table | None  # rows rejected from this chunk, or None
+    # The method's own per-row inputs of the rows to edit (method.row_inputs): name -> [n, ...].
+    extra: dict[str, np.ndarray] | None = None
 
     @property
     def n_edit(self) -> int:
@@ -169,6 +172,53 @@ def _check_z(column: pa.Array, z_dim: int, reasons: Reasons) -> np.ndarray:
     return z
 
 
+def _has_text(t: pa.DataType) -> bool:
+    """Whether values of type ``t`` hold strings, at any depth (lists, structs, maps, dictionaries)."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return True
+    if pa.types.is_dictionary(t):
+        return _has_text(t.value_type)
+    return any(_has_text(t.field(i).type) for i in range(t.num_fields))
+
+
+def invalid_text(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+    """{column: [n] bool, the rows whose strings are not valid UTF-8} for each column that has such rows.
+
+    Parquet readers do not check the UTF-8 of strings, and decoding one in Python raises mid-job; such a
+    row is rejected, and its value never reaches a shard that another reader would fail on. Whole
+    columns are checked in C++ (``validate(full=True)``); rows one by one only in a column that failed.
+    """
+    bad: dict[str, np.ndarray] = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if not _has_text(column.type):
+            continue
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            bad[name] = np.array([not _valid(column.slice(i, 1)) for i in range(len(column))], bool)
+    return bad
+
+
+def _valid(column: pa.Array) -> bool:
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _without_invalid_text(
+    batch: pa.RecordBatch, bad: dict[str, np.ndarray], reasons: Reasons
+) -> pa.RecordBatch:
+    """``batch`` with the invalid values of ``bad`` nulled (their rows rejected, naming the column)."""
+    columns = list(batch.columns)
+    for name, rows in bad.items():
+        reasons.add(rows, f"column {name!r} holds text that is not valid UTF-8")
+        i = batch.schema.get_field_index(name)
+        columns[i] = pc.if_else(pa.array(rows), pa.scalar(None, columns[i].type), columns[i])
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+
+
 def _int_values(column: pa.Array, fill: int) -> tuple[np.ndarray, np.ndarray]:
     """(values [n] int64 with nulls filled, null mask [n])."""
     return column.fill_null(fill).to_numpy(zero_copy_only=False).astype(np.int64), _mask(column.is_null())
@@ -178,12 +228,19 @@ class RowValidator:
     """Validates pieces of a job's units; each piece on its own (duplicates come from the job's index)."""
 
     def __init__(
-        self, plan: ManifestPlan, shape: ModelShape, defaults: RowDefaults, duplicates: DuplicateIndex
+        self,
+        plan: ManifestPlan,
+        shape: ModelShape,
+        defaults: RowDefaults,
+        duplicates: DuplicateIndex,
+        method: EditMethod | None = None,  # reads its own per-row columns (row_inputs); None: none
     ):
         self.plan = plan
         self.shape = shape
         self.defaults = defaults
         self.duplicates = duplicates
+        self.method = method
+        self.needs_targets = method is None or needs_targets(method)
         self.targets = TargetParser(shape.attributes) if plan.has_targets else None
 
     def unreadable(self, unit: Unit, offset: int, n_rows: int, reason: str) -> RowChunk:
@@ -207,10 +264,14 @@ class RowValidator:
         file: InputFile = self.plan.files[unit.file]
         n, shape, d = batch.num_rows, self.shape, self.defaults
         reasons = Reasons(n)
+        id_null = _mask(batch.column(ID).is_null())
+        reasons.add(id_null, "id is null")
+        bad_text = invalid_text(batch)
+        if bad_text:
+            batch = _without_invalid_text(batch, bad_text, reasons)
+            id_null |= bad_text.get(ID, False)  # an id that is not text is unknown: null in rejects
         ids = batch.column(ID)
         ids = ids.cast(self.plan.id_type)  # int64 or string (safe cast: uint64 was refused)
-        id_null = _mask(ids.is_null())
-        reasons.add(id_null, "id is null")
         z = _check_z(batch.column(Z), shape.z_dim, reasons)
 
         labels = None
@@ -228,7 +289,7 @@ class RowValidator:
                 reasons.add_rows(np.array([i]), text)
             weights = np.where(has_own[:, None], own, weights)
             has_own[list(errors)] = True  # already rejected for its targets: no second reason
-        if not d.weights.any():
+        if not d.weights.any() and self.needs_targets:
             reasons.add(~has_own, "no targets: the row's targets are null and no --target was given")
 
         max_steps = np.full(n, d.steps, np.int32)
@@ -249,6 +310,12 @@ class RowValidator:
             bad = ~null & ~np.isnan(own_p) & ~((own_p > 0) & (own_p < 1))
             reasons.add(bad, lambda i: f"stop_at_prob {own_p[i]} is not in (0, 1) (NaN = never)")
             stop_prob = np.where(null, stop_prob, own_p).astype(np.float32)
+
+        extra: dict[str, np.ndarray] | None = None
+        if self.method is not None:
+            extra, own_reasons = row_inputs(self.method, batch)
+            for i, text in sorted(own_reasons.items()):
+                reasons.add_rows(np.array([i]), text)
 
         # A later copy of an id is rejected whatever else holds for it (duplicates.py has the rule).
         named = np.flatnonzero(~id_null)
@@ -276,6 +343,7 @@ class RowValidator:
             unit=unit, n_rows=n, last=last, carried=self._carried(batch, ids).take(pa.array(keep, pa.int64())),
             z=z[keep], weights=weights, preserve=preserve, labels=None if labels is None else labels[keep],
             max_steps=max_steps[keep], stop_prob=stop_prob[keep], rejects=rejects,
+            extra={k: v[keep] for k, v in extra.items()} if extra else None,
         )  # fmt: skip
 
     def _duplicate_reason(self, value) -> str:

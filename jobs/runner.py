@@ -32,7 +32,7 @@ from .folder import DUPLICATES, JobFolder
 from .identity import differences, job_identity
 from .lock import FolderLock
 from .manifest import ManifestPlan, ModelShape, plan_manifest
-from .method import check_registered
+from .method import check_registered, needs_targets, replaced_columns
 from .progress import Progress
 from .rows import RowDefaults, plan_units
 from .signals import StopFlag
@@ -95,11 +95,17 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     shape = ModelShape(generator.spec.z_dim, generator.spec.n_classes, classifier.attributes)
     method = config.method
     outputs = tuple(f.name for f in method.output_fields(shape.z_dim, len(shape.attributes))) + ("image",)
+    # An override column the method writes again (the value it applied) is read, not a clash.
+    replaced = replaced_columns(method, shape.z_dim, len(shape.attributes))
+    outputs = tuple(name for name in outputs if name not in replaced)
     plan = plan_manifest(
         resolve_manifests(config.manifests, exclude=folder.root), shape, method.row_columns, outputs
     )
     targets = resolve_job_targets(
-        config.edit.targets, config.edit.preserve, shape.attributes, plan.has_targets
+        config.edit.targets,
+        config.edit.preserve,
+        shape.attributes,
+        plan.has_targets or not needs_targets(method),
     )
     identity = job_identity(
         plan, generator, classifier, list(targets.targets), list(targets.preserve) if targets.preserve else None,

@@ -14,10 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from zsteer.core.errors import ZsteerError
-from zsteer.pipeline.attributes import parse_target, resolve_attribute
+from zsteer.pipeline.attributes import FLOAT32_MAX, parse_target, resolve_attribute
 from zsteer.pipeline.engine import target_vector
 
 CACHE_LIMIT = 4096  # distinct override values kept; a manifest with more just parses again
+# Longest JSON `targets` string parsed: a few dozen attributes take well under 1 kB; more is not a target
+# list, and parsing megabytes per row would stall the job.
+MAX_JSON_CHARS = 65536
 
 
 @dataclass(frozen=True)
@@ -68,26 +71,34 @@ class TargetParser:
                 return f"targets: attribute name {name!r} is not a string"
             if isinstance(weight, bool) or not isinstance(weight, int | float):
                 return f"targets: weight of {name!r} is not a number ({weight!r})"
-            if not math.isfinite(weight):
-                return f"targets: weight of {name!r} is not finite"
+            if not math.isfinite(weight) or abs(weight) > FLOAT32_MAX:
+                return f"targets: weight of {name!r} is not a finite float32 ({weight!r})"
             try:
                 targets.append((resolve_attribute(name, self.attributes, where="targets"), float(weight)))
             except ZsteerError as exc:
                 return str(exc)
         vector = target_vector(targets, len(self.attributes)).numpy()
+        if not np.isfinite(vector).all():  # one attribute named twice, its weights summing past float32
+            return "targets: the weights of an attribute named more than once add up past float32's range"
         if not vector.any():
             return "targets: no attribute with a non-zero weight"
         return vector
 
     def _parse_value(self, value) -> np.ndarray | str:
         if isinstance(value, str):
+            if len(value) > MAX_JSON_CHARS:
+                return f"targets: {len(value)} characters of JSON, more than {MAX_JSON_CHARS} (one name per attribute)"
             try:
                 obj = json.loads(value)
             except json.JSONDecodeError as exc:
                 return f"targets: not valid JSON ({exc.msg})"
+            except RecursionError:  # json nests by recursion: [[[[...]]]] 100,000 deep
+                return 'targets: JSON nested too deeply (expected a flat object like {"Smiling": 1})'
             if not isinstance(obj, dict):
                 return 'targets: expected a JSON object like {"Smiling": 1}'
             return self._pairs_to_vector(obj.items())
+        if any(item is None for item in value):
+            return "targets: an element of the list is null (expected a name and a weight)"
         if value and isinstance(value[0], dict):  # list<struct<name, weight>>
             return self._pairs_to_vector((item["name"], item["weight"]) for item in value)
         return self._pairs_to_vector(value)  # map<string, number> -> [(key, value), ...]
@@ -108,7 +119,12 @@ class TargetParser:
             key = value if isinstance(value, str) else _freeze(value)
             parsed = self._cache.get(key)
             if parsed is None:
-                parsed = self._parse_value(value)
+                try:
+                    parsed = self._parse_value(value)
+                except (TypeError, ValueError, KeyError, IndexError, RecursionError) as exc:
+                    # A shape of value no check above foresaw: the row is rejected, never the job stopped
+                    # (a row that raised here would stop every resume at the same row).
+                    parsed = f"targets: unusable value ({type(exc).__name__}: {exc})"
                 if len(self._cache) >= CACHE_LIMIT:
                     self._cache.clear()
                 self._cache[key] = parsed
@@ -122,4 +138,7 @@ class TargetParser:
 
 def _freeze(value) -> tuple:
     """A hashable form of a map (list of pairs) or list-of-struct value, for the cache."""
-    return tuple(tuple(item.values()) if isinstance(item, dict) else tuple(item) for item in value)
+    return tuple(
+        None if item is None else tuple(item.values()) if isinstance(item, dict) else tuple(item)
+        for item in value
+    )

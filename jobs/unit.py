@@ -27,7 +27,7 @@ from zsteer.pipeline.editor import EditBatch, Editor
 from .duplicates import DuplicateIndex
 from .encode import DeferredPNGs
 from .manifest import ManifestPlan, ModelShape
-from .method import EditMethod
+from .method import EditMethod, replaced_columns
 from .reader import UnitReader
 from .rows import RowChunk, RowDefaults, RowValidator, Unit, reject_schema
 
@@ -57,26 +57,36 @@ class UnitOutput:
 
     unit: Unit
     edited: pa.Table  # [e] rows of the output schema
-    rejects: pa.Table  # [r] rows of the reject schema; e + r == unit.n_rows
+    rejects: pa.Table  # [r] rows of the reject schema; inputs + r == unit.n_rows
     stop_reasons: dict[str, int]
     seconds: Counter = field(default_factory=Counter)  # per stage: read, compute, encode, tables
     encoder_peak_mb: float = 0.0
+    # Input rows edited, where a method writes several output rows per input row (EditResult.source);
+    # None = one each, so the edited table's rows.
+    inputs: int | None = None
 
     @property
     def n_rows(self) -> int:
-        return self.edited.num_rows + self.rejects.num_rows
+        """Input rows the unit accounts for: edited and rejected."""
+        edited = self.edited.num_rows if self.inputs is None else self.inputs
+        return edited + self.rejects.num_rows
 
 
 def output_schema(plan_carried: pa.Schema, method: EditMethod, shape: ModelShape, images: bool) -> pa.Schema:
-    """id and the carried columns, the method's columns, then `image` (PNG bytes) when images are on."""
-    fields = list(plan_carried) + method.output_fields(shape.z_dim, len(shape.attributes))
+    """id and the carried columns, the method's columns, then `image` (PNG bytes) when images are on.
+
+    An override column the method writes again (``replaced_columns``: the value it applied) is not carried.
+    """
+    replaced = replaced_columns(method, shape.z_dim, len(shape.attributes))
+    fields = [f for f in plan_carried if f.name not in replaced]
+    fields += method.output_fields(shape.z_dim, len(shape.attributes))
     if images:
         fields.append(pa.field("image", pa.binary()))
     return pa.schema(fields)
 
 
 def _read_unit(plan: UnitPlan, unit: Unit, reader: UnitReader) -> tuple[list[RowChunk], float]:
-    validator = RowValidator(plan.manifest, plan.shape, plan.defaults, plan.duplicates)
+    validator = RowValidator(plan.manifest, plan.shape, plan.defaults, plan.duplicates, plan.method)
     start, chunks = time.perf_counter(), []
     for piece in reader.pieces(unit):
         if piece.fault is not None:
@@ -95,9 +105,11 @@ def _rows_to_edit(chunks: list[RowChunk]) -> tuple[pa.Table, EditBatch]:
         parts = [getattr(c, name) for c in keep]
         return None if parts[0] is None else np.concatenate(parts)
 
+    extras = [c.extra for c in keep if c.extra]
+    extra = {k: np.concatenate([e[k] for e in extras]) for k in extras[0]} if extras else None
     batch = EditBatch(
         z=cat("z"), weights=cat("weights"), preserve=cat("preserve"), labels=cat("labels"),
-        max_steps=cat("max_steps"), stop_prob=cat("stop_prob"),
+        max_steps=cat("max_steps"), stop_prob=cat("stop_prob"), extra=extra,
     )  # fmt: skip
     return pa.concat_tables([c.carried for c in keep]), batch
 
@@ -132,6 +144,12 @@ def process_unit(
     if on_rows is not None and n_rejected:
         on_rows(n_rejected)
     carried, rows = _rows_to_edit(chunks)
+    replaced = [
+        c
+        for c in replaced_columns(plan.method, plan.shape.z_dim, len(plan.shape.attributes))
+        if c in carried.column_names
+    ]
+    carried = carried.drop_columns(replaced) if replaced else carried  # written again by the method
     n = rows.n_rows
     batches = []  # (rows, EditResult, PNG future or None)
     for start in range(0, n, plan.batch_size):
@@ -147,7 +165,10 @@ def process_unit(
             on_rows(stop - start)
     tables, status, peak = [], [], 0.0
     for span, result, pngs in batches:
-        columns = list(carried.slice(span.start, span.stop - span.start).columns)
+        rows_carried = carried.slice(span.start, span.stop - span.start)
+        if result.source is not None:  # several output rows per input row, in the input's order
+            rows_carried = rows_carried.take(pa.array(result.source.numpy(), pa.int64()))
+        columns = list(rows_carried.columns)
         columns += plan.method.output_columns(result, slice(None))
         if pngs is not None:
             t0 = time.perf_counter()
@@ -163,4 +184,5 @@ def process_unit(
         pa.concat_tables(rejects) if rejects else reject_schema(plan.manifest.id_type).empty_table()
     )
     reasons = count_stop_reasons(np.concatenate(status)) if status else {}
-    return UnitOutput(unit, edited, reject_table, reasons, seconds, peak)
+    expanded = any(result.source is not None for _, result, _ in batches)
+    return UnitOutput(unit, edited, reject_table, reasons, seconds, peak, n if expanded else None)

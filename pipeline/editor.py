@@ -30,6 +30,9 @@ class EditBatch:
     labels: Rows | None = None  # [N] int64 class of each row (conditional generators)
     max_steps: Rows | None = None  # [N] int32 step budget per row
     stop_prob: Rows | None = None  # [N] float32 stop probability per row, NaN = never
+    # A method's own per-row inputs, read from its manifest columns (jobs/method.py, ``row_inputs``):
+    # name -> [N, ...] array; None when the method reads none.
+    extra: dict[str, Rows] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -37,7 +40,11 @@ class EditBatch:
 
     def slice(self, start: int, stop: int) -> EditBatch:
         """Rows [start, stop) of every field (None stays None)."""
-        return EditBatch(**{f.name: cut_rows(getattr(self, f.name), start, stop) for f in fields(self)})
+        cut = {
+            f.name: cut_rows(getattr(self, f.name), start, stop) for f in fields(self) if f.name != "extra"
+        }
+        extra = None if self.extra is None else {k: v[start:stop] for k, v in self.extra.items()}
+        return EditBatch(**cut, extra=extra)
 
 
 def cut_rows(x: Rows | None, start: int, stop: int) -> Rows | None:
@@ -56,11 +63,18 @@ class EditResult:
     steps_taken: torch.Tensor  # [N] int32 updates applied (that moved z)
     status: torch.Tensor  # [N] int32 stop codes (zsteer.core.status)
     images: torch.Tensor | None  # [N, H, W, C] uint8, or None when not rendered
+    # A method that writes several rows per input row (an alpha strip, interpolation frames): [M] int64,
+    # the input row (in the batch) each of the M result rows belongs to, in order. None = one row each.
+    source: torch.Tensor | None = None
 
     @staticmethod
     def concat(parts: list[EditResult]) -> EditResult:
-        """The results of consecutive batches as one."""
+        """The results of consecutive batches as one (of one row per input row: ``source`` is None)."""
         first = parts[0]
+        if any(p.source is not None for p in parts):
+            raise ValueError(
+                "EditResult.concat: results with several rows per input row are not concatenated"
+            )
         return EditResult(
             **{
                 f.name: None

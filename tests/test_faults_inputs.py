@@ -7,8 +7,11 @@ import shutil
 import threading
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
-from jobkit import job_config, latents, read_parts, read_rejects, write_manifest
+from jobkit import job_config, latents, read_parts, read_rejects, reasons_by_row, write_manifest
 
 from zsteer.core.errors import ZsteerError
 from zsteer.jobs import local
@@ -70,3 +73,130 @@ def test_a_manifest_overwritten_in_place_mid_job_stops_it_and_nothing_of_it_is_c
     shutil.copy2(saved, manifest)
     assert run_job(config).status == "complete"
     assert read_parts(out).equals(read_parts(ref))
+
+
+def _flip_in_column_chunk(path, row_group: int, column: str) -> None:
+    """Flip one byte near the end of a column chunk (in its values, past the page header)."""
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(j).path for j in range(meta.num_columns)]
+    chunk = meta.row_group(row_group).column(
+        next(j for j, n in enumerate(names) if n.split(".")[0] == column)
+    )
+    data = bytearray(path.read_bytes())
+    data[chunk.data_page_offset + chunk.total_compressed_size - 9] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_a_page_failing_its_checksum_makes_its_row_group_rejects(tmp_path, job_models, reference):
+    """A manifest written with page CRCs, one byte of a z page flipped: without verification the altered
+    row is edited as valid; with it, the rows of that row group are rejects that say why."""
+    _, saved, ref = reference
+    manifest = tmp_path / "m.parquet"
+    table = pq.read_table(saved)
+    pq.write_table(
+        table,
+        manifest,
+        row_group_size=100,
+        write_page_checksum=True,
+        compression="none",
+        use_dictionary=False,
+    )
+    _flip_in_column_chunk(manifest, 1, "z")
+    assert not pq.read_table(manifest).equals(table)  # read without verification: silently other values
+    out = tmp_path / "job"
+    assert run_job(_config(manifest, out, job_models)).status == "complete"
+    reasons = reasons_by_row(out)
+    assert sorted(reasons) == list(range(100, 200))
+    assert all("row group unreadable" in r and "CRC" in r for r in reasons.values()), set(reasons.values())
+    kept = read_parts(ref).filter(
+        pc.invert(pc.is_in(read_parts(ref).column("id"), pa.array(range(100, 200))))
+    )
+    assert read_parts(out).equals(kept)
+
+
+def test_a_page_of_ids_failing_its_checksum_is_rejected_not_a_crash_of_the_duplicate_scan(
+    tmp_path, job_models, reference
+):
+    _, saved, _ = reference
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(
+        pq.read_table(saved), manifest, row_group_size=100, write_page_checksum=True, compression="none",
+        use_dictionary=False,
+    )  # fmt: skip
+    _flip_in_column_chunk(manifest, 2, "id")
+    out = tmp_path / "job"
+    assert run_job(_config(manifest, out, job_models)).status == "complete"
+    assert sorted(reasons_by_row(out)) == list(range(200, 300))
+    assert sorted(read_parts(out).column("id").to_pylist()) == list(range(200))
+
+
+def _as_text(values: list[bytes | None]) -> pa.Array:
+    """A string array holding exactly these bytes (pyarrow does not check UTF-8 when building one)."""
+    raw = pa.array(values, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers(), raw.null_count)
+
+
+TARGET_TYPE = pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64())]))
+
+
+@pytest.mark.parametrize(
+    "targets, type_, fragment",
+    [
+        ([{"name": "attr1", "weight": 1.0}, None], TARGET_TYPE, "an element of the list is null"),
+        ([None], TARGET_TYPE, "an element of the list is null"),
+        ([], TARGET_TYPE, "no attribute with a non-zero weight"),
+        ("[" * 30_000 + "]" * 30_000, pa.string(), "nested too deeply"),
+        ('{"attr1": ' + "[" * 60_000, pa.string(), "targets:"),
+        ("[" * 100_000 + "]" * 100_000, pa.string(), "more than 65536"),
+        ('{"attr1": 1e39}', pa.string(), "not a finite float32"),
+        ([("attr1", 3e38), ("attr1", 3e38)], pa.map_(pa.string(), pa.float64()), "past float32's range"),
+        ('{"attr1": 1, "x": "' + "a" * 70_000 + '"}', pa.string(), "more than 65536"),
+    ],
+)
+def test_hostile_targets_values_are_rejects_and_the_job_finishes(
+    tmp_path, job_models, targets, type_, fragment
+):
+    n = 6
+    column = [None] * n
+    column[3] = targets
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table({"id": pa.array(range(n), pa.int64()), "z": pa.array(list(latents(n)), pa.list_(pa.float32())),
+                  "targets": pa.array(column, type_)}),
+        manifest,
+    )  # fmt: skip
+    out = tmp_path / "job"
+    assert run_job(_config(manifest, out, job_models)).status == "complete"
+    reasons = reasons_by_row(out)
+    assert list(reasons) == [3] and fragment in reasons[3], reasons
+    assert len(reasons[3]) < 300
+    assert sorted(read_parts(out).column("id").to_pylist()) == [0, 1, 2, 4, 5]
+
+
+def test_text_that_is_not_utf8_is_rejected_naming_the_column(tmp_path, job_models):
+    """String ids, carried text and JSON targets with bytes that are not UTF-8: those rows are rejects
+    (id null where the id itself is the bad value), every other row is edited, shards read back."""
+    n = 8
+    ids = [f"row{i}".encode() for i in range(n)]
+    ids[2] = b"bad\xff\xfeid"
+    notes = [b"fine"] * n
+    notes[5] = b"\xc3\x28"
+    targets = [None] * n
+    targets[6] = b'{"attr1\xff": 1}'
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table({"id": _as_text(ids), "z": pa.array(list(latents(n)), pa.list_(pa.float32())),
+                  "note": _as_text(notes), "targets": _as_text(targets)}),
+        manifest,
+    )  # fmt: skip
+    out = tmp_path / "job"
+    assert run_job(_config(manifest, out, job_models)).status == "complete"
+    rejects = read_rejects(out)  # reads back: nothing invalid was written
+    got = dict(zip(rejects.column("row").to_pylist(), rejects.column("reason").to_pylist(), strict=True))
+    assert got == {
+        2: "column 'id' holds text that is not valid UTF-8",
+        5: "column 'note' holds text that is not valid UTF-8",
+        6: "column 'targets' holds text that is not valid UTF-8",
+    }
+    assert rejects.column("id").to_pylist() == [None, "row5", "row6"]
+    assert read_parts(out).column("id").to_pylist() == ["row0", "row1", "row3", "row4", "row7"]
