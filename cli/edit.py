@@ -26,6 +26,7 @@ from zsteer.pipeline.config import MAX_STEPS, AscentConfig, EngineConfig
 from .models import model_options, model_source
 from .paths import check_out_parent
 
+
 def _names(values: tuple[str, ...]) -> tuple[str, ...]:
     """Repeated and/or comma-separated names: --preserve A --preserve B,C."""
     return tuple(n.strip() for value in values for n in value.split(",") if n.strip())
@@ -99,7 +100,17 @@ def _edit_options(fn):
         click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
                      help="Runtime of the edit; onnxruntime needs the 'cpu' or 'gpu' extra."),
         click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
-                     help="Who runs the job's units (local: threads on this machine)."),
+                     help="Who runs the job's units (local: threads on this machine; ray: actors on a Ray "
+                     "cluster, needs the 'ray' extra)."),
+        click.option("--ray-address", help="With --executor ray: 'auto' (the cluster `ray start` made here) or "
+                     "ray://host:port. Default: a local Ray instance started for the job."),
+        click.option("--num-workers", type=click.IntRange(min=1),
+                     help="With --executor ray: worker actors. Default: as many as the cluster holds."),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0),
+                     help="With --executor ray: GPUs per worker (0: CPU workers; fractions share a GPU)."),
+        click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True),
+                     help="With --executor ray: CPUs per worker (its torch threads and PNG encoders). "
+                     "Default: 1."),
         click.option("--onnx-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="With --backend onnxruntime: run the graphs `zsteer export` wrote there."),
         click.option("--cpu-fallback", is_flag=True,
@@ -110,6 +121,21 @@ def _edit_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+_RAY_OPTIONS = {"ray_address": "address", "num_workers": "num_workers",
+                "gpus_per_worker": "gpus_per_worker", "cpus_per_worker": "cpus_per_worker"}  # fmt: skip
+
+
+def _executor_options(opt: dict) -> tuple[tuple[str, object], ...]:
+    """The --executor's options given on the command line; a Ray option without --executor ray is refused."""
+    given = {flag: opt[flag] for flag in _RAY_OPTIONS if opt[flag] is not None}
+    if given and opt["executor"] != "ray":
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise ZsteerError(
+            f"{flag}: only with --executor ray (the {opt['executor']} executor takes no such option)"
+        )
+    return tuple((_RAY_OPTIONS[flag], value) for flag, value in given.items())
 
 
 def _method(opt: dict):
@@ -174,6 +200,7 @@ def edit(ctx, **opt):
             ),
             backend=BackendConfig(opt["backend"], opt["onnx_dir"], opt["threads"], opt["cpu_fallback"]),
             executor=opt["executor"],
+            executor_options=_executor_options(opt),
             read_rows=opt["read_rows"],
             unit_rows=opt["unit_rows"],
         )

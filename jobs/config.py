@@ -72,8 +72,12 @@ class JobConfig:
     engine: EngineConfig = EngineConfig()
     # The runtime that executes the method's editor (torch, onnxruntime): speed only.
     backend: BackendConfig = BackendConfig()
-    # Who runs the units: a name in executor.EXECUTORS ("local": threads on this machine). Speed only.
+    # Who runs the units: a name in executor.EXECUTORS ("local": threads on this machine, "ray": actors
+    # on a Ray cluster). Speed only, never identity: a job started by one executor may be resumed by another.
     executor: str = "local"
+    # Keyword options of the executor's class, as (name, value) pairs (ray: address, num_workers,
+    # gpus_per_worker, cpus_per_worker). Speed only; recorded in job.json's runtime.
+    executor_options: tuple[tuple[str, object], ...] = ()
     # Rows per read from a row group: bounds memory whatever the manifest's row-group size.
     read_rows: int = 4096
     # Rows per unit of work and of resume: row groups are cut into units of at most this many rows,

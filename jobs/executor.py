@@ -41,13 +41,20 @@ class JobWork:
 
 
 class Executor(Protocol):
+    def check(self, config) -> None:
+        """Refuse (ZsteerError, one line) job settings it cannot honour; called before anything is written."""
+        ...
+
     def run(self, work: JobWork) -> None:
         """Run ``work.units``; returns when each is committed or dropped (stopped), raises what failed."""
         ...
 
 
 # name -> "module:attribute" of an executor class (constructed with its options).
-EXECUTORS: dict[str, str] = {"local": "zsteer.jobs.local:LocalExecutor"}
+EXECUTORS: dict[str, str] = {
+    "local": "zsteer.jobs.local:LocalExecutor",
+    "ray": "zsteer.jobs.ray_executor:RayExecutor",
+}
 
 
 def executor_class(name: str) -> type:
@@ -56,3 +63,14 @@ def executor_class(name: str) -> type:
     except KeyError:
         raise ZsteerError(f"--executor {name}: unknown executor; known: {', '.join(EXECUTORS)}") from None
     return getattr(importlib.import_module(module), attr)
+
+
+def make_executor(config) -> Executor:
+    """The executor ``config`` (a JobConfig) names, built with its options and checked against the job."""
+    cls = executor_class(config.executor)
+    try:
+        executor = cls(**dict(config.executor_options))
+    except (TypeError, ValueError) as exc:
+        raise ZsteerError(f"--executor {config.executor}: {exc}") from None
+    executor.check(config)
+    return executor

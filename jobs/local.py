@@ -58,6 +58,9 @@ class LocalExecutor:
     # Units in flight: 2 lets one thread edit while the other does everything else; more only adds memory.
     threads: int = 2
 
+    def check(self, config) -> None:
+        """Every setting of a job runs here."""
+
     def run(self, work: JobWork) -> None:
         editor = SerializedEditor(work.make_editor())
         encoder = Encoder(work.png_workers if work.plan.images else 0)

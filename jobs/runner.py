@@ -27,12 +27,12 @@ from zsteer.pipeline.loading import load_models
 
 from .config import JobConfig
 from .duplicates import DuplicateIndex, find_duplicates
-from .executor import JobWork, executor_class
+from .executor import Executor, JobWork, make_executor
 from .folder import DUPLICATES, JobFolder
 from .identity import differences, job_identity
 from .lock import FolderLock
 from .manifest import ManifestPlan, ModelShape, plan_manifest
-from .method import check_registered, needs_targets, replaced_columns
+from .method import check_registered
 from .progress import Progress
 from .rows import RowDefaults, plan_units
 from .signals import StopFlag
@@ -74,6 +74,7 @@ class PreparedJob:
     targets: JobTargets
     identity: dict
     runtime: dict
+    executor: Executor  # built and checked against the job's settings before anything is written
 
 
 def _check_device(device: str) -> None:
@@ -91,21 +92,16 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     folder.check_fresh_or_job()
     check_registered(config.method)
     _check_device(config.engine.device)
+    executor = make_executor(config)
     generator, classifier = load_models(config.models)
     shape = ModelShape(generator.spec.z_dim, generator.spec.n_classes, classifier.attributes)
     method = config.method
     outputs = tuple(f.name for f in method.output_fields(shape.z_dim, len(shape.attributes))) + ("image",)
-    # An override column the method writes again (the value it applied) is read, not a clash.
-    replaced = replaced_columns(method, shape.z_dim, len(shape.attributes))
-    outputs = tuple(name for name in outputs if name not in replaced)
     plan = plan_manifest(
         resolve_manifests(config.manifests, exclude=folder.root), shape, method.row_columns, outputs
     )
     targets = resolve_job_targets(
-        config.edit.targets,
-        config.edit.preserve,
-        shape.attributes,
-        plan.has_targets or not needs_targets(method),
+        config.edit.targets, config.edit.preserve, shape.attributes, plan.has_targets
     )
     identity = job_identity(
         plan, generator, classifier, list(targets.targets), list(targets.preserve) if targets.preserve else None,
@@ -115,13 +111,14 @@ def prepare_job(config: JobConfig) -> PreparedJob:
         "engine": asdict(config.engine),
         "backend": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config.backend).items()},
         "executor": config.executor,
+        "executor_options": {k: v for k, v in config.executor_options},
         "rows_per_shard": config.output.rows_per_shard,
         "workers": config.output.workers,
         "read_rows": config.read_rows,
         "generator_path": generator.path,
         "classifier_path": classifier.path,
     }
-    return PreparedJob(folder, plan, shape, generator, classifier, targets, identity, runtime)
+    return PreparedJob(folder, plan, shape, generator, classifier, targets, identity, runtime, executor)
 
 
 def unit_plan(config: JobConfig, prep: PreparedJob, duplicates: DuplicateIndex) -> UnitPlan:
@@ -233,7 +230,7 @@ def _run(config, prep, plan, commits, todo, n_units, previous, editor_factory) -
     commits = list(commits)
     stats = RunStats()
     progress = Progress(prep.plan.num_rows, sum(c.rows for c in commits), config.progress_seconds)
-    executor = executor_class(config.executor)()
+    executor = prep.executor
     stop = StopFlag(config.handle_signals)
     try:
         with stop:

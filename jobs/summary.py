@@ -24,6 +24,9 @@ class RunStats:
         self.edited = 0
         self.rejected = 0
         self.encoder_peak_mb = 0.0  # largest peak of the PNG encoder processes (0: none ran)
+        # Per-worker counts and rates of an executor with workers on other processes or nodes (ray):
+        # name -> {node, units, rows, edited, seconds, latents_per_second}; empty for the local one.
+        self.workers: dict[str, dict] = {}
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
@@ -54,6 +57,7 @@ class RunStats:
             "latents_per_second": round(self.edited / wall, 2) if wall > 0 else 0.0,
             "peak_rss_mb": peak_rss_mb(),
             "encoder_peak_rss_mb": self.encoder_peak_mb,
+            **({"workers": self.workers} if self.workers else {}),
         }
 
 

@@ -1,0 +1,375 @@
+"""The Ray executor: a job's units run by a pool of Ray actors, each holding the job's editor.
+
+    driver      plan, duplicate index, job.json (runner.py) | hands units to actors | summary.json
+    actor i     editor built once (models shipped once) | process_unit + commit_unit per unit
+
+Ray Core actors, not Ray Data. zsteer's unit is the thing that commits: one unit = one task whose
+result is its commit marker. Ray Data's ``map_batches`` cuts the input into blocks of its own choosing,
+drops failed blocks when ``max_errored_blocks > 0`` and has no notion of a commit, so its blocks would
+have to be mapped back onto units anyway. With actors, a unit is one actor task: an actor that dies is
+restarted by Ray (``max_restarts``) and the tasks it held are retried (``max_task_retries``), and a
+retried unit writes the same files under the same names, its marker last (jobs/commit.py), so it counts
+once. Ray Data also streams through a read task that needs its own CPU (on 2 CPUs with two actors it
+waited forever: issue 15); here each actor reads its own units, so there is no task to starve.
+
+Each actor runs the local executor's arrangement in one process: ``UNITS_PER_WORKER`` units at once on
+Ray's actor threads, sharing one editor whose batches run on one compute thread (``SerializedEditor``),
+so one unit computes while the other reads, encodes and writes. The driver keeps at most that many units
+in flight per actor, so its memory does not grow with the manifest: what comes back is one commit marker
+and a few numbers per unit.
+
+The job folder and the manifests must be at paths every node can reach (a shared file system): each
+actor checks that it sees job.json before it takes work, and says so in one line otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zsteer.core.errors import ZsteerError
+
+from .commit import commit_unit
+from .executor import JobWork
+from .folder import Commit, JobFolder
+from .local import SerializedEditor
+from .reader import UnitReader
+from .rows import Unit
+from .unit import UnitCancelled, UnitPlan, process_unit
+
+# Units an actor runs at once: 2, as the local executor's threads (one computes while the other reads,
+# encodes and writes); more only adds memory.
+UNITS_PER_WORKER = 2
+POLL_SECONDS = 1.0  # the driver wakes at least this often to see a stop signal (never blocks on a get)
+EXTRA_HINT = "pip install 'zsteer[ray]'"
+
+
+def import_ray():
+    """The ray module, or a one-line error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise ZsteerError(
+            f"--executor ray: ray is not installed; install the 'ray' extra: {EXTRA_HINT}"
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What an actor needs besides the plan and the editor factory (small, sent with each actor)."""
+
+    out: str  # the job folder, as every node sees it
+    rows_per_shard: int  # most rows per output file
+    png_workers: int  # PNG encoder processes inside the actor (0: encode in the unit's thread)
+    torch_threads: int  # torch CPU threads of the actor's process (its CPU share)
+    name: str  # "worker-3": how summary.json names it
+
+
+@dataclass
+class UnitDone:
+    """What an actor sends back for a committed unit: the marker and what the unit cost."""
+
+    commit: Commit
+    worker: str  # WorkerSpec.name
+    node: str  # host name of the node it ran on
+    seconds: dict[str, float] = field(default_factory=dict)  # read, compute, encode, write
+    encoder_peak_mb: float = 0.0
+
+
+class UnitWorker:
+    """The body of one Ray actor (made remote by ``RayExecutor``, so importing this needs no ray)."""
+
+    def __init__(self, plan: UnitPlan, make_editor, spec: WorkerSpec):
+        import torch
+
+        from .encode import Encoder
+
+        torch.set_num_threads(spec.torch_threads)  # the actor owns its process: its CPU share, no more
+        self.plan, self.spec = plan, spec
+        self.folder = JobFolder(Path(spec.out))
+        if not self.folder.job_json.exists():
+            raise ZsteerError(
+                f"--out {spec.out}: not visible on node {socket.gethostname()}; with --executor ray the job "
+                "folder (and the manifests) must be on storage every node mounts at the same path"
+            )
+        self.editor = SerializedEditor(make_editor())
+        self.encoder = Encoder(spec.png_workers if plan.images else 0)
+        self.local = threading.local()  # each actor thread keeps its reader (and open file) across units
+
+    def ready(self) -> str:
+        return socket.gethostname()
+
+    def run_unit(self, unit: Unit) -> UnitDone | None:
+        """process_unit + commit_unit; None when the driver cancelled the unit (nothing committed)."""
+        import ray
+
+        if not hasattr(self.local, "reader"):
+            self.local.reader = UnitReader(self.plan.manifest, self.plan.read_rows)
+        context = ray.get_runtime_context()
+        try:
+            output = process_unit(
+                self.plan, unit, self.editor, reader=self.local.reader, encode=self.encoder.submit,
+                cancelled=context.is_canceled,
+            )  # fmt: skip
+        except UnitCancelled:
+            return None
+        start = time.perf_counter()
+        commit = commit_unit(self.folder, output, self.spec.rows_per_shard)
+        seconds = {stage: output.seconds[stage] for stage in ("read", "compute", "encode")}
+        seconds["write"] = time.perf_counter() - start
+        return UnitDone(commit, self.spec.name, socket.gethostname(), seconds, output.encoder_peak_mb)
+
+
+class WorkerStats:
+    """Per-worker figures of one run, for summary.json's per-worker rates.
+
+    A worker's rate is its edited rows over the seconds from the start of the run to its last commit:
+    its units overlap (UNITS_PER_WORKER at once), so the sum of their seconds would undercount it.
+    """
+
+    def __init__(self):
+        self.workers: dict[str, dict] = {}
+        self._t0 = time.perf_counter()
+
+    def add(self, done: UnitDone) -> None:
+        w = self.workers.setdefault(
+            done.worker, {"node": done.node, "units": 0, "rows": 0, "edited": 0, "seconds": 0.0}
+        )
+        w["node"] = done.node  # a restarted actor may come back on another node
+        w["units"] += 1
+        w["rows"] += done.commit.rows
+        w["edited"] += done.commit.edited
+        w["seconds"] = time.perf_counter() - self._t0
+
+    def as_dict(self) -> dict[str, dict]:
+        """Each worker's counts, seconds to its last commit, and latents_per_second."""
+        return {
+            name: {**w, "seconds": round(w["seconds"], 3),
+                   "latents_per_second": round(w["edited"] / w["seconds"], 2) if w["seconds"] > 0 else 0.0}
+            for name, w in sorted(self.workers.items())
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RayExecutor:
+    """Ray actors on a cluster (or on a local one started for the job)."""
+
+    # "auto" (the cluster `ray start` set up on this machine), "ray://host:port" (Ray Client) or a GCS
+    # address; None starts a local Ray instance for this job and stops it at the end. If this process
+    # is already connected (ray.init was called), that connection is used and left open.
+    address: str | None = None
+    # Actors; None: as many as the cluster's CPUs (or GPUs) hold at the sizes below.
+    num_workers: int | None = None
+    # GPUs per actor (fractions share a GPU); 0: CPU actors.
+    gpus_per_worker: float = 0.0
+    # CPUs per actor: its torch threads and PNG encoder processes live within them.
+    cpus_per_worker: float = 1.0
+    # Restarts of an actor whose process dies (its units are retried on the restarted actor); beyond
+    # that the run stops with one line, and the same command resumes.
+    max_restarts: int = 3
+    # Seconds to wait for the actors to be placed and load the models: a cluster without the requested
+    # resources fails with one line instead of waiting forever.
+    start_timeout: float = 600.0
+
+    def __post_init__(self):
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
+
+    def check(self, config) -> None:
+        """Refuse, in one line and before anything is written, what a Ray run cannot honour."""
+        import torch
+
+        import_ray()
+        device = torch.device(config.engine.device)
+        if device.type == "cuda" and self.gpus_per_worker <= 0:
+            raise ZsteerError(
+                f"--device {config.engine.device} with --executor ray: give each worker a GPU "
+                "(--gpus-per-worker 1); CPU workers see no GPU"
+            )
+        if device.type == "cuda" and device.index not in (None, 0):
+            raise ZsteerError(
+                f"--device {config.engine.device} with --executor ray: Ray gives each worker its GPUs "
+                "(as cuda:0); use --device cuda"
+            )
+        if device.type != "cuda" and self.gpus_per_worker > 0:
+            raise ZsteerError(
+                f"--gpus-per-worker {self.gpus_per_worker:g} with --device {config.engine.device}: "
+                "the GPUs would sit idle; add --device cuda, or leave --gpus-per-worker at 0"
+            )
+
+    def run(self, work: JobWork) -> None:
+        ray = import_ray()
+        started = not ray.is_initialized()
+        if started:
+            _init(ray, self.address)
+        actors: list = []
+        try:
+            n_workers = self._size(ray.cluster_resources(), len(work.units))
+            # The plan and the editor factory, shipped once to the object store; every actor (and every
+            # restart of one) reads the same copy. Held here for the whole run: a restarted actor needs
+            # its constructor's arguments still in the store (ray issue 53727).
+            try:
+                shipped = ray.put(work.plan), ray.put(work.make_editor)
+            except Exception as exc:  # cloudpickle: an editor factory holding a lock, a file, a socket
+                raise ZsteerError(
+                    f"--executor ray: the job's editor cannot be sent to workers ({exc})"
+                ) from None
+            actors = self._start(ray, work, n_workers, *shipped)
+            self._feed(ray, work, actors)
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            if started:
+                ray.shutdown()
+
+    def _size(self, cluster: dict, n_units: int) -> int:
+        """Actors to start: what was asked if the cluster holds it (else one line), never more than units."""
+        cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+        fit = math.floor(cpus / self.cpus_per_worker + 1e-9)
+        if self.gpus_per_worker > 0:
+            fit = min(fit, math.floor(gpus / self.gpus_per_worker + 1e-9))
+        wanted = self.num_workers or max(fit, 1)
+        if wanted > fit:
+            raise ZsteerError(
+                f"--num-workers {wanted} with --cpus-per-worker {self.cpus_per_worker:g} and "
+                f"--gpus-per-worker {self.gpus_per_worker:g}: the Ray cluster has {cpus:g} CPUs and {gpus:g} "
+                f"GPUs, room for {fit} worker(s); ask for fewer or smaller workers"
+            )
+        return max(1, min(wanted, n_units))
+
+    def _start(self, ray, work: JobWork, n_workers: int, plan, make_editor) -> list:
+        """Start the actors; fail in one line if they are not all up within ``start_timeout``."""
+        remote = ray.remote(UnitWorker).options(
+            num_cpus=self.cpus_per_worker,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=self.max_restarts,
+            max_task_retries=self.max_restarts,  # a unit whose actor died runs again (never on app errors)
+            max_concurrency=UNITS_PER_WORKER,
+        )
+        threads = max(1, int(self.cpus_per_worker))
+        # Encoder processes beyond the actor's CPUs would take other actors' cores: within its share only.
+        png_workers = min(work.png_workers, threads - 1)
+        actors = [
+            remote.remote(plan, make_editor, WorkerSpec(str(work.folder.root), work.rows_per_shard, png_workers, threads, f"worker-{i}"))
+            for i in range(n_workers)
+        ]  # fmt: skip
+        ready = [actor.ready.remote() for actor in actors]
+        deadline = time.monotonic() + self.start_timeout
+        while ready:
+            done, ready = ray.wait(ready, num_returns=len(ready), timeout=POLL_SECONDS)
+            for ref in done:
+                _get(ray, ref)  # an actor that failed to start raises its error here
+            if ready and (work.stopped() or time.monotonic() > deadline):
+                if work.stopped():
+                    return actors
+                raise ZsteerError(
+                    f"--executor ray: {len(ready)} of {n_workers} worker(s) not started after "
+                    f"{self.start_timeout:g} s; the cluster lacks the CPUs/GPUs asked for, or its nodes are down"
+                )
+        return actors
+
+    def _feed(self, ray, work: JobWork, actors: list) -> None:
+        """Hand units to actors, at most UNITS_PER_WORKER each in flight; report commits as they come."""
+        todo = iter(work.units)
+        running: dict = {}  # ObjectRef -> actor
+        load = dict.fromkeys(range(len(actors)), 0)
+        owner: dict = {}  # ObjectRef -> actor index
+        units: dict = {}  # ObjectRef -> Unit
+        workers = WorkerStats()
+        stopping = False
+        try:
+            while True:
+                if not stopping and work.stopped():
+                    stopping = True
+                    for ref in running:  # each stops at its next batch, commits nothing, returns None
+                        ray.cancel(ref)
+                while not stopping:
+                    free = [i for i in load if load[i] < UNITS_PER_WORKER]
+                    unit = next(todo, None) if free else None
+                    if unit is None:
+                        break
+                    i = min(free, key=load.get)
+                    ref = actors[i].run_unit.remote(unit)
+                    running[ref], owner[ref], units[ref] = actors[i], i, unit
+                    load[i] += 1
+                if not running:
+                    break
+                done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+                for ref in done:
+                    del running[ref]
+                    load[owner.pop(ref)] -= 1
+                    unit = units.pop(ref)
+                    result = _get(ray, ref, cancelled_ok=stopping)
+                    if result is None:  # cancelled: committed only if it was past its last batch
+                        commit = _committed(work.folder, unit)
+                        if commit is not None:
+                            work.on_commit(commit)
+                        continue
+                    workers.add(result)
+                    for stage, seconds in result.seconds.items():
+                        work.stats.add(stage, seconds)
+                    work.stats.encoder_peak(result.encoder_peak_mb)
+                    work.stats.count(edited=result.commit.edited, rejected=result.commit.rejected)
+                    work.progress.update(result.commit.rows)
+                    work.on_commit(result.commit)
+        except BaseException:
+            for ref in running:
+                ray.cancel(ref)
+            raise
+        finally:
+            work.stats.workers = workers.as_dict()
+
+
+def _init(ray, address: str | None) -> None:
+    """ray.init (None: "local", a new instance, never a cluster found on this machine), keeping this process's SIGTERM handler: ray.init replaces it with sys.exit, which
+    would kill the driver mid-commit instead of letting the job stop after its batch (jobs/signals.py)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _committed(folder: JobFolder, unit: Unit) -> Commit | None:
+    """The unit's marker if it is on disk: a unit cancelled while it was committing may have made it."""
+    try:
+        return Commit(**json.loads(folder.marker(unit.key).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _get(ray, ref, cancelled_ok: bool = False):
+    """ray.get, with a unit's own error raised as itself (a ZsteerError stays one line)."""
+    from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
+
+    try:
+        return ray.get(ref)
+    except TaskCancelledError:
+        if cancelled_ok:
+            return None
+        raise
+    except RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, ZsteerError):
+            raise cause from None
+        raise
+    except RayActorError as exc:
+        raise ZsteerError(
+            f"--executor ray: a worker died and could not be restarted ({str(exc).strip().splitlines()[0]}); "
+            "its units are not committed: run the same command again to resume"
+        ) from None

@@ -1,0 +1,241 @@
+"""`--executor ray`: the same job on Ray actors writes the local executor's rows bit for bit, exactly once.
+
+One small local Ray instance for the module (``ray.init(num_cpus=2)``, shut down at the end). Every
+test has a timeout (pytest-timeout), and the executor itself never blocks on Ray for more than a second
+at a time, so a cluster that cannot place the actors fails the test instead of hanging CI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import raykit
+from jobkit import crash_at_commit, job_config, latents, read_parts, read_rejects, write_manifest
+
+from zsteer.core.errors import ZsteerError
+from zsteer.jobs.runner import run_job
+
+ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
+
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.timeout(240)]
+
+ZSTEER = str(Path(sys.executable).with_name("zsteer"))
+N_A, N_B = 300, 200  # in row groups of 50 rows, units of 25 rows: 20 units
+BAD = {
+    ("a", 17): "NaN",
+    ("a", 133): "length",
+    ("a", 255): "null id",
+    ("b", 10): "duplicate",
+    ("b", 150): "null z",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray instance of 2 CPUs, as CI has; the tests' helper module travels by value."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.cloudpickle.register_pickle_by_value(raykit)
+    try:
+        yield
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(raykit)
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, job_models):
+    """Two manifests with planted bad rows (one of each kind the validator rejects)."""
+    root = tmp_path_factory.mktemp("ray")
+    schema = pa.schema([("id", pa.int64()), ("z", pa.list_(pa.float32())), ("tag", pa.string())])
+    for name, start, n in (("a", 0, N_A), ("b", N_A, N_B)):
+        z = [list(map(float, row)) for row in latents(n, seed=start)]
+        ids: list = list(range(start, start + n))
+        for (file, row), fault in BAD.items():
+            if file != name:
+                continue
+            if fault == "NaN":
+                z[row][3] = math.nan
+            elif fault == "length":
+                z[row] = z[row][:-1]
+            elif fault == "null id":
+                ids[row] = None
+            elif fault == "duplicate":
+                ids[row] = 5
+            else:
+                z[row] = None
+        cols = {"id": ids, "z": z, "tag": [f"{name}{i}" for i in range(n)]}
+        write_manifest(root / "data" / f"{name}.parquet", cols, row_group_size=50, schema=schema)
+    return root / "data"
+
+
+def _config(data, out, models, **kw):
+    return job_config(data, out, models, unit_rows=25, read_rows=20, **kw)
+
+
+def _ray(data, out, models, workers: int = 2, **kw):
+    options = (("num_workers", workers),)
+    return _config(data, out, models, executor="ray", executor_options=options, **kw)
+
+
+@pytest.fixture(scope="module")
+def local_job(data, job_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "job"
+    run_job(_config(data, out, job_models))
+    return out
+
+
+def _sorted(table: pa.Table, *keys: str) -> pa.Table:
+    return table.sort_by([(k, "ascending") for k in keys])
+
+
+def _assert_same_output(out: Path, reference: Path) -> None:
+    """The same rows bit for bit (as a set by id), the same rejects, every row exactly once."""
+    parts, expected = read_parts(out), read_parts(reference)
+    ids = parts.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "an edited row was written twice"
+    assert _sorted(parts, "id").equals(_sorted(expected, "id"))
+    rejects, expected_rejects = read_rejects(out), read_rejects(reference)
+    assert _sorted(rejects, "source", "row").equals(_sorted(expected_rejects, "source", "row"))
+    assert parts.num_rows + rejects.num_rows == N_A + N_B
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["rows_done"] == N_A + N_B and summary["rejected"] == len(BAD)
+
+
+def test_ray_job_writes_the_local_rows_and_rejects_bit_for_bit(
+    cluster, data, job_models, local_job, tmp_path
+):
+    out = tmp_path / "job"
+    result = run_job(_ray(data, out, job_models))
+    assert result.status == "complete"
+    _assert_same_output(out, local_job)
+    reasons = sorted(read_rejects(out).column("reason").to_pylist())
+    assert reasons == sorted(read_rejects(local_job).column("reason").to_pylist())
+    run = result.summary["runs"][-1]
+    assert sorted(run["workers"]) == ["worker-0", "worker-1"]  # per-worker counts and rates
+    assert sum(w["rows"] for w in run["workers"].values()) == N_A + N_B
+    assert all(w["latents_per_second"] > 0 for w in run["workers"].values())
+    assert run["stage_seconds"]["compute"] > 0 and run["stage_seconds"]["write"] > 0
+    job = json.loads((out / "job.json").read_text())
+    assert job["runtime"]["executor"] == "ray" and job["runtime"]["executor_options"] == {"num_workers": 2}
+    # Run again: every unit is committed, nothing is done (and no actor is started).
+    again = run_job(_ray(data, out, job_models))
+    assert again.status == "complete" and again.summary["units_done"] == 20
+    _assert_same_output(out, local_job)
+
+
+def test_a_worker_killed_mid_unit_is_restarted_and_its_unit_retried(
+    cluster, data, job_models, local_job, tmp_path
+):
+    flag = tmp_path / "died"
+    out = tmp_path / "job"
+    # Units of 25 rows in batches of 16: the 3rd batch of a worker is in the middle of its 2nd unit.
+    result = run_job(_ray(data, out, job_models), editor_factory=raykit.DieAtBatch(str(flag), batch=3))
+    assert flag.exists(), "no worker died: the test did not test anything"
+    assert result.status == "complete"
+    _assert_same_output(out, local_job)
+
+
+def test_a_local_job_is_finished_by_ray_and_a_ray_job_by_local(
+    cluster, data, job_models, local_job, tmp_path, monkeypatch
+):
+    out = tmp_path / "job"
+    crash_at_commit(monkeypatch, 4, _config(data, out, job_models))  # local: 3 units committed
+    run_job(_ray(data, out, job_models))
+    _assert_same_output(out, local_job)
+    out2 = tmp_path / "job2"
+    crashing = raykit.DieAtBatch(str(tmp_path / "failed"), batch=9, exit=False)  # 5 units committed
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_job(_ray(data, out2, job_models, workers=1), editor_factory=crashing)
+    assert 0 < len(list((out2 / "commits").iterdir())) < 20
+    assert json.loads((out2 / "job.json").read_text())["runtime"]["executor"] == "ray"
+    run_job(_config(data, out2, job_models))
+    _assert_same_output(out2, local_job)
+
+
+def test_what_a_ray_run_cannot_honour_is_refused_before_anything_is_written(
+    cluster, data, job_models, tmp_path
+):
+    out = tmp_path / "job"
+    with pytest.raises(ZsteerError, match=r"--num-workers 3 .* room for 2 worker"):
+        run_job(_ray(data, out, job_models, workers=3))
+    from zsteer.pipeline.config import EngineConfig
+
+    for device, gpus, match in (
+        ("cuda", 0, "give each worker a GPU"),
+        ("cuda:1", 1, "use --device cuda"),
+        ("cpu", 1, "the GPUs would sit idle"),
+    ):
+        options = (("gpus_per_worker", gpus),)
+        config = _config(data, out, job_models, executor="ray", executor_options=options)
+        config = type(config)(**{**config.__dict__, "engine": EngineConfig(device=device, batch_size=16)})
+        with pytest.raises(ZsteerError, match=match):
+            from zsteer.jobs.executor import make_executor
+
+            make_executor(config)
+    with pytest.raises(ZsteerError, match="--executor ray: unexpected|--executor ray: .*bogus"):
+        run_job(_config(data, out, job_models, executor="ray", executor_options=(("bogus", 1),)))
+
+
+def test_executor_ray_without_ray_installed_is_one_line_naming_the_extra(
+    tmp_path, job_models, data, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from zsteer.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    args = ["edit", "-m", data, "--generator", job_models[0], "--classifier", job_models[1], "-t", "attr1",
+            "--steps", 2, "--images", "none", "--executor", "ray", "--out", tmp_path / "job"]  # fmt: skip
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ray is not installed" in lines[0] and "zsteer[ray]" in lines[0], lines
+    assert not (tmp_path / "job").exists()
+    result = CliRunner().invoke(
+        main, [str(a) for a in args[:-4] + ["--num-workers", 2, "--out", tmp_path / "j"]]
+    )
+    assert result.exit_code == 2 and "--num-workers: only with --executor ray" in result.stderr
+
+
+def _ray_command(data: Path, models, out: Path) -> list[str]:
+    return [
+        ZSTEER, "edit", "-m", str(data), "--generator", str(models[0]), "--classifier", str(models[1]),
+        "-t", "attr1", "--steps", "3", "--lr", "0.5", "--batch-size", "16", "--images", "none",
+        "--workers", "0", "--rows-per-shard", "64", "--unit-rows", "25", "--read-rows", "20",
+        "--executor", "ray", "--num-workers", "1", "--out", str(out),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_driver_sigkilled_mid_job_resumes_to_exactly_once(data, job_models, local_job, tmp_path):
+    """The driver (with the local Ray instance it started) is SIGKILLed after its first commits; the same
+    command resumes and the output is the local job's."""
+    out = tmp_path / "job"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_ray_command(data, job_models, out), env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        while len(list((out / "commits").glob("commit-*.json"))) < 3 if (out / "commits").exists() else True:
+            assert proc.poll() is None, f"the run ended before its 3rd commit: {proc.communicate()[1]}"
+            assert time.monotonic() < deadline, "the Ray run made no progress"
+            time.sleep(0.05)
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    committed = len(list((out / "commits").glob("commit-*.json")))
+    assert committed < 20, "the run finished before it could be killed"
+    done = subprocess.run(
+        _ray_command(data, job_models, out), env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr
+    _assert_same_output(out, local_job)
