@@ -34,6 +34,7 @@ LAZY_COMMANDS = {
     "demo": "zsteer.cli.tools:demo",
     "export": "zsteer.cli.tools:export",
     "import": "zsteer.cli.model_import:import_",
+    "report": "zsteer.cli.report:report",
     "bench": "zsteer.cli.bench:bench",
     "verify": "zsteer.cli.verify:verify",
 }

@@ -25,7 +25,9 @@ from zsteer.jobs.ascent_method import AscentMethod
 from zsteer.jobs.config import EditSpec, JobConfig, OutputConfig
 from zsteer.jobs.folder import JOB_JSON, PARTS, TMP_PREFIX, write_json_atomic
 from zsteer.jobs.identity import zsteer_version
+from zsteer.jobs.jobview import open_job
 from zsteer.jobs.lock import FolderLock
+from zsteer.jobs.report import ReportConfig, judge_probabilities, report_job
 from zsteer.jobs.runner import run_job
 from zsteer.jobs.sample import SampleConfig, write_sample
 from zsteer.jobs.sheet import contact_sheet, decode_png, first_rows, render_latents, starting_latents
@@ -62,34 +64,10 @@ class DemoConfig:
     sheet_rows: int = 12
 
 
-def _judge_probs(judge, images: np.ndarray) -> np.ndarray:  # uint8 [n, H, W, C] -> [n, A] probabilities
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        return torch.sigmoid(judge.module(x)).numpy()
-
-
-def _after_images(job: Path) -> tuple[list, np.ndarray]:
-    columns = first_rows(job / PARTS, 1 << 62)
+def _after_images(job: Path, n: int) -> tuple[list, np.ndarray]:
+    """ids and decoded images [n, H, W, C] of the first ``n`` rows the job wrote."""
+    columns = first_rows(job / PARTS, n)
     return columns["id"], np.stack([decode_png(png) for png in columns["image"]])
-
-
-def _judge_run(judge, target: int, before: np.ndarray, after: np.ndarray) -> dict:
-    """Judge's view of one run: gain rate on rows that lacked the target, and drift of the others."""
-    p0, p1 = _judge_probs(judge, before), _judge_probs(judge, after)
-    lacked = p0[:, target] < 0.5
-    others = [i for i in range(p0.shape[1]) if i != target]
-    drift = np.abs(p1[:, others] - p0[:, others]).mean(0)
-    flipped = ((p0[:, others] >= 0.5) != (p1[:, others] >= 0.5)).mean(0)
-    return {
-        "rows_lacking_target": int(lacked.sum()),
-        "gained_target": int((lacked & (p1[:, target] >= 0.5)).sum()),
-        "gain_rate": float((p1[lacked, target] >= 0.5).mean()) if lacked.any() else None,
-        "target_prob_before": float(p0[:, target].mean()),
-        "target_prob_after": float(p1[:, target].mean()),
-        "other_prob_drift": {judge.attributes[i]: float(d) for i, d in zip(others, drift, strict=True)},
-        "other_flip_rate": {judge.attributes[i]: float(f) for i, f in zip(others, flipped, strict=True)},
-        "mean_other_drift": float(drift.mean()),
-    }
 
 
 def _settings(config: DemoConfig, manifest: Path, paths: dict[str, Path]) -> dict:
@@ -167,31 +145,28 @@ def _run_locked(config: DemoConfig, paths: dict[str, Path], judge, target: int) 
             progress_seconds=1e9,
         )
         summaries[name] = run_job(job).summary
-    ids, after = _after_images(folders["penalty"])
-    ids_np, after_np = _after_images(folders["no_penalty"])
-    gen_model = load_generator(paths["generator"])
-    z, _ = starting_latents([str(manifest)], ids)
-    with torch.no_grad():
-        before = render_latents(gen_model, z, None)
-    order = {key: i for i, key in enumerate(ids_np)}
-    after_np = after_np[[order[key] for key in ids]]
+    # The judged numbers are `zsteer report`'s, on the whole of each job.
+    settings = ReportConfig(jobs=tuple(folders.values()), judge=paths["judge"], out=config.out)
+    judged = {name: report_job(open_job(folders[name]), judge, settings)["targets"][0] for name in runs}
     report = {
         "config": {**asdict(config), "out": str(config.out)},
-        "judge": {
-            name: _judge_run(judge, target, before, imgs)
-            for name, imgs in (("penalty", after), ("no_penalty", after_np))
-        },
+        "judge": judged,
         "classifier_latents_per_second": {name: s.get("latents_per_second") for name, s in summaries.items()},
     }
     k = config.sheet_rows
-    probs = [_judge_probs(judge, x[:k])[:, target] for x in (before, after, after_np)]
+    ids, after = _after_images(folders["penalty"], k)
+    ids_np, after_np = _after_images(folders["no_penalty"], k)
+    order = {key: i for i, key in enumerate(ids_np)}
+    after_np = after_np[[order[key] for key in ids]]
+    z, _ = starting_latents([str(manifest)], ids)
+    with torch.no_grad():
+        before = render_latents(load_generator(paths["generator"]), z, None)
+    probs = [judge_probabilities(judge, x)[:, target] for x in (before, after, after_np)]
     captions = [
-        f"id {ids[i]}: {probs[0][i]:.2f} {probs[1][i]:.2f} {probs[2][i]:.2f}" for i in range(min(k, len(ids)))
+        f"id {ids[i]}: {probs[0][i]:.2f} {probs[1][i]:.2f} {probs[2][i]:.2f}" for i in range(len(ids))
     ]
     lam = config.ascent.penalty
-    sheet = contact_sheet(
-        [before[:k], after[:k], after_np[:k]], ["before", f"penalty {lam:g}", "penalty 0"], captions
-    )
+    sheet = contact_sheet([before, after, after_np], ["before", f"penalty {lam:g}", "penalty 0"], captions)
     sheet.save(config.out / SHEET_PNG)
     (config.out / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
@@ -202,15 +177,18 @@ def format_report(report: dict) -> str:
     cfg = report["config"]
     lines = [f"zsteer demo: {cfg['n']} latents towards {cfg['target']}, judged by an independent classifier"]
     for name, run in report["judge"].items():
-        rate = run["gain_rate"]
+        rate = run["success_rate"]
         lines.append(
             f"  {name:10} gained {run['gained_target']}/{run['rows_lacking_target']} rows"
             f" ({0 if rate is None else rate:.0%}); {cfg['target']} prob {run['target_prob_before']:.2f} -> "
             f"{run['target_prob_after']:.2f}; other attributes moved {run['mean_other_drift']:.3f} on average"
         )
-    worst = max(report["judge"]["no_penalty"]["other_prob_drift"].items(), key=lambda kv: kv[1])
+    drift = report["judge"]["no_penalty"]["mean_abs_dp"]
+    worst = max(
+        (kv for kv in drift.items() if kv[0] != report["judge"]["no_penalty"]["target"]), key=lambda kv: kv[1]
+    )
     lines.append(
         f"  most entangled: {worst[0]} moved {worst[1]:.3f} without the penalty, "
-        f"{report['judge']['penalty']['other_prob_drift'][worst[0]]:.3f} with it"
+        f"{report['judge']['penalty']['mean_abs_dp'][worst[0]]:.3f} with it"
     )
     return "\n".join(lines)

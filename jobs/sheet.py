@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw
 
 from zsteer.core.errors import ZsteerError
-from zsteer.pipeline.checkpoints import LoadedModel, load_generator
+from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.engine import to_uint8_images
 from zsteer.pipeline.network import latent_input
 
-from .folder import JOB_JSON, PARTS, JobFolder
+from .folder import PARTS
+from .jobview import ManifestLatents, open_job
 
 
 @dataclass(frozen=True)
@@ -55,93 +55,95 @@ def first_rows(parts: Path, n: int) -> dict[str, list]:
 
 
 def starting_latents(inputs: list[str], ids: list) -> tuple[np.ndarray, np.ndarray | None]:
-    """z [n, z_dim] (and labels [n]) of ``ids`` from the job's manifests, row group by row group."""
-    wanted = {key: i for i, key in enumerate(ids)}
-    z: list = [None] * len(ids)
-    labels: list = [None] * len(ids)
-    for path in inputs:
-        if not Path(path).is_file():
-            raise ZsteerError(
-                f"{path}: the job's manifest is not there (moved or deleted); the sheet renders the "
-                "'before' images from it: put it back at that path"
-            )
-        try:
-            reader = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise ZsteerError(f"{path}: the job's manifest is no longer readable Parquet ({exc})") from None
-        columns = [c for c in ("id", "z", "label") if c in reader.schema_arrow.names]
-        for group in range(reader.num_row_groups):
-            table = reader.read_row_group(group, columns=columns).to_pydict()
-            for row, key in enumerate(table["id"]):
-                if key in wanted:
-                    z[wanted[key]] = table["z"][row]
-                    labels[wanted[key]] = table.get("label", [None] * (row + 1))[row]
-            if all(v is not None for v in z):
-                has_labels = labels[0] is not None
-                return np.asarray(z, dtype=np.float32), np.asarray(labels) if has_labels else None
-    missing = next(key for key, i in wanted.items() if z[i] is None)
-    raise ZsteerError(f"id {missing!r} of the job's output is in none of its manifests {inputs}")
+    """z [n, z_dim] (and labels [n]) of ``ids`` from the job's manifests."""
+    return ManifestLatents(inputs).lookup(ids)
 
 
-def _caption(row: int, columns: dict[str, list], target: int | None, name: str) -> str:
-    if target is None:
-        return f"id {columns['id'][row]}"
-    before = 1 / (1 + np.exp(-columns["logits_before"][row][target]))
-    after = 1 / (1 + np.exp(-columns["logits_after"][row][target]))
-    return f"id {columns['id'][row]}: {name} {before:.2f}->{after:.2f}"
+STRIP_COLUMNS = ("alpha", "frame")  # a job writing one of these has several output rows per input row
 
 
-def _job_field(job: dict, key: str, kind: type, where: Path):
-    """``job["a"]["b"]`` for key "a.b", checked to be a ``kind``; a missing or odd value is one line."""
-    value = job
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    if not isinstance(value, kind):
-        raise ZsteerError(
-            f"{where}: no valid {key!r} (expected a {kind.__name__}); the file was edited or written by "
-            "another zsteer version"
-        )
-    return value
+def _strip_key(columns: dict[str, list]) -> str | None:
+    return next((name for name in STRIP_COLUMNS if name in columns), None)
+
+
+def first_strips(parts: Path, n: int, key: str) -> dict[str, list]:
+    """Columns of the output rows of the first ``n`` input ids of a strip job (all rows of each id)."""
+    out: dict[str, list] = {}
+    seen: list = []
+    for shard in sorted(parts.glob("part-*.parquet")):
+        table = pq.read_table(shard)
+        ids = table.column("id").to_pylist()
+        stop = len(ids)
+        for i, value in enumerate(ids):
+            if not seen or seen[-1] != value:
+                if len(seen) == n:
+                    stop = i
+                    break
+                seen.append(value)
+        for name in table.column_names:
+            out.setdefault(name, []).extend(table.column(name).slice(0, stop).to_pylist())
+        if stop < len(ids):
+            break
+    return out
+
+
+def _probability(logit: float) -> float:
+    return float(1 / (1 + np.exp(-logit)))
+
+
+def _caption(rows: list[int], columns: dict[str, list], target: int | None, name: str) -> str:
+    """One short line above a sheet row: the id, then the target's probability before -> after each image."""
+    text = f"id {columns['id'][rows[0]]}"
+    if target is None or "logits_after" not in columns:
+        return text
+    before = _probability(columns["logits_before"][rows[0]][target]) if "logits_before" in columns else None
+    after = " ".join(f"{_probability(columns['logits_after'][r][target]):.2f}" for r in rows)
+    return f"{text} {name} " + (f"{before:.2f}->{after}" if before is not None else after)
 
 
 def job_sheet(config: SheetConfig) -> Path:
-    """Write the contact sheet of ``config.job``; returns its path."""
-    folder = JobFolder(config.job)
-    if not folder.job_json.is_file():
-        raise ZsteerError(f"{config.job}: not a zsteer job folder (no {JOB_JSON})")
-    job = folder.read_job(hint="not a job folder zsteer can draw")
-    where = folder.job_json
-    gen_path = _job_field(job, "runtime.generator_path", str, where)
-    gen_spec = _job_field(job, "identity.generator.spec", dict, where)
-    fingerprint = _job_field(job, "identity.generator.fingerprint", str, where)
-    inputs = _job_field(job, "identity.inputs", dict, where)
-    for path, recorded in inputs.items():  # a manifest rewritten in place would give wrong 'before' images
-        size = recorded.get("bytes") if isinstance(recorded, dict) else None
-        if size is not None and Path(path).is_file() and Path(path).stat().st_size != size:
-            raise ZsteerError(f"{path}: the job's manifest changed since the job ran ({size} bytes then)")
-    job_targets = _job_field(job, "identity.targets", list, where)
-    if not all(isinstance(t, list) and len(t) == 2 and isinstance(t[1], int | float) for t in job_targets):
-        raise ZsteerError(f"{where}: 'identity.targets' must hold [name, weight] pairs")
-    names = _job_field(job, "identity.classifier", dict, where).get("attributes")
-    names = names if isinstance(names, list) else []
-    columns = first_rows(config.job / PARTS, config.rows)
+    """Write the contact sheet of ``config.job``; returns its path.
+
+    One sheet row per input row: its "before" image, then its edited image, or for a strip job (rows
+    with an ``alpha`` or ``frame`` column) every image of the strip in that column's order.
+    """
+    view = open_job(config.job, hint="not a job folder zsteer can draw")
+    parts = config.job / PARTS
+    columns = first_rows(parts, 1)
+    key = _strip_key(columns)
+    columns = first_strips(parts, config.rows, key) if key else first_rows(parts, config.rows)
     if not columns.get("id"):
         raise ZsteerError(f"{config.job}: the job has no edited rows yet")
-    generator = load_generator(gen_path, **gen_spec)
-    if generator.fingerprint != fingerprint:
-        raise ZsteerError(f"{gen_path}: changed since the job ran (fingerprint differs)")
-    z, labels = starting_latents(list(inputs), columns["id"])
+    strips: dict = {}
+    for i, value in enumerate(columns["id"]):
+        strips.setdefault(value, []).append(i)
+    if key:
+        for rows in strips.values():
+            rows.sort(key=lambda r: columns[key][r])
+    ids = list(strips)
+    width = max(len(rows) for rows in strips.values())
+    z, labels = starting_latents(list(view.inputs), ids)
     z_edited = np.asarray(columns["z_edited"], dtype=np.float32)
+    out_labels = None if labels is None else labels[[ids.index(v) for v in columns["id"]]]
     with torch.no_grad():
-        before, after = (render_latents(generator, v, labels) for v in (z, z_edited))
+        before, after = (
+            render_latents(view.generator, z, labels),
+            render_latents(view.generator, z_edited, out_labels),
+        )
     if "image" in columns:  # what the job wrote is what the user gets: show that
         after = np.stack([decode_png(png) for png in columns["image"]])
-    targets = [n for n, w in job_targets if w > 0] or [n for n, _ in job_targets]
+    blank = np.full_like(after[0], 255)
+    cells = [[after[rows[j]] if j < len(rows) else blank for rows in strips.values()] for j in range(width)]
+    if key:
+        first = strips[ids[0]]
+        headers = ["before"] + [f"{key} {columns[key][r]:g}" for r in first] + [""] * (width - len(first))
+    else:
+        headers = ["before", "after"]
+    targets = [n for n, w in view.targets if w > 0] or [n for n, _ in view.targets]
+    names = list(view.attributes)
     target = names.index(targets[0]) if targets and targets[0] in names else None
-    captions = [
-        _caption(i, columns, target, targets[0] if targets else "") for i in range(len(columns["id"]))
-    ]
-    sheet = contact_sheet([before, after], ["before", "after"], captions, scale=config.scale)
+    captions = [_caption(rows, columns, target, targets[0] if targets else "") for rows in strips.values()]
+    sheet = contact_sheet([before, *(np.stack(c) for c in cells)], headers, captions, scale=config.scale)
     config.out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(config.out)
     return config.out
@@ -161,30 +163,35 @@ def decode_png(data: bytes) -> np.ndarray:  # -> [H, W, C] uint8
 
 
 def contact_sheet(
-    columns: list[np.ndarray],  # each [N, H, W, C] uint8: e.g. before, after
+    columns: list[np.ndarray],  # each [N, H, W, C] uint8: e.g. before, after, or the frames of strips
     headers: list[str],  # one title per column
-    captions: list[str] | None = None,  # one line per row, drawn left of it
+    captions: list[str] | None = None,  # one short line per row, drawn above its images
     scale: int = 2,  # pixel repeat: 64x64 images are small on a screen
-    caption_width: int = 220,
 ) -> Image.Image:
-    """A grid with one row per latent and one column per stage, like the notebook's image grid."""
+    """A grid with one row per latent and one column per stage, like the notebook's image grid.
+
+    Captions take one thin text line above each row rather than a column beside it, so the images fill
+    the sheet's width; a caption longer than the row is cut.
+    """
     n, h, w, c = columns[0].shape
     if any(col.shape != columns[0].shape for col in columns):
         raise ValueError("all columns must hold images of one shape")
-    cell_h, cell_w, pad, head = h * scale, w * scale, 4, 18
-    left = caption_width if captions else 0
-    sheet = Image.new(
-        "RGB", (left + len(columns) * (cell_w + pad) + pad, head + n * (cell_h + pad) + pad), "white"
-    )
+    cell_h, cell_w, pad, line = h * scale, w * scale, 2, 11  # line: the default bitmap font's height
+    head = line + pad
+    band = (line if captions else 0) + cell_h + pad
+    width = len(columns) * (cell_w + pad) + pad
+    sheet = Image.new("RGB", (width, head + n * band + pad), "white")
     draw = ImageDraw.Draw(sheet)
+    chars = max(1, (cell_w + pad) // 6)  # the default font is 6 px per character
     for j, title in enumerate(headers):
-        draw.text((left + pad + j * (cell_w + pad), 3), title, fill="black")
+        draw.text((pad + j * (cell_w + pad), 1), title[:chars], fill="black")
     for i in range(n):
-        y = head + pad + i * (cell_h + pad)
+        y = head + i * band
         if captions:
-            draw.text((4, y + cell_h // 2 - 6), captions[i][:36], fill="black")
+            draw.text((pad, y), captions[i][: max(1, (width - 2 * pad) // 6)], fill="dimgray")
+            y += line
         for j, col in enumerate(columns):
             tile = col[i] if c == 3 else np.repeat(col[i][..., :1], 3, axis=2)
             tile = tile.repeat(scale, axis=0).repeat(scale, axis=1)
-            sheet.paste(Image.fromarray(tile), (left + pad + j * (cell_w + pad), y))
+            sheet.paste(Image.fromarray(tile), (pad + j * (cell_w + pad), y))
     return sheet
