@@ -58,6 +58,52 @@ class LoadedModel:
     attributes: tuple[str, ...] = ()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# What a model file must be, for messages about one that is not.
+EXPECTED_FORMATS = (
+    "expected weights saved by torch.save (a zip archive, or a legacy pickle of tensors) or "
+    "NAME.safetensors with NAME.json beside it"
+)
+
+
+def _what_it_is(path: Path) -> str:
+    """A few words on what a file that is not a checkpoint looks like: empty, text, or some bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head:
+        return "it is empty"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it starts with bytes {head[:8].hex(' ')}"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"it looks like text ({first!r}...)"
+    return f"it starts with bytes {head[:8].hex(' ')}"
+
+
+def _has_checkpoint_header(path: Path) -> bool:
+    """torch.save writes a zip archive ("PK"), or in its legacy format a pickle of protocol 2 or more
+    (0x80): anything else (text, say, which the unpickler reads as opcodes) is not a checkpoint."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return magic == b"PK" or magic[:1] == b"\x80"
+
+
+def _not_a_checkpoint(path: Path, exc: BaseException | None = None) -> CheckpointError:
+    """A file torch.load cannot read: what it looks like and what was expected; the loader's own words
+    only when the file has a checkpoint's header (a damaged checkpoint), where they say what broke."""
+    if exc is not None and _has_checkpoint_header(path):
+        return CheckpointError(
+            f"{path}: a damaged PyTorch checkpoint ({_first_line(exc)}); {EXPECTED_FORMATS}"
+        )
+    return CheckpointError(f"{path}: not a PyTorch checkpoint: {_what_it_is(path)}; {EXPECTED_FORMATS}")
+
+
 def file_fingerprint(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -86,22 +132,22 @@ def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], di
             return unwrap(load_file(str(path)), COURSE_KEYS[role]), config
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    if not _has_checkpoint_header(path):
+        raise _not_a_checkpoint(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol notes about foreign pickles; the refusal says enough
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses any global it does not know: that is how code execution is prevented.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
             raise CheckpointError(
                 f"{path}: refused: the file holds pickled objects other than tensors, which could run code "
                 f"on load (only weights are accepted); {RESAVE}"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first})") from None
+        raise _not_a_checkpoint(path, exc) from None
     except Exception as exc:  # garbage bytes can fail anywhere inside the unpickler
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first})") from None
+        raise _not_a_checkpoint(path, exc) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     key = COURSE_KEYS[role]
@@ -147,7 +193,9 @@ def _spec_from(config: dict, default, overrides: dict, path: Path, inferred: dic
     return replace(default, **values)
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, role: str) -> None:
+def _check_tensors(module: nn.Module, state: dict[str, torch.Tensor], path: Path, role: str) -> None:
+    """The file's tensors are the module's: same names and shapes. ``module`` may live on the meta
+    device: this runs before any memory is allocated for the model."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     if missing:
@@ -164,8 +212,21 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, ro
                 f"{path}: {role} parameter {name!r} has shape {list(state[name].shape)}, "
                 f"expected {list(tensor.shape)} (check z_dim / hidden_dim / n_classes / im_chan)"
             )
-    # fp16-stored weights compute in the module's dtype (fp32).
-    module.load_state_dict({k: state[k].to(expected[k].dtype) for k in expected})
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path, role: str) -> None:
+    """Copy the file's tensors in (fp16-stored weights compute in the module's dtype, fp32), refusing
+    any that is not finite: NaN or Inf weights give every row a non_finite result, silently."""
+    expected = module.state_dict()
+    values = {k: state[k].to(expected[k].dtype) for k in expected}
+    for name, tensor in values.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: {role} parameter {name!r} holds {bad} NaN or Inf value(s) of {tensor.numel()} "
+                "(as float32); the weights are damaged or were saved after training diverged"
+            )
+    module.load_state_dict(values)
 
 
 def _freeze(module: nn.Module) -> nn.Module:
@@ -188,9 +249,24 @@ def _load(path: Path, role: str, default_spec, build, overrides: dict):
         check_against(inferred, given, FLAGS[role], path)
     spec = _spec_from(config, default_spec, overrides, path, inferred)
     try:
-        module = build(spec)
+        with torch.device("meta"):  # shapes only: a spec that does not fit the file allocates nothing
+            skeleton = build(spec)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    except RuntimeError as exc:  # sizes past int64 ("Storage size calculation overflowed")
+        raise CheckpointError(
+            f"{path}: a {role} with these settings would be too large for memory ({_first_line(exc)}); "
+            f"check {' / '.join(FLAGS[role].values())}"
+        ) from None
+    _check_tensors(skeleton, state, path, role)
+    try:
+        module = build(spec)
+    except (RuntimeError, MemoryError) as exc:  # the file's own sizes, and still more than there is
+        size = sum(p.numel() * p.element_size() for p in skeleton.state_dict().values())
+        raise CheckpointError(
+            f"{path}: a {role} of this size ({size / 1e9:.1f} GB of weights) is too large for memory "
+            f"({_first_line(exc)})"
+        ) from None
     _load_into(module, state, path, role)
     return _freeze(module), spec, config
 
