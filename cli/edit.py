@@ -23,6 +23,7 @@ from zsteer.jobs.runner import run_job
 from zsteer.kernels.dispatch import triton_available
 from zsteer.pipeline.config import MAX_STEPS, AscentConfig, EngineConfig
 
+from .method_options import METHOD_PARSERS, method_options, refuse_method_flags
 from .models import model_options, model_source
 from .paths import check_out_parent
 
@@ -96,7 +97,8 @@ def _edit_options(fn):
                      help="Rows per unit of resume: row groups are cut into units of at most this many "
                      "rows (fixed for the life of a job)."),
         click.option("--method", type=click.Choice(method_names()), default="ascent", show_default=True,
-                     help="How rows are edited (ascent: classifier-gradient ascent on z)."),
+                     help="How rows are edited (ascent: classifier-gradient ascent on z; direction: "
+                     "z + alpha * d from a directions file; interpolate: frames from z to another latent)."),
         click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
                      help="Runtime of the edit; onnxruntime needs the 'cpu' or 'gpu' extra."),
         click.option("--executor", type=click.Choice(list(EXECUTORS)), default="local", show_default=True,
@@ -139,7 +141,11 @@ def _executor_options(opt: dict) -> tuple[tuple[str, object], ...]:
 
 
 def _method(opt: dict):
-    """The --method with its settings: ascent takes the ascent flags; another method its defaults."""
+    """The --method with its settings: ascent takes the ascent flags, direction and interpolate theirs
+    (method_options.py); another method its defaults."""
+    if opt["method"] in METHOD_PARSERS:
+        return METHOD_PARSERS[opt["method"]](opt)
+    refuse_method_flags(opt, opt["method"])
     if opt["method"] != "ascent":
         return method_class(opt["method"])()
     ascent = AscentConfig(
@@ -152,6 +158,7 @@ def _method(opt: dict):
 
 @click.command()
 @_edit_options
+@method_options
 @model_options
 @click.pass_context
 def edit(ctx, **opt):

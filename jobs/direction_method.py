@@ -38,6 +38,7 @@ from zsteer.pipeline.direction_file import DirectionSet, directions_fingerprint,
 from zsteer.pipeline.editor import EditBatch, Editor, EditResult, as_tensor
 
 from .backends import BackendConfig, backend_factory
+from .manifest import ModelShape
 from .method import result_columns, result_fields
 
 DIRECTION, ALPHA = "direction", "alpha"
@@ -140,7 +141,9 @@ class DirectionMethod:
 
     # ---- rows ---------------------------------------------------------------------------------------
 
-    def row_inputs(self, batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    def row_inputs(
+        self, batch: pa.RecordBatch, shape: ModelShape
+    ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         """Per row: the direction's index (int64) and alpha (float32, NaN = the job's), with rejects."""
         n, ds = batch.num_rows, self.loaded
         default = self.default_index()

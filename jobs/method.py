@@ -69,6 +69,7 @@ class EditMethod(Protocol):
 BUILTIN: dict[str, str] = {
     "ascent": "zsteer.jobs.ascent_method:AscentMethod",
     "direction": "zsteer.jobs.direction_method:DirectionMethod",
+    "interpolate": "zsteer.jobs.interpolate_method:InterpolateMethod",
 }
 _REGISTERED: dict[str, type] = {}
 
@@ -139,11 +140,21 @@ def result_columns(result: EditResult, rows: slice) -> list[pa.Array]:
 # ---- optional members, with their defaults ------------------------------------------------------------
 
 
-def row_inputs(method: EditMethod, batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-    """The method's own per-row inputs from a manifest batch (``method.row_inputs(batch)``, if it has one):
-    name -> [n, ...] array, and {row in the batch: reason} for rows it rejects. Default: none."""
+def row_inputs(
+    method: EditMethod, batch: pa.RecordBatch, shape
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """The method's own per-row inputs from a manifest batch (``method.row_inputs(batch, shape)``, if it
+    has one; ``shape``: manifest.ModelShape): name -> [n, ...] array, and {row in the batch: reason} for
+    rows it rejects. Default: none."""
     hook = getattr(method, "row_inputs", None)
-    return ({}, {}) if hook is None else hook(batch)
+    return ({}, {}) if hook is None else hook(batch, shape)
+
+
+def prepare_method(method: EditMethod, plan, shape, root) -> EditMethod:
+    """The method with what it builds once per job before any unit runs (``method.prepare(plan, shape,
+    root)``: the interpolation's id_to lookup in the job folder ``root``); default: itself."""
+    hook = getattr(method, "prepare", None)
+    return method if hook is None else hook(plan, shape, root)
 
 
 def needs_targets(method: EditMethod) -> bool:

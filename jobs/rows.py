@@ -313,7 +313,7 @@ class RowValidator:
 
         extra: dict[str, np.ndarray] | None = None
         if self.method is not None:
-            extra, own_reasons = row_inputs(self.method, batch)
+            extra, own_reasons = row_inputs(self.method, batch, shape)
             for i, text in sorted(own_reasons.items()):
                 reasons.add_rows(np.array([i]), text)
 

@@ -32,7 +32,7 @@ from .folder import DUPLICATES, JobFolder
 from .identity import differences, job_identity
 from .lock import FolderLock
 from .manifest import ManifestPlan, ModelShape, plan_manifest
-from .method import check_registered
+from .method import check_registered, needs_targets, prepare_method, replaced_columns
 from .progress import Progress
 from .rows import RowDefaults, plan_units
 from .signals import StopFlag
@@ -97,11 +97,17 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     shape = ModelShape(generator.spec.z_dim, generator.spec.n_classes, classifier.attributes)
     method = config.method
     outputs = tuple(f.name for f in method.output_fields(shape.z_dim, len(shape.attributes))) + ("image",)
+    # An override column the method writes again (the value it applied) is read, not a clash.
+    replaced = replaced_columns(method, shape.z_dim, len(shape.attributes))
+    outputs = tuple(name for name in outputs if name not in replaced)
     plan = plan_manifest(
         resolve_manifests(config.manifests, exclude=folder.root), shape, method.row_columns, outputs
     )
     targets = resolve_job_targets(
-        config.edit.targets, config.edit.preserve, shape.attributes, plan.has_targets
+        config.edit.targets,
+        config.edit.preserve,
+        shape.attributes,
+        plan.has_targets or not needs_targets(method),
     )
     identity = job_identity(
         plan, generator, classifier, list(targets.targets), list(targets.preserve) if targets.preserve else None,
@@ -123,7 +129,9 @@ def prepare_job(config: JobConfig) -> PreparedJob:
 
 def unit_plan(config: JobConfig, prep: PreparedJob, duplicates: DuplicateIndex) -> UnitPlan:
     """What every unit of this job is processed with."""
-    method, images = config.method, config.output.images == "png"
+    images = config.output.images == "png"
+    # What the method builds once per job before any unit (interpolation's id_to lookup).
+    method = prepare_method(config.method, prep.plan, prep.shape, prep.folder.root)
     defaults = RowDefaults(
         prep.targets.weights, prep.targets.preserve_mask, method.default_steps, method.default_stop_prob
     )
@@ -188,9 +196,6 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
         return _run(config, prep, plan, commits, todo, len(units), previous, editor_factory)
 
 
-def _make_editor(config: JobConfig, prep: PreparedJob, editor_factory: EditorFactory | None):
-    def make() -> Editor:
-        try:
 def _intact(folder: JobFolder, commits: list) -> list:
     """The commits whose files are all there with the size and sha256 their marker recorded. A damaged
     unit's marker is withdrawn (one line each), so the unit is done again and the summary counts only
@@ -216,6 +221,9 @@ def _intact(folder: JobFolder, commits: list) -> list:
     return intact
 
 
+def _make_editor(config: JobConfig, prep: PreparedJob, editor_factory: EditorFactory | None):
+    def make() -> Editor:
+        try:
             if editor_factory is not None:
                 return editor_factory(prep.generator, prep.classifier)
             return config.method.make_editor(prep.generator, prep.classifier, config.engine, config.backend)

@@ -1,0 +1,101 @@
+"""The flags of the direction and interpolate edit methods, and their parsing into the methods' dataclasses.
+
+`zsteer edit` adds them with ``method_options``; ``METHOD_PARSERS[name](opt)`` builds the method the
+``--method`` flag names from the parsed values. A flag of one method given with another is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from zsteer.core.errors import ZsteerError
+from zsteer.jobs.direction_method import DirectionMethod, parse_alphas
+from zsteer.jobs.interpolate_method import InterpolateMethod
+from zsteer.pipeline.directions import PATHS
+
+_DIRECTION_FLAGS = (
+    "directions", "direction", "alpha", "alphas", "distance", "until_prob", "max_alpha", "max_evals",
+    "condition",
+)  # fmt: skip
+_INTERPOLATE_FLAGS = ("frames", "path")
+
+
+def method_options(fn):
+    """--directions ... --condition (direction) and --frames, --path (interpolate)."""
+    d, i = DirectionMethod(), InterpolateMethod()
+    prob = click.FloatRange(0, 1, min_open=True, max_open=True)
+    options = [
+        click.option("--directions", type=click.Path(dir_okay=False, path_type=Path),
+                     help="--method direction: a directions file (`zsteer directions fit`)."),
+        click.option("--direction", help="--method direction: the direction to move along (a row's "
+                     "'direction' column overrides it). Default: the file's only direction."),
+        click.option("--alpha", type=float, help=f"--method direction: strength (default {d.alpha}; a row's "
+                     "'alpha' column overrides it)."),
+        click.option("--alphas", help="--method direction: a strip, START:STOP:COUNT (e.g. -3:3:7) or a,b,c; "
+                     "one output row per (row, alpha)."),
+        click.option("--distance", type=float, help="--method direction: move to this signed distance from "
+                     "the direction's fitted boundary (boundary directions)."),
+        click.option("--until-prob", type=prob, help="--method direction: per row, the smallest |alpha| at "
+                     "which P(direction's attribute) reaches this (stop_reason not_reached if it cannot)."),
+        click.option("--max-alpha", type=click.FloatRange(min=0, min_open=True),
+                     help=f"--until-prob: largest |alpha| tried (default {d.max_alpha})."),
+        click.option("--max-evals", type=click.IntRange(min=1),
+                     help=f"--until-prob: most forwards per row (default {d.max_evals})."),
+        click.option("--condition", multiple=True, help="--method direction: directions of the file to stay "
+                     "orthogonal to (repeatable or comma-separated; conditional manipulation)."),
+        click.option("--frames", type=click.IntRange(min=2),
+                     help=f"--method interpolate: frames per row, both ends included (default {i.frames})."),
+        click.option("--path", "path", type=click.Choice(PATHS),
+                     help=f"--method interpolate: lerp or slerp (default {i.path})."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _refuse_others(opt: dict, method: str, flags: tuple[str, ...]) -> None:
+    for flag in flags:
+        if opt.get(flag) not in (None, ()):
+            raise ZsteerError(f"--{flag.replace('_', '-')}: not an option of --method {method}")
+
+
+def _given(opt: dict, names: tuple[str, ...]) -> dict:
+    return {name: opt[name] for name in names if opt.get(name) is not None}
+
+
+def direction_method(opt: dict) -> DirectionMethod:
+    """DirectionMethod from the parsed flags."""
+    _refuse_others(opt, "direction", _INTERPOLATE_FLAGS)
+    if opt.get("directions") is None:
+        raise ZsteerError(
+            "--method direction: give --directions FILE (write one with `zsteer directions fit`)"
+        )
+    conditions = tuple(
+        n.strip() for value in opt.get("condition") or () for n in value.split(",") if n.strip()
+    )
+    settings = _given(opt, ("direction", "alpha", "distance", "until_prob", "max_alpha", "max_evals"))
+    if opt.get("alphas"):
+        settings["alphas"] = parse_alphas(opt["alphas"])
+    if "alpha" in settings and ("alphas" in settings or "distance" in settings or "until_prob" in settings):
+        raise ZsteerError("--alpha: give one of --alpha, --alphas, --distance and --until-prob")
+    try:
+        return DirectionMethod(directions=opt["directions"], conditions=conditions, **settings)
+    except ValueError as exc:
+        raise ZsteerError(f"--method direction: {exc}") from None
+
+
+def interpolate_method(opt: dict) -> InterpolateMethod:
+    """InterpolateMethod from the parsed flags."""
+    _refuse_others(opt, "interpolate", _DIRECTION_FLAGS)
+    return InterpolateMethod(**_given(opt, _INTERPOLATE_FLAGS))
+
+
+# --method name -> the parser of its settings (ascent's flags are parsed in edit.py).
+METHOD_PARSERS = {"direction": direction_method, "interpolate": interpolate_method}
+
+
+def refuse_method_flags(opt: dict, method: str) -> None:
+    """A direction or interpolate flag given with another method (ascent) is refused."""
+    _refuse_others(opt, method, _DIRECTION_FLAGS + _INTERPOLATE_FLAGS)

@@ -1,0 +1,258 @@
+"""Interpolation as a job's edit method: one output row per frame on the path from z to another latent.
+
+`zsteer edit --method interpolate --frames K --path lerp|slerp`. Each row gives its end point:
+
+- ``z_to``: a latent (list of z_dim floats);
+- ``id_to``: the id of another row of the job, in any file (its z is found by the job's latent lookup,
+  jobs/latent_lookup.py, built once before any unit runs);
+- ``label_to``: for a conditional generator, the class to blend towards. As in the course's C1W4A
+  notebook, the one-hot vectors are blended, (1 - t) * one_hot(label) + t * one_hot(label_to), and fed
+  with z; the exported ONNX generator takes integer labels, so blended rows need ``--backend torch``.
+
+A row with none of them is rejected. Frames are at t = 0, 1/(K-1), ..., 1; frame 0 is z and frame K-1
+the end point, bit for bit. Output: the input's columns, then ``frame`` and ``t``, then the standard
+columns (``z_edited`` is the frame's latent, ``logits_before`` the start's, ``logits_after`` the
+frame's, ``latent_shift`` its distance from z). The output key is (id, frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from zsteer.core.errors import ZsteerError
+from zsteer.core.status import STEPS_DONE
+from zsteer.pipeline.ascent_loop import MIN_ROWS, pad_rows
+from zsteer.pipeline.checkpoints import LoadedModel
+from zsteer.pipeline.config import AscentConfig, EngineConfig
+from zsteer.pipeline.directions import PATHS, interpolate_at
+from zsteer.pipeline.editor import EditBatch, Editor, EditResult, as_tensor, to_uint8_images
+from zsteer.pipeline.network import EditNet
+
+from .backends import BackendConfig, backend_factory
+from .duplicates import id_keys
+from .latent_lookup import LatentLookup, build_latent_lookup
+from .manifest import ManifestPlan, ModelShape
+from .method import result_columns, result_fields
+
+Z_TO, ID_TO, LABEL_TO = "z_to", "id_to", "label_to"
+FRAME, T = "frame", "t"
+
+
+@dataclass(frozen=True)
+class InterpolateMethod:
+    """Frames from each row's z to its end point; identity: frames and path."""
+
+    name: ClassVar[str] = "interpolate"
+    # The end point of each row (read; carried to the output as they are).
+    row_columns: ClassVar[tuple[str, ...]] = (Z_TO, ID_TO, LABEL_TO)
+    # Rows need no targets: the path is the edit.
+    needs_targets: ClassVar[bool] = False
+    # Frames per row, both ends included (>= 2).
+    frames: int = 8
+    # "lerp" (straight line) or "slerp" (great circle, norms moved linearly: pipeline/directions.py).
+    path: str = "lerp"
+    # The job's id_to lookup (set by ``prepare`` before the units run; not identity).
+    lookup: LatentLookup | None = None
+
+    def __post_init__(self):
+        if self.frames < 2:
+            raise ValueError(f"frames must be >= 2, got {self.frames}")
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+
+    def identity(self) -> dict:
+        return {"interpolate": {"frames": self.frames, "path": self.path}}
+
+    @property
+    def default_steps(self) -> int:
+        return 0
+
+    @property
+    def default_stop_prob(self) -> float:
+        return float("nan")
+
+    def prepare(self, plan: ManifestPlan, shape: ModelShape, root: Path) -> InterpolateMethod:
+        """This method with the job's id_to lookup, when the manifest has an id_to column."""
+        if ID_TO not in plan.carried.names:
+            return self
+        kind = plan.carried.field(ID_TO).type
+        same = (pa.types.is_integer(kind) and pa.types.is_integer(plan.id_type)) or (
+            (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and pa.types.is_string(plan.id_type)
+        )
+        if not same:
+            raise ZsteerError(f"column 'id_to' is {kind} but the ids are {plan.id_type}: it must name ids")
+        return replace(self, lookup=build_latent_lookup(plan, ID_TO, shape.z_dim, root))
+
+    # ---- rows ---------------------------------------------------------------------------------------
+
+    def row_inputs(
+        self, batch: pa.RecordBatch, shape: ModelShape
+    ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """Per row: the end latent [n, D] (NaN where none), the end class [n] (-1 = the row's own)."""
+        n, d = batch.num_rows, shape.z_dim
+        names = batch.schema.names
+        z_to = np.full((n, d), np.nan, np.float32)
+        has_end = np.zeros(n, bool)
+        reasons: dict[int, str] = {}
+        if Z_TO in names:
+            column = batch.column(Z_TO)
+            value_type = getattr(column.type, "value_type", None)
+            if value_type is None or not pa.types.is_floating(value_type):
+                return {}, dict.fromkeys(
+                    range(n), f"column 'z_to' must be lists of floats, found {column.type}"
+                )
+            for i, value in enumerate(column.to_pylist()):
+                if value is None:
+                    continue
+                row = np.asarray([np.nan if v is None else v for v in value], np.float32)
+                if len(row) != d or not np.isfinite(row).all():
+                    reasons[i] = f"z_to must hold {d} finite values (has {len(row)})"
+                    continue
+                z_to[i], has_end[i] = row, True
+        if ID_TO in names:
+            column = batch.column(ID_TO)
+            named = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False) & ~has_end)
+            if len(named):
+                if self.lookup is None:
+                    raise ZsteerError("id_to: the job's lookup was not built (InterpolateMethod.prepare)")
+                values = column.take(pa.array(named))
+                wanted = pa.int64() if pa.types.is_integer(values.type) else pa.string()
+                found_z, found = self.lookup.find(id_keys(values.cast(wanted)))
+                shown = values.to_pylist()
+                for j, i in enumerate(named):
+                    if found[j]:
+                        z_to[i], has_end[i] = found_z[j], True
+                    else:
+                        reasons.setdefault(int(i), f"id_to {shown[j]!r} names no row with a usable z")
+        label_to = np.full(n, -1, np.int64)
+        if LABEL_TO in names:
+            column = batch.column(LABEL_TO)
+            if not pa.types.is_integer(column.type):
+                return {}, dict.fromkeys(range(n), f"column 'label_to' must be integers, found {column.type}")
+            valid = column.is_valid().to_numpy(zero_copy_only=False)
+            values = column.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            if not shape.n_labels and valid.any():
+                return {}, {
+                    int(i): "label_to: the generator is not conditional" for i in np.flatnonzero(valid)
+                }
+            for i in np.flatnonzero(valid & ((values < 0) | (values >= max(shape.n_labels, 1)))):
+                reasons[int(i)] = f"label_to {values[i]} out of range [0, {shape.n_labels})"
+            label_to = np.where(valid, values, -1)
+        for i in np.flatnonzero(~has_end & (label_to < 0)):
+            reasons.setdefault(int(i), "nothing to interpolate to: give z_to, id_to or label_to")
+        return {Z_TO: z_to, LABEL_TO: label_to}, reasons
+
+    # ---- output -------------------------------------------------------------------------------------
+
+    def output_fields(self, z_dim: int, n_attributes: int) -> list[pa.Field]:
+        return [pa.field(FRAME, pa.int32()), pa.field(T, pa.float32())] + result_fields(z_dim, n_attributes)
+
+    def output_columns(self, result: EditResult, rows: slice) -> list[pa.Array]:
+        return [
+            pa.array(result.frame[rows].numpy().astype(np.int32)),
+            pa.array(result.t[rows].numpy().astype(np.float32)),
+        ] + result_columns(result, rows)
+
+    def make_editor(
+        self, generator: LoadedModel, classifier: LoadedModel, engine: EngineConfig, backend: BackendConfig
+    ) -> Editor:
+        renderer = backend_factory(backend.name)(
+            generator, classifier, AscentConfig(steps=0), engine, backend
+        )
+        blender = (
+            EditNet(generator, classifier) if generator.spec.n_classes and backend.name == "torch" else None
+        )
+        return InterpolateEditor(self, renderer, blender, engine.batch_size)
+
+
+@dataclass
+class FrameResult(EditResult):
+    """An EditResult with each result row's frame index and fraction t."""
+
+    frame: torch.Tensor | None = None  # [M] int32
+    t: torch.Tensor | None = None  # [M] float32
+
+
+class InterpolateEditor:
+    """Renders the frames of every row through the backend's editor; blended classes through ``blender``."""
+
+    def __init__(self, method: InterpolateMethod, renderer: Editor, blender: EditNet | None, batch_size: int):
+        self.method = method
+        self.renderer = renderer
+        self.blender = blender
+        self.batch_size = batch_size
+
+    def render(self, z, labels=None):
+        return self.renderer.render(z, labels)
+
+    @torch.no_grad()
+    def _render_blended(self, z: torch.Tensor, soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and logits of z [M, D] with soft class vectors [M, C], batch_size rows at a time, each
+        batch padded to at least MIN_ROWS (a row's bits do not depend on its batch)."""
+        net = self.blender
+        images, logits = [], []
+        for s in range(0, z.shape[0], self.batch_size):
+            zb, cb = z[s : s + self.batch_size], soft[s : s + self.batch_size]
+            m = zb.shape[0]
+            size = max(m, MIN_ROWS)
+            out = net.generate(torch.cat([pad_rows(zb, size), pad_rows(cb, size)], dim=1))
+            images.append(to_uint8_images(out[:m]))
+            logits.append(net.classify(out)[:m].float())
+        return torch.cat(images), torch.cat(logits)
+
+    def edit_batch(self, batch: EditBatch, render: bool = True) -> EditResult:
+        cpu = torch.device("cpu")
+        z0 = as_tensor(batch.z, cpu, torch.float32)  # [n, D]
+        labels = as_tensor(batch.labels, cpu, torch.int64)  # [n] or None
+        n, k = z0.shape[0], self.method.frames
+        extra = batch.extra or {}
+        z_to = as_tensor(extra[Z_TO], cpu, torch.float32)  # [n, D], NaN = no latent end point
+        label_to = as_tensor(extra[LABEL_TO], cpu, torch.int64)  # [n], -1 = the row's own class
+        z_end = torch.where(torch.isnan(z_to), z0, z_to)
+        t = torch.linspace(0, 1, k)  # [K]
+        frames = interpolate_at(z0, z_end, t, self.method.path).reshape(n * k, -1)  # [n * K, D]
+        source = torch.arange(n).repeat_interleave(k)
+        frame_t = t.repeat(n)
+        before = self.renderer.render(z0, labels)[1].float()  # [n, A]
+        blend = torch.zeros(n, dtype=torch.bool) if labels is None else (label_to >= 0) & (label_to != labels)
+        logits = torch.empty(n * k, before.shape[1])
+        image_parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        plain = ~blend[source]
+        if plain.any():
+            rows = plain.nonzero().squeeze(1)
+            img, lg = self.renderer.render(frames[rows], None if labels is None else labels[source][rows])
+            image_parts["plain"] = (rows, img)
+            logits[rows] = lg.float()
+        if blend.any():
+            if self.blender is None:
+                raise ZsteerError(
+                    "label_to: blending classes needs --backend torch (the exported generator takes integer labels)"
+                )
+            rows = (~plain).nonzero().squeeze(1)
+            classes = self.blender.n_labels
+            start = torch.nn.functional.one_hot(labels[source][rows], classes).float()
+            end = torch.nn.functional.one_hot(label_to.clamp_min(0)[source][rows], classes).float()
+            tt = frame_t[rows].unsqueeze(1)
+            img, lg = self._render_blended(frames[rows], (1 - tt) * start + tt * end)
+            image_parts["blend"] = (rows, img)
+            logits[rows] = lg
+        images = None
+        if render:
+            first = next(iter(image_parts.values()))[1]
+            images = torch.empty((n * k, *first.shape[1:]), dtype=torch.uint8)
+            for rows, img in image_parts.values():
+                images[rows] = img
+        start_z = z0[source]
+        return FrameResult(
+            z_edited=frames, logits_before=before[source], logits_after=logits,
+            latent_shift=torch.linalg.vector_norm(frames - start_z, dim=1),
+            steps_taken=torch.zeros(n * k, dtype=torch.int32),
+            status=torch.full((n * k,), STEPS_DONE, dtype=torch.int32), images=images,
+            source=source, frame=torch.arange(k, dtype=torch.int32).repeat(n), t=frame_t,
+        )  # fmt: skip
