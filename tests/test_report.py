@@ -142,7 +142,9 @@ def test_same_classifier_as_judge_is_refused_unless_allowed(judged_job, tmp_path
     assert "grades its own homework" in caplog.text
 
 
-def test_cli_report_needs_a_judge_off_the_demo_models_and_refuses_self_grading(judged_job, tmp_path, job_models):
+def test_cli_report_needs_a_judge_off_the_demo_models_and_refuses_self_grading(
+    judged_job, tmp_path, job_models
+):
     job, _, judge = judged_job
     runner = CliRunner()
     one_line_error(runner.invoke(main, ["report", str(job), "-o", str(tmp_path / "r")]), "--judge: required")
@@ -184,7 +186,9 @@ def test_sheet_draws_strips_as_rows(judged_job, tmp_path):
     rows = {
         "id": pa.array(ids, pa.int64()),
         "alpha": pa.array([a for _ in range(5) for a in alphas[::-1]], pa.float64()),  # written out of order
-        "z_edited": pa.array([list(z[i - 100] * (1 + a)) for i, a in zip(ids, alphas[::-1] * 5, strict=True)]),
+        "z_edited": pa.array(
+            [list(z[i - 100] * (1 + a)) for i, a in zip(ids, alphas[::-1] * 5, strict=True)]
+        ),
     }
     pq.write_table(pa.table(rows), strip / "parts" / "part-000000-000000-000000-000.parquet")
     out = job_sheet(SheetConfig(strip, tmp_path / "sheet.png", rows=3, scale=1))
