@@ -1,10 +1,10 @@
 """Per-row validation of one piece of a unit: the rows to edit, as arrays, and the rejects.
 
-A rejected row gets every reason that applies, joined by "; ". Checks: null / duplicate id, null z,
-wrong z length, null values in z, NaN or Inf in z (after the cast to float32), null or out-of-range
-label (conditional generators), unusable per-row targets / steps (negative, or above
-max(MAX_ROW_STEPS, --steps)) / stop_at_prob, and later copies of an id (the job's first row with
-an id wins, duplicates.py).
+A rejected row gets every reason that applies, joined by "; ". Checks: null / duplicate id, text that is
+not valid UTF-8 (any column), null z, wrong z length, null values in z, NaN or Inf in z (after the cast
+to float32), a z value beyond MAX_ABS_Z in magnitude, null or out-of-range label (conditional
+generators), unusable per-row targets / steps (negative, or above max(MAX_ROW_STEPS, --steps)) /
+stop_at_prob, and later copies of an id (the job's first row with an id wins, duplicates.py).
 """
 
 from __future__ import annotations
@@ -141,6 +141,13 @@ def _mask(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False).astype(bool)
 
 
+# Largest |z_i| a row may have. Latents are drawn from N(0, I), where |z_i| > 10 has a chance below 1e-22
+# per value; 1,000 standard deviations out no generator has seen anything like it, and far beyond (1e18
+# and up) the float32 objective overflows: such a row is garbage in, so it is rejected with its value
+# rather than edited into garbage out. Edited latents that drifted (tens of sigma) stay well inside.
+MAX_ABS_Z = 1000.0
+
+
 def _check_z(column: pa.Array, z_dim: int, reasons: Reasons) -> np.ndarray:
     """z as [n, z_dim] float32 (zeros in rows that fail); adds the reasons of the rows that fail."""
     n = len(column)
@@ -168,6 +175,16 @@ def _check_z(column: pa.Array, z_dim: int, reasons: Reasons) -> np.ndarray:
     finite = np.isfinite(block).all(axis=1)
     if not finite.all():
         reasons.add_rows(rows[~finite], "z has NaN or Inf (as float32)")
+    largest = np.abs(np.where(np.isfinite(block), block, 0)).max(axis=1)  # [k]
+    far = finite & (largest > MAX_ABS_Z)
+    if far.any():
+        reasons.add_rows(
+            rows[far],
+            lambda i: (
+                f"z has a value of magnitude {largest[np.searchsorted(rows, i)]:.4g}, above the "
+                f"{MAX_ABS_Z:g} a latent may have (z ~ N(0, I) stays within about 6)"
+            ),
+        )
     z[rows] = block
     return z
 

@@ -200,3 +200,23 @@ def test_text_that_is_not_utf8_is_rejected_naming_the_column(tmp_path, job_model
     }
     assert rejects.column("id").to_pylist() == [None, "row5", "row6"]
     assert read_parts(out).column("id").to_pylist() == ["row0", "row1", "row3", "row4", "row7"]
+
+
+def test_latents_far_outside_the_prior_are_rejected_with_their_magnitude(tmp_path, job_models):
+    """z ~ N(0, I): a value of 1e30 (or anything past MAX_ABS_Z) is not a latent, it is rejected; a
+    latent that drifted some way out is still edited."""
+    from zsteer.jobs.rows import MAX_ABS_Z
+
+    z = latents(6)
+    z[1, 3] = 1e30
+    z[2, 0] = -(MAX_ABS_Z + 1)
+    z[3, 7] = MAX_ABS_Z  # at the limit: kept
+    z[4] *= 20  # twenty sigma out: kept
+    out = tmp_path / "job"
+    manifest = write_manifest(tmp_path / "m.parquet", {"id": np.arange(6), "z": z})
+    assert run_job(_config(manifest, out, job_models)).status == "complete"
+    assert reasons_by_row(out) == {
+        1: "z has a value of magnitude 1e+30, above the 1000 a latent may have (z ~ N(0, I) stays within about 6)",
+        2: "z has a value of magnitude 1001, above the 1000 a latent may have (z ~ N(0, I) stays within about 6)",
+    }
+    assert read_parts(out).column("id").to_pylist() == [0, 3, 4, 5]
