@@ -37,6 +37,7 @@ LAZY_COMMANDS = {
     "report": "zsteer.cli.report:report",
     "bench": "zsteer.cli.bench:bench",
     "verify": "zsteer.cli.verify:verify",
+    "directions": "zsteer.cli.directions:directions",
 }
 
 
