@@ -11,6 +11,14 @@ an imported one. Both give the engine what it asks for:
     classify(images)                              -> logits [N, A] (resized to the classifier's input)
     forward(z_in) = classify(generate(z_in))      what torch.func.vjp differentiates
 
+Batch invariance: a row's bits must not depend on its neighbours or the batch size (docs/ARCHITECTURE.md).
+The course stacks hold it with batches of at least ``MIN_ROWS`` rows, but an arbitrary graph does not:
+a GEMM picks its kernel by the number of rows, and torch's vectorised sigmoid / SiLU / ELU compute the
+last elements of a tensor with a scalar loop that rounds differently, so a row's bits depend on where it
+sits. ModelNet therefore runs every row in a call of its own, as ``MIN_ROWS`` copies of itself: each call
+of the graph sees exactly the same tensor for a given row, whatever batch it came in. That costs the
+batching (``row_by_row=False`` gives it back, with rows equal only within fp32 rounding).
+
 Between the two models ModelNet does what EditNet does for the course's 28 -> 64 pixels: a bilinear
 resize to the classifier's input size, a 1-channel image repeated for a 3-channel classifier; the pixel
 range of each model is its own module's business (imported.py maps it to [-1, 1]). It says so in a log
@@ -25,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ascent_loop import MIN_ROWS
 from .checkpoints import LoadedModel
 from .imported import ImportedClassifierSpec, is_imported
 from .models import ClassifierSpec
@@ -45,8 +54,10 @@ def classifier_input_shape(classifier: LoadedModel) -> tuple[int, int, int]:
 class ModelNet(nn.Module):
     """Frozen latent -> logits network over any generator and classifier modules (module docstring)."""
 
-    def __init__(self, generator: LoadedModel, classifier: LoadedModel):
+    def __init__(self, generator: LoadedModel, classifier: LoadedModel, row_by_row: bool = True):
         super().__init__()
+        # One call of the graphs per row (MIN_ROWS copies of it): a row's bits independent of its batch.
+        self.row_by_row = row_by_row
         gspec = generator.spec
         self.z_dim, self.n_labels = gspec.z_dim, gspec.n_classes
         self.input_dim = self.z_dim + self.n_labels
@@ -78,17 +89,27 @@ class ModelNet(nn.Module):
         return latent_input(z, labels, self.n_labels)
 
     def generate(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> [N, C, H, W] in [-1, 1]
-        return self.gen(z_in)
+        return self._per_row(self.gen, z_in)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, A]
+        return self._per_row(self._classify, images)
+
+    def forward(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> logits [N, A]
+        return self._per_row(lambda rows: self._classify(self.gen(rows)), z_in)
+
+    def _classify(self, images: torch.Tensor) -> torch.Tensor:  # [m, C, H, W] -> [m, A]
         if self.resize:
             images = F.interpolate(images, size=(self.class_h, self.class_w), mode="bilinear")
         if self.expand:
             images = images.expand(-1, self.class_chan, -1, -1)
         return self.cls(images)
 
-    def forward(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> logits [N, A]
-        return self.classify(self.generate(z_in))
+    def _per_row(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)``; row by row as MIN_ROWS copies of each row when ``row_by_row`` (module docstring)."""
+        if not self.row_by_row:
+            return fn(x)
+        copies = torch.zeros(MIN_ROWS, dtype=torch.int64, device=x.device)
+        return torch.cat([fn(x[i : i + 1].index_select(0, copies))[:1] for i in range(x.shape[0])])
 
     def train(self, mode: bool = True):
         """The modules are frozen graphs; only the flag changes (torch refuses eval() on exported ones)."""

@@ -1,0 +1,284 @@
+"""Bring-your-own models: three non-course architectures imported as .pt2 programs, edited, run as jobs.
+
+The models (tests/byokit.py) are a residual-block generator, a generator whose class enters through an
+nn.Embedding, and a classifier with global pooling and a linear head. Each is imported with the library
+call behind `zsteer import`, loaded back through the job's checks, edited by ascent, and run as a job
+that is crashed and resumed. Gradients are compared with eager autograd on the original modules, and the
+files zsteer must refuse (code on load, wrong shapes, no gradient) are refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from byokit import (
+    ATTRIBUTES,
+    EMBEDDING_CARD,
+    N_CLASSES,
+    POOLED_CARD,
+    RESIDUAL_CARD,
+    Z_DIM,
+    ArgmaxClassifier,
+    embedding_generator,
+    import_all,
+    pooled_classifier,
+    residual_generator,
+    with_gain,
+)
+from click.testing import CliRunner
+from jobkit import crash_at_commit, job_config, latents, read_parts, write_manifest
+
+from zsteer.cli.main import main
+from zsteer.core.errors import CheckpointError, ZsteerError
+from zsteer.jobs.runner import run_job
+from zsteer.pipeline.config import AscentConfig, EngineConfig
+from zsteer.pipeline.engine import make_engine
+from zsteer.pipeline.generic_net import ModelNet
+from zsteer.pipeline.importer import write_imported
+from zsteer.pipeline.loading import load_classifier_file, load_generator_file
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+EAGER = {"residual": residual_generator, "embedding": embedding_generator}
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    return import_all(tmp_path_factory.mktemp("byo"))
+
+
+def _rows(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, Z_DIM, generator=g), torch.arange(n) % N_CLASSES
+
+
+def _eager_logits(gname: str, z, labels):
+    """The pair as the user wrote it, in eager PyTorch: what zsteer's graphs must reproduce."""
+    gen, cls = EAGER[gname](), pooled_classifier()
+    # The embedding generator draws [0, 1]: zsteer works in [-1, 1].
+    images = gen(z, labels) * 2 - 1 if gname == "embedding" else gen(z)
+    images = F.interpolate(images, size=(20, 20), mode="bilinear").expand(-1, 3, -1, -1)
+    return cls((images + 1) / 2)  # the classifier reads [0, 1]
+
+
+def test_import_writes_a_program_and_a_sidecar_that_load_back(imported):
+    side = json.loads(imported["embedding"].with_suffix(".json").read_text())
+    assert side["kind"] == "imported_generator" and side["class_input"] == "embedding"
+    assert side["image_shape"] == [1, 12, 12] and side["output_range"] == [0.0, 1.0]
+    cls = load_classifier_file(imported["pooled"])
+    assert cls.attributes == ATTRIBUTES and cls.spec.input_shape == (3, 20, 20)
+    names = {n.split("/", 1)[1] for n in zipfile.ZipFile(imported["pooled"]).namelist()}
+    assert not any(n.startswith(("data/aotinductor", "data/constants/custom_obj")) for n in names)
+
+
+@pytest.mark.parametrize("gname", ["residual", "embedding"])
+def test_input_gradients_match_eager_autograd_on_the_original_modules(imported, gname):
+    z, labels = _rows(5)
+    weights = torch.randn(5, len(ATTRIBUTES), generator=torch.Generator().manual_seed(1))
+    z_eager = z.clone().requires_grad_(True)
+    want_logits = _eager_logits(gname, z_eager, labels)
+    (want,) = torch.autograd.grad((want_logits * weights).sum(), z_eager)
+
+    net = ModelNet(load_generator_file(imported[gname]), load_classifier_file(imported["pooled"]))
+    logits, vjp = torch.func.vjp(net, net.latent_input(z, labels if net.n_labels else None))
+    (got,) = vjp(weights)
+    torch.testing.assert_close(logits, want_logits.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[:, :Z_DIM], want, rtol=1e-4, atol=1e-7)
+    assert want.abs().max() > 1e-3, "the models have real gain: the comparison is not noise"
+
+
+@pytest.mark.parametrize("gname", ["residual", "embedding"])
+def test_ascent_raises_the_target_and_a_row_is_the_same_at_any_batch_size(imported, gname):
+    gen, cls = load_generator_file(imported[gname]), load_classifier_file(imported["pooled"])
+    z, labels = _rows(5, seed=2)
+    labels = labels if gen.spec.n_classes else None
+    weights = torch.zeros(5, len(ATTRIBUTES))
+    weights[:, 0] = 1.0
+    ascent = AscentConfig(steps=6, lr=2.0)
+    edits = [
+        make_engine(gen, cls, ascent, EngineConfig(batch_size=b)).edit(
+            z, weights, (weights == 0).float(), labels
+        )
+        for b in (1, 3, 8)
+    ]
+    first = edits[0]
+    assert (first.logits_after[:, 0] > first.logits_before[:, 0]).all()
+    assert (first.steps_taken == 6).all() and first.images.shape == (
+        5,
+        *gen.spec.image_shape[1:],
+        gen.spec.im_chan,
+    )
+    for other in edits[1:]:
+        assert torch.equal(other.z_edited, first.z_edited) and torch.equal(other.images, first.images)
+
+
+@pytest.mark.parametrize("gname", ["residual", "embedding"])
+def test_a_job_on_imported_models_resumes_exactly_once(imported, tmp_path, monkeypatch, gname):
+    n = 24
+    columns = {"id": np.arange(n), "z": latents(n, seed=4, z_dim=Z_DIM)}
+    if gname == "embedding":
+        columns["label"] = np.arange(n) % N_CLASSES
+    manifest = write_manifest(tmp_path / "m.parquet", columns, row_group_size=8)
+    models = (imported[gname], imported["pooled"])
+
+    def config(out):
+        return job_config(manifest, out, models, targets=("smile",), unit_rows=8, output={"images": "png"})
+
+    whole = tmp_path / "whole"
+    assert run_job(config(whole)).status == "complete"
+    out = tmp_path / "crashed"
+    crash_at_commit(monkeypatch, 2, config(out))
+    assert run_job(config(out)).status == "complete"
+    a, b = read_parts(whole).sort_by("id"), read_parts(out).sort_by("id")
+    assert a.column("id").to_pylist() == list(range(n))
+    assert a.equals(b), "a crash and a resume change no row, bit for bit"
+    identity = json.loads((out / "job.json").read_text())["identity"]
+    assert identity["generator"]["spec"]["kind"] == "imported_generator"
+    assert identity["classifier"]["attributes"] == list(ATTRIBUTES)
+    assert len(identity["classifier"]["fingerprint"]) == 16
+
+
+def test_the_generic_net_says_how_it_adapts_images(imported, caplog):
+    caplog.set_level("INFO", logger="zsteer")
+    ModelNet(load_generator_file(imported["embedding"]), load_classifier_file(imported["pooled"]))
+    assert "resized (bilinear), its one channel repeated" in caplog.text
+
+
+# ---- refusals: one line each, at load ----------------------------------------------------------------
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    """A copy of the .pt2 archive ``src`` with ``edit(inner_name, bytes) -> bytes | None`` applied."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            inner = info.filename.split("/", 1)[1]
+            data = edit(inner, zin.read(info.filename))
+            if data is not None:
+                zout.writestr(info.filename, data)
+    dst.with_suffix(".json").write_text(src.with_suffix(".json").read_text())
+    return dst
+
+
+def _edit_program(change):
+    def edit(inner, data):
+        if inner != "models/model.json":
+            return data
+        doc = json.loads(data)
+        change(doc)
+        return json.dumps(doc).encode()
+
+    return edit
+
+
+def _first_node(doc) -> dict:
+    return doc["graph_module"]["graph"]["nodes"][0]
+
+
+@pytest.mark.parametrize(
+    "case, edit, message",
+    [
+        ("sympy", _edit_program(lambda d: d["range_constraints"].update({"__import__('os').system('touch PWNED')": {}})),
+         "symbolic size"),
+        ("guard", _edit_program(lambda d: d.update(guards_code=["__import__('os').system('touch PWNED')"])),
+         "guard"),
+        ("target", _edit_program(lambda d: _first_node(d).update(target="torch.load")), "not an ATen operator"),
+        ("from_file", _edit_program(lambda d: _first_node(d).update(target="torch.ops.aten.from_file.default")),
+         "reads or writes"),
+        ("pickled weight", lambda inner, data: data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+         if inner.endswith("weights_config.json") else data, "stored as a pickle"),
+        ("compiled library", lambda inner, data: data, "data/aotinductor"),
+        ("sample inputs", lambda inner, data: data if not inner.startswith("data/sample_inputs/")
+         else __import__("pickle").dumps(Path("x")), "sample inputs are not plain tensors"),
+    ],
+)  # fmt: skip
+def test_files_that_could_run_code_on_load_are_refused_before_torch_reads_them(
+    imported, tmp_path, monkeypatch, case, edit, message
+):
+    monkeypatch.chdir(tmp_path)
+    bad = _rewrite(imported["residual"], tmp_path / "bad.pt2", edit)
+    if case == "compiled library":
+        with zipfile.ZipFile(bad, "a") as archive:
+            root = archive.namelist()[0].split("/")[0]
+            archive.writestr(f"{root}/data/aotinductor/model/model.so", b"\x7fELF")
+    loads = []
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_generator_file(bad)
+    assert "\n" not in str(err.value) and str(bad) in str(err.value)
+    assert not loads and not (tmp_path / "PWNED").exists()
+
+
+def test_a_classifier_without_a_gradient_is_refused_naming_the_operation(tmp_path):
+    path = tmp_path / "argmax.pt2"
+    with pytest.raises(
+        CheckpointError, match=r"no gradient reaches the classifier's input images.*aten\.round"
+    ):
+        write_imported(with_gain(ArgmaxClassifier(), 3), POOLED_CARD, path)
+    assert not path.exists(), "a refused import leaves no file behind"
+
+
+def _with_sidecar(src: Path, dst: Path, **fields) -> Path:
+    dst.write_bytes(src.read_bytes())
+    doc = json.loads(src.with_suffix(".json").read_text()) | fields
+    dst.with_suffix(".json").write_text(json.dumps(doc))
+    return dst
+
+
+def test_shape_rank_and_attribute_problems_are_one_line_errors_at_load(imported, tmp_path):
+    res, pooled = imported["residual"], imported["pooled"]
+    with pytest.raises(CheckpointError, match=r"input 0 of the graph has rank 2 \[N, 6\], expected rank 4"):
+        as_classifier = _with_sidecar(res, tmp_path / "c.pt2", kind="imported_classifier",
+                                      input_shape=[3, 16, 16], attributes=["a"])  # fmt: skip
+        load_classifier_file(as_classifier)
+    with pytest.raises(
+        CheckpointError, match=r"draws \[3, 16, 16\] per row, its sidecar says image_shape \[3, 8, 8\]"
+    ):
+        load_generator_file(_with_sidecar(res, tmp_path / "g.pt2", image_shape=[3, 8, 8]))
+    with pytest.raises(CheckpointError, match="has 4 logits but 3 attribute names"):
+        load_classifier_file(_with_sidecar(pooled, tmp_path / "a.pt2", attributes=["a", "b", "c"]))
+    with pytest.raises(CheckpointError, match="input 0 of the graph is \\[N, 6\\], expected width 9"):
+        load_generator_file(_with_sidecar(res, tmp_path / "w.pt2", z_dim=9))
+    with pytest.raises(
+        CheckpointError, match="describes a 'imported_generator', but it was given as the classifier"
+    ):
+        load_classifier_file(res)
+    (tmp_path / "lone.pt2").write_bytes(res.read_bytes())
+    with pytest.raises(CheckpointError, match="its sidecar lone.json is missing"):
+        load_generator_file(tmp_path / "lone.pt2")
+    with pytest.raises(CheckpointError, match="z_dim 8 was given, but its sidecar says 6"):
+        load_generator_file(res, z_dim=8)
+
+
+def test_zsteer_import_runs_the_users_factory_and_refuses_bad_options(tmp_path):
+    runner = CliRunner()
+    tests = str(Path(__file__).parent)
+    out = tmp_path / "emb.pt2"
+    args = ["import", "--module", "byokit:embedding_generator", "--kind", "generator", "--z-dim", str(Z_DIM),
+            "--n-classes", str(N_CLASSES), "--class-input", "embedding", "--output-range", "0,1",
+            "--out", str(out), "--path", tests]  # fmt: skip
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["source"] == "byokit:embedding_generator"
+    assert load_generator_file(out).spec == load_generator_file(out).spec.__class__(
+        z_dim=Z_DIM,
+        n_classes=N_CLASSES,
+        class_input="embedding",
+        output_range=(0.0, 1.0),
+        image_shape=(1, 12, 12),
+    )
+    bad = runner.invoke(main, [*args[:2], "byokit:nothing_here", *args[3:]])
+    assert bad.exit_code == 2 and "has no attribute 'nothing_here'" in bad.output
+    wrong = runner.invoke(main, [*args[:-4], "--output-range", "0,255", "--out", str(out), "--path", tests])
+    assert wrong.exit_code == 2 and "the range must be [-1, 1] or [0, 1]" in wrong.output
+
+
+def test_the_cards_are_what_the_sidecars_hold():
+    assert RESIDUAL_CARD.class_input == "none" and EMBEDDING_CARD.output_range == (0.0, 1.0)
+    with pytest.raises(ZsteerError, match="go together"):
+        write_imported(residual_generator(), RESIDUAL_CARD.__class__(z_dim=Z_DIM, n_classes=2), "x.pt2")
