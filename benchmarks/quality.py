@@ -20,8 +20,9 @@ on a shared machine: compare within one run). For every method family it reports
 settings with success >= --goal-success, and whether the issue's goal holds: success >= 90% with drift at
 most half of unpenalised ascent's. Directions are fitted once per run (their time is reported apart).
 
-Writes OUT/quality.json, OUT/quality.md and, per attribute, OUT/ATTR/report.{json,csv,md} with the
-dependency heatmap and the Pareto plot.
+Writes OUT/quality.json, OUT/quality.md, per attribute OUT/ATTR/report.{json,csv,md} with the heatmap
+and the Pareto plot of its settings, and OUT/dependency/: the attribute x attribute matrix of every
+attribute edited by unpenalised and penalised ascent.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ DEMO_ASCENT = AscentConfig(steps=12, lr=0.5, penalty=0.0, normalize=True)  # `zs
 PENALTIES = (0.0, 0.5, 1.0, 2.0)
 ALPHAS = (1.5, 3.0, 4.5, 6.0)
 UNTIL = (0.9, 0.99)
+ACROSS = ("ascent l0", "ascent l0.5")  # the settings of the cross-attribute dependency report
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,15 @@ def settings_for(attribute: str, others: tuple[str, ...], files: dict[str, Path]
             )
             out.append(Setting(family, f"{short} until {p:g}", method))
     return out
+
+
+def report_of(judge, jobs: list[dict]) -> dict:
+    """A `zsteer report` document over judged jobs (jobs/report.py's report_job results)."""
+    return {
+        "judge": {"path": str(judge.path), "fingerprint": judge.fingerprint},
+        "attributes": list(judge.attributes),
+        "jobs": jobs,
+    }
 
 
 def run_setting(setting: Setting, manifest: Path, out: Path, paths: dict[str, Path]) -> dict:
@@ -161,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fitted {method} directions in {fit_seconds[method]} s", flush=True)
 
     rows: list[dict] = []
+    across: list[dict] = []
     for attribute in attributes:
         others = tuple(a for a in cls.attributes if a != attribute)
         reports = []
@@ -186,14 +198,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['latents_per_second']} latents/s",
                 flush=True,
             )
-        write_report(
-            {
-                "judge": {"path": str(judge.path), "fingerprint": judge.fingerprint},
-                "attributes": list(judge.attributes),
-                "jobs": reports,
-            },
-            args.out / attribute,
-        )
+        write_report(report_of(judge, reports), args.out / attribute)
+        across.extend(r for r in reports if r["name"] in ACROSS)
+    # The attribute x attribute matrix: each attribute edited by unpenalised and penalised ascent.
+    write_report(report_of(judge, across), args.out / "dependency")
 
     verdicts = {}
     for attribute in attributes:

@@ -61,8 +61,9 @@ def report(jobs, judge, out, targets, allow_same_classifier, batch):
     for job in data["jobs"]:
         for t in job["targets"]:
             rate = "-" if t["success_rate"] is None else f"{t['success_rate']:.0%}"
+            strip = f" ({t['strip']['column']} {t['strip']['value']:g})" if "strip" in t else ""
             click.echo(
-                f"{job['name']}: {t['target']} success {rate} of {t['rows_lacking_target']} rows, "
+                f"{job['name']}: {t['target']}{strip} success {rate} of {t['rows_lacking_target']} rows, "
                 f"p {t['target_prob_before']:.2f} -> {t['target_prob_after']:.2f}, "
                 f"other drift {t['mean_other_drift']:.3f}, shift {t['latent_shift']:.2f}"
             )

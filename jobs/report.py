@@ -34,11 +34,12 @@ import torch.nn.functional as F
 from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.attributes import parse_target
 from zsteer.pipeline.checkpoints import LoadedModel, file_fingerprint
+from zsteer.pipeline.generic_net import classifier_input_shape
 from zsteer.pipeline.loading import demo_model_paths
 
 from .folder import JobFolder, write_bytes_atomic, write_json_atomic
 from .jobview import JobView, ManifestLatents, open_job
-from .sheet import render_latents
+from .sheet import STRIP_COLUMNS, render_latents
 
 log = logging.getLogger("zsteer.report")
 REPORT_JSON, REPORT_CSV, REPORT_MD = "report.json", "report.csv", "report.md"
@@ -127,20 +128,24 @@ class TargetTally:
 def judge_probabilities(judge: LoadedModel, images: np.ndarray) -> np.ndarray:
     """Judge probabilities [n, A] of uint8 images [n, H, W, C], resized and expanded as the judge reads."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # [n, C, H, W]
-    size, chan = judge.spec.image_size, judge.spec.im_chan
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear")  # as the editor does (pipeline/network.py)
+    chan, height, width = classifier_input_shape(judge)  # a course or an imported (.pt2) judge
+    if x.shape[-2:] != (height, width):  # resized as the editor does (pipeline/network.py)
+        x = F.interpolate(x, size=(height, width), mode="bilinear")
     if x.shape[1] != chan:
         x = x.expand(-1, chan, -1, -1)
     with torch.no_grad():
         return torch.sigmoid(judge.module(x)).double().numpy()
 
 
-def judged_rows(view: JobView, judge: LoadedModel, batch: int) -> Iterator[tuple[np.ndarray, ...]]:
-    """(p_before [n, A], p_after [n, A], latent shift [n]) of the job's committed rows, ``batch`` at a time."""
+def judged_rows(view: JobView, judge: LoadedModel, batch: int) -> Iterator[tuple]:
+    """(p_before [n, A], p_after [n, A], latent shift [n], strip values [n] or None) of the job's committed
+    rows, ``batch`` at a time; the strip values are a strip job's ``alpha`` or ``frame`` column."""
     latents = ManifestLatents(view.inputs)
     for shard in view.committed_parts():
-        for record in pq.ParquetFile(shard).iter_batches(batch_size=batch, columns=["id", "z_edited"]):
+        reader = pq.ParquetFile(shard)
+        strip = next((c for c in STRIP_COLUMNS if c in reader.schema_arrow.names), None)
+        columns = ["id", "z_edited", *([strip] if strip else [])]
+        for record in reader.iter_batches(batch_size=batch, columns=columns):
             ids = record.column("id").to_pylist()
             z, labels = latents.lookup(ids)  # [n, z_dim], [n] or None
             z_edited = np.asarray(record.column("z_edited").to_pylist(), dtype=np.float32)  # [n, z_dim]
@@ -148,7 +153,8 @@ def judged_rows(view: JobView, judge: LoadedModel, batch: int) -> Iterator[tuple
                 before = render_latents(view.generator, z, labels)  # [n, H, W, C] uint8
                 after = render_latents(view.generator, z_edited, labels)
             shift = np.linalg.norm(z_edited.astype(np.float64) - z, axis=1)  # [n]
-            yield judge_probabilities(judge, before), judge_probabilities(judge, after), shift
+            values = None if strip is None else (strip, np.asarray(record.column(strip).to_pylist()))
+            yield judge_probabilities(judge, before), judge_probabilities(judge, after), shift, values
 
 
 def check_judge(view: JobView, judge: LoadedModel, allow_same_classifier: bool) -> None:
@@ -211,11 +217,18 @@ def report_job(view: JobView, judge: LoadedModel, config: ReportConfig) -> dict:
     check_judge(view, judge, config.allow_same_classifier)
     targets = job_targets(view, config, judge)
     n_attr = len(judge.attributes)
-    tallies = [TargetTally(t, sign, n_attr) for t, sign in targets]
-    for before, after, shift in judged_rows(view, judge, config.batch):
-        for tally in tallies:
-            tally.add(before, after, shift)
-    if not tallies[0].rows:
+    # One tally per target, and for a strip job per target and strip value (alpha or frame).
+    tallies: dict[tuple, TargetTally] = {}
+    for before, after, shift, strip in judged_rows(view, judge, config.batch):
+        groups = [(None, slice(None))]
+        if strip is not None:
+            column, values = strip
+            groups = [((column, float(v)), values == v) for v in np.unique(values)]
+        for key, rows in groups:
+            for order, (t, sign) in enumerate(targets):
+                tally = tallies.setdefault((order, key), TargetTally(t, sign, n_attr))
+                tally.add(before[rows], after[rows], shift[rows])
+    if not tallies:
         raise ZsteerError(f"{view.folder.root}: the job has no committed rows yet")
     others = [i for i in range(n_attr) if i not in {t for t, _ in targets}]
     return {
@@ -223,7 +236,11 @@ def report_job(view: JobView, judge: LoadedModel, config: ReportConfig) -> dict:
         "name": view.folder.root.name,
         "method": view.doc.get("identity", {}).get("method"),
         "settings": {k: v for k, v in view.doc.get("identity", {}).items() if k in ("ascent", "direction")},
-        "targets": [tally.result(judge.attributes, others) for tally in tallies],
+        "targets": [
+            tally.result(judge.attributes, others)
+            | ({"strip": {"column": key[1][0], "value": key[1][1]}} if key[1] else {})
+            for key, tally in sorted(tallies.items(), key=lambda kv: (kv[0][0], kv[0][1] or ("", 0.0)))
+        ],
     }
 
 
@@ -264,10 +281,15 @@ def report_rows(report: dict) -> list[dict]:
     rows = []
     for job in report["jobs"]:
         for t in job["targets"]:
+            strip = t.get("strip")
             row = {
                 "job": job["name"],
                 "method": job["method"],
                 "target": t["target"],
+                "strip": f"{strip['column']} {strip['value']:g}" if strip else "",
+                # How plots and tables name the row: job, target, and the strip value if any.
+                "label": f"{job['name']}: {t['target']}"
+                + (f" ({strip['column']} {strip['value']:g})" if strip else ""),
                 "rows": t["rows"],
                 "rows_lacking_target": t["rows_lacking_target"],
                 "success_rate": t["success_rate"],
@@ -299,11 +321,11 @@ def markdown(report: dict, images: dict[str, str]) -> str:
         f"Judge: `{report['judge']['path']}` (fingerprint {report['judge']['fingerprint']}). Success: rows that "
         "lacked the target and gained it, by the judge. Drift: mean |dp| of the other attributes.",
         "",
-        "| job | method | target | rows | lacking | success | p before | p after | other drift | other flips | shift |",
-        "|---" * 11 + "|",
+        "| job | method | target | strip | rows | lacking | success | p before | p after | other drift | other flips | shift |",
+        "|---" * 12 + "|",
     ]
     keys = (
-        "job", "method", "target", "rows", "rows_lacking_target", "success_rate", "target_prob_before",
+        "job", "method", "target", "strip", "rows", "rows_lacking_target", "success_rate", "target_prob_before",
         "target_prob_after", "mean_other_drift", "mean_other_flip_rate", "latent_shift",
     )  # fmt: skip
     lines += ["| " + " | ".join(_fmt(row[k]) for k in keys) + " |" for row in rows]
@@ -311,9 +333,7 @@ def markdown(report: dict, images: dict[str, str]) -> str:
         lines += ["", f"## {title}", "", "| job: target | " + " | ".join(attributes) + " |"]
         lines.append("|---" * (len(attributes) + 1) + "|")
         lines += [
-            f"| {row['job']}: {row['target']} | "
-            + " | ".join(_fmt(row[prefix + a]) for a in attributes)
-            + " |"
+            f"| {row['label']} | " + " | ".join(_fmt(row[prefix + a]) for a in attributes) + " |"
             for row in rows
         ]
     for section in report.get("sections", []):

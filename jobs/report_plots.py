@@ -37,7 +37,7 @@ def dependency_heatmap(rows: list[dict], attributes: list[str], path: Path) -> P
     """Mean |dp| per (job: target) row and judged attribute column, values written in the cells."""
     figure, canvas = _pyplot()
     matrix = np.array([[row[f"dp_{a}"] for a in attributes] for row in rows])  # [rows, A]
-    labels = [f"{row['job']}: {row['target']}" for row in rows]
+    labels = [row["label"] for row in rows]
     fig = figure(figsize=(1.0 + 0.75 * len(attributes), 1.2 + 0.42 * len(rows)))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(float(matrix.max()), 1e-6), aspect="auto")
@@ -66,9 +66,7 @@ def pareto_plot(rows: list[dict], path: Path) -> Path:
     figure, canvas = _pyplot()
     fig = figure(figsize=(6.0, 4.2))
     ax = fig.add_subplot()
-    points = [
-        (row["mean_other_drift"], row["success_rate"], f"{row['job']}: {row['target']}") for row in rows
-    ]
+    points = [(row["mean_other_drift"], row["success_rate"], row["label"]) for row in rows]
     points = [(x, y, label) for x, y, label in points if y is not None]
     for x, y, label in points:
         ax.scatter([x], [y], s=28)

@@ -174,27 +174,51 @@ def test_contact_sheet_captions_leave_the_width_to_the_images():
     assert sheet.height < 3 * (128 + 30)
 
 
-def test_sheet_draws_strips_as_rows(judged_job, tmp_path):
-    """A job whose rows carry an ``alpha`` (one row per input row and alpha): one sheet row per input row."""
+ALPHAS = [-1.0, 0.0, 1.0, 2.0]
+
+
+@pytest.fixture(scope="module")
+def strip_job(judged_job, tmp_path_factory):
+    """A job folder whose rows carry an ``alpha`` (one row per input row and alpha, written out of alpha
+    order): z_edited = z * (1 + alpha), for the first 5 rows of the judged job's manifest."""
     job, z, _ = judged_job
-    strip = tmp_path / "strip"
-    strip.mkdir()
+    strip = tmp_path_factory.mktemp("strip") / "strip"
+    (strip / "parts").mkdir(parents=True)
+    (strip / "commits").mkdir()
     (strip / "job.json").write_text((job / "job.json").read_text())
-    (strip / "parts").mkdir()
-    alphas = [-1.0, 0.0, 1.0, 2.0]
-    ids = [100 + i for i in range(5) for _ in alphas]
+    order = ALPHAS[::-1] * 5
+    ids = [100 + i for i in range(5) for _ in ALPHAS]
     rows = {
         "id": pa.array(ids, pa.int64()),
-        "alpha": pa.array([a for _ in range(5) for a in alphas[::-1]], pa.float64()),  # written out of order
-        "z_edited": pa.array(
-            [list(z[i - 100] * (1 + a)) for i, a in zip(ids, alphas[::-1] * 5, strict=True)]
-        ),
+        "alpha": pa.array(order, pa.float64()),
+        "z_edited": pa.array([list(z[i - 100] * (1 + a)) for i, a in zip(ids, order, strict=True)]),
     }
-    pq.write_table(pa.table(rows), strip / "parts" / "part-000000-000000-000000-000.parquet")
-    out = job_sheet(SheetConfig(strip, tmp_path / "sheet.png", rows=3, scale=1))
+    name = "part-000000-000000-000000-000.parquet"
+    pq.write_table(pa.table(rows), strip / "parts" / name)
+    marker = {"unit": "0:0:0", "parts": [name], "rejects": [], "rows": 5, "edited": 5, "rejected": 0}
+    (strip / "commits" / "commit-000000-000000-000000.json").write_text(json.dumps(marker))
+    return strip
+
+
+def test_report_of_a_strip_job_has_one_entry_per_alpha(strip_job, judged_job, tmp_path):
+    _, _, judge = judged_job
+    got = report_job(
+        open_job(strip_job), judge, ReportConfig(jobs=(strip_job,), judge=judge.path, out=tmp_path)
+    )
+    entries = got["targets"]
+    assert [e["strip"] for e in entries] == [{"column": "alpha", "value": a} for a in ALPHAS]
+    assert all(e["rows"] == 5 for e in entries)
+    still = entries[ALPHAS.index(0.0)]  # alpha 0 is z itself: nothing moves
+    assert still["latent_shift"] == 0 and not any(still["mean_abs_dp"].values())
+    assert entries[ALPHAS.index(2.0)]["latent_shift"] > entries[ALPHAS.index(1.0)]["latent_shift"] > 0
+
+
+def test_sheet_draws_strips_as_rows(strip_job, tmp_path):
+    """One sheet row per input row: before, then its strip in alpha order."""
+    out = job_sheet(SheetConfig(strip_job, tmp_path / "sheet.png", rows=3, scale=1))
     sheet = np.asarray(Image.open(out))
     pad = 2
-    assert sheet.shape[1] == (1 + len(alphas)) * (64 + pad) + pad  # before + one column per alpha
+    assert sheet.shape[1] == (1 + len(ALPHAS)) * (64 + pad) + pad  # before + one column per alpha
     band = 11 + 64 + pad
     assert sheet.shape[0] == 11 + pad + 3 * band + pad  # three strips (rows=3), not three output rows
     # The columns are in alpha order: alpha 0 is z itself, so its tile equals the "before" tile.
