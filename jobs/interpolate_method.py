@@ -32,6 +32,7 @@ from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.config import AscentConfig, EngineConfig
 from zsteer.pipeline.directions import PATHS, interpolate_at
 from zsteer.pipeline.editor import EditBatch, Editor, EditResult, as_tensor, to_uint8_images
+from zsteer.pipeline.generic_net import build_net
 from zsteer.pipeline.network import EditNet
 
 from .backends import BackendConfig, backend_factory
@@ -166,7 +167,9 @@ class InterpolateMethod:
             generator, classifier, AscentConfig(steps=0), engine, backend
         )
         blender = (
-            EditNet(generator, classifier) if generator.spec.n_classes and backend.name == "torch" else None
+            build_net(generator, classifier, fast=True)
+            if generator.spec.n_classes and backend.name == "torch"
+            else None
         )
         return InterpolateEditor(self, renderer, blender, engine.batch_size)
 

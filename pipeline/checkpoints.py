@@ -1,6 +1,7 @@
 """Loading and saving model weights. Checkpoints are data, not code.
 
-Two formats:
+Imported models (``.pt2`` torch.export programs + sidecar) are handed to pipeline/imported.py. Two
+formats of course weights:
 - the course's own ``.pth`` files (``{"gen": state_dict}`` / ``{"classifier": state_dict}``, or a bare
   state_dict), read with ``torch.load(weights_only=True)`` so a pickle that would run code is refused;
 - the project's format: ``NAME.safetensors`` with ``NAME.json`` beside it holding the spec (and, for a
@@ -9,11 +10,10 @@ Two formats:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,9 @@ from torch import nn
 from zsteer.core.errors import CheckpointError
 
 from .attributes import CELEBA40, read_utf8
+from .imported import PROGRAM_SUFFIX, load_imported_classifier, load_imported_generator
 from .inference import check_against, infer_classifier, infer_generator, unwrap
+from .loaded import LoadedModel, file_fingerprint
 from .models import ClassifierSpec, GeneratorSpec, build_classifier, build_generator
 
 COURSE_KEYS = {"generator": "gen", "classifier": "classifier"}
@@ -40,22 +42,6 @@ FLAGS = {
     "classifier": {"hidden_dim": "--cls-hidden-dim", "im_chan": "--cls-im-chan", "n_classes": "--cls-n-classes",
                    "image_size": "--cls-image-size"},
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A frozen, eval-mode model with what describes it."""
-
-    # The module, frozen (requires_grad off) and in eval mode so rows are independent.
-    module: nn.Module
-    # The spec it was built from; recorded in job.json so a resume can be checked.
-    spec: GeneratorSpec | ClassifierSpec
-    # sha256 of the weight file (first 16 hex digits): a different file is a different job.
-    fingerprint: str
-    # Where it came from, for messages.
-    path: str
-    # Attribute names of a classifier (empty for a generator).
-    attributes: tuple[str, ...] = ()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -102,14 +88,6 @@ def _not_a_checkpoint(path: Path, exc: BaseException | None = None) -> Checkpoin
             f"{path}: a damaged PyTorch checkpoint ({_first_line(exc)}); {EXPECTED_FORMATS}"
         )
     return CheckpointError(f"{path}: not a PyTorch checkpoint: {_what_it_is(path)}; {EXPECTED_FORMATS}")
-
-
-def file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -272,15 +250,23 @@ def _load(path: Path, role: str, default_spec, build, overrides: dict):
 
 
 def load_generator(path: str | Path, **overrides) -> LoadedModel:
-    """Load a generator; ``overrides`` (z_dim, hidden_dim, im_chan, n_classes, kind) beat the file's config."""
+    """Load a generator; ``overrides`` (z_dim, hidden_dim, im_chan, n_classes, kind) beat the file's config.
+
+    A ``.pt2`` file is an imported model (pipeline/imported.py): its sidecar says it all, and overrides
+    must agree with it."""
     path = Path(path)
+    if path.suffix == PROGRAM_SUFFIX:
+        return load_imported_generator(path, **overrides)
     module, spec, _ = _load(path, "generator", GeneratorSpec(), build_generator, overrides)
     return LoadedModel(module, spec, file_fingerprint(path), str(path))
 
 
 def load_classifier(path: str | Path, attributes: tuple[str, ...] | None = None, **overrides) -> LoadedModel:
-    """Load a classifier; attribute names come from ``attributes``, the JSON config, or ``celeba40``."""
+    """Load a classifier; attribute names come from ``attributes``, the JSON config, or ``celeba40``
+    (a ``.pt2`` imported classifier: from its sidecar, or ``attributes`` of the same count)."""
     path = Path(path)
+    if path.suffix == PROGRAM_SUFFIX:
+        return load_imported_classifier(path, attributes, **overrides)
     module, spec, config = _load(path, "classifier", ClassifierSpec(), build_classifier, overrides)
     from_file = config.get("attributes")
     if (

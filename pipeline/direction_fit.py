@@ -23,6 +23,7 @@ import torch
 from .checkpoints import LoadedModel
 from .direction_file import DirectionSet
 from .directions import _unit, axis_directions, boundary_directions, pca_directions, sefa_directions
+from .generic_net import build_net
 from .network import EditNet
 
 METHODS = ("boundary", "gradient", "sefa", "pca", "axis")
@@ -120,7 +121,7 @@ def _attribute_indices(classifier: LoadedModel, names: tuple[str, ...]) -> list[
 
 def fit_directions(generator: LoadedModel, classifier: LoadedModel, config: FitConfig) -> DirectionSet:
     """Find directions by ``config.method``; the result records models, seed, settings and timings."""
-    net = EditNet(generator, classifier)
+    net = build_net(generator, classifier, fast=True)  # EditNet, or ModelNet for imported models
     d, nan = net.z_dim, float("nan")
     seconds: dict[str, float] = {}
     values, stats = None, None
@@ -144,6 +145,11 @@ def fit_directions(generator: LoadedModel, classifier: LoadedModel, config: FitC
             seconds["sample_and_fit"] = time.perf_counter() - t0
     else:
         if config.method == "sefa":
+            if not isinstance(net, EditNet):
+                raise ValueError(
+                    "sefa factorises the course generator's first layer; an imported generator's graph has no "
+                    "such layer to read (use boundary, gradient, pca or axis)"
+                )
             vectors, values = sefa_directions(net, config.k or d)
             names = tuple(f"sefa{i}" for i in range(len(vectors)))
             stats = [{"eigenvalue": float(v)} for v in values]
@@ -188,7 +194,7 @@ def judge_directions(
 ) -> torch.Tensor:
     """[K, A] mean change of the judge's probability of each attribute when latents move by ``alpha``
     along each direction: which attributes a direction moves, and how strongly."""
-    net = EditNet(generator, judge)
+    net = build_net(generator, judge, fast=True)
     z, labels = sample_latents(net, n, seed)
     before = torch.sigmoid(score_latents(net, z, labels, batch))  # [n, A]
     out = []

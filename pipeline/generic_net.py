@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ascent_loop import MIN_ROWS
-from .checkpoints import LoadedModel
 from .imported import ImportedClassifierSpec, is_imported
+from .loaded import LoadedModel
 from .models import ClassifierSpec
 from .network import EditNet, latent_input
 

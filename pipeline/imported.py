@@ -27,9 +27,11 @@ from torch import nn
 from zsteer.core.errors import CheckpointError
 
 from .attributes import read_utf8
-from .checkpoints import LoadedModel, file_fingerprint
+from .loaded import LoadedModel, file_fingerprint
 from .program_file import load_program, program_module
 
+# Suffix of an imported model's program; its sidecar is the same name with .json.
+PROGRAM_SUFFIX = ".pt2"
 FORMAT = "zsteer-model"
 FORMAT_VERSION = 1
 CLASS_INPUTS = ("none", "onehot", "embedding")
@@ -109,7 +111,13 @@ class ImportedGenerator(_FixedMode):
 
     def forward(self, z_in: torch.Tensor) -> torch.Tensor:
         if self.class_input == "embedding":
-            labels = z_in[:, self.z_dim :].argmax(dim=1)  # [N]: the one-hot's class, as the graph wants it
+            onehot = z_in[:, self.z_dim :].detach()  # [N, n_classes]
+            if not bool(((onehot == 0) | (onehot == 1)).all()):
+                raise ValueError(
+                    "this generator takes its class as an embedding index, so classes cannot be blended "
+                    "(that needs a generator whose class enters as a one-hot vector)"
+                )
+            labels = onehot.argmax(dim=1)  # [N]: the one-hot's class, as the graph wants it
             images = self.program(z_in[:, : self.z_dim], labels)
         else:
             images = self.program(z_in)

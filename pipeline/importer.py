@@ -23,7 +23,6 @@ from torch import nn
 
 from zsteer.core.errors import CheckpointError, ZsteerError
 
-from .checkpoints import LoadedModel
 from .imported import (
     CLASS_INPUTS,
     ImportedClassifierSpec,
@@ -34,6 +33,7 @@ from .imported import (
     sidecar_path,
     write_sidecar,
 )
+from .loaded import LoadedModel
 
 # Rows of the batch the program is traced with (torch.export specialises a sample size of 0 or 1) and of
 # the batches it is compared on afterwards.

@@ -9,10 +9,6 @@ from zsteer.core.errors import ZsteerError
 
 from .attributes import load_attribute_names
 from .checkpoints import LoadedModel, load_classifier, load_generator
-from .imported import load_imported_classifier, load_imported_generator
-
-# Suffix of an imported model (torch.export program + sidecar, pipeline/imported.py).
-PROGRAM_SUFFIX = ".pt2"
 
 
 @dataclass(frozen=True)
@@ -60,22 +56,6 @@ def load_models(source: ModelSource) -> tuple[LoadedModel, LoadedModel]:
         generator = generator or demo["generator"]
         classifier = classifier or demo["classifier"]
     names = load_attribute_names(source.attributes) if source.attributes else None
-    gen = load_generator_file(generator, **dict(source.generator_overrides))
-    cls = load_classifier_file(classifier, attributes=names, **dict(source.classifier_overrides))
+    gen = load_generator(generator, **dict(source.generator_overrides))
+    cls = load_classifier(classifier, attributes=names, **dict(source.classifier_overrides))
     return gen, cls
-
-
-def load_generator_file(path: str | Path, **overrides) -> LoadedModel:
-    """A generator from any of zsteer's formats: an imported ``.pt2`` program, or course weights."""
-    if Path(path).suffix == PROGRAM_SUFFIX:
-        return load_imported_generator(path, **overrides)
-    return load_generator(path, **overrides)
-
-
-def load_classifier_file(
-    path: str | Path, attributes: tuple[str, ...] | None = None, **overrides
-) -> LoadedModel:
-    """A classifier from any of zsteer's formats: an imported ``.pt2`` program, or course weights."""
-    if Path(path).suffix == PROGRAM_SUFFIX:
-        return load_imported_classifier(path, attributes, **overrides)
-    return load_classifier(path, attributes=attributes, **overrides)

@@ -37,11 +37,11 @@ from jobkit import crash_at_commit, job_config, latents, read_parts, write_manif
 from zsteer.cli.main import main
 from zsteer.core.errors import CheckpointError, ZsteerError
 from zsteer.jobs.runner import run_job
+from zsteer.pipeline.checkpoints import load_classifier, load_generator
 from zsteer.pipeline.config import AscentConfig, EngineConfig
 from zsteer.pipeline.engine import make_engine
 from zsteer.pipeline.generic_net import ModelNet
 from zsteer.pipeline.importer import write_imported
-from zsteer.pipeline.loading import load_classifier_file, load_generator_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -71,7 +71,7 @@ def test_import_writes_a_program_and_a_sidecar_that_load_back(imported):
     side = json.loads(imported["embedding"].with_suffix(".json").read_text())
     assert side["kind"] == "imported_generator" and side["class_input"] == "embedding"
     assert side["image_shape"] == [1, 12, 12] and side["output_range"] == [0.0, 1.0]
-    cls = load_classifier_file(imported["pooled"])
+    cls = load_classifier(imported["pooled"])
     assert cls.attributes == ATTRIBUTES and cls.spec.input_shape == (3, 20, 20)
     names = {n.split("/", 1)[1] for n in zipfile.ZipFile(imported["pooled"]).namelist()}
     assert not any(n.startswith(("data/aotinductor", "data/constants/custom_obj")) for n in names)
@@ -85,7 +85,7 @@ def test_input_gradients_match_eager_autograd_on_the_original_modules(imported, 
     want_logits = _eager_logits(gname, z_eager, labels)
     (want,) = torch.autograd.grad((want_logits * weights).sum(), z_eager)
 
-    net = ModelNet(load_generator_file(imported[gname]), load_classifier_file(imported["pooled"]))
+    net = ModelNet(load_generator(imported[gname]), load_classifier(imported["pooled"]))
     logits, vjp = torch.func.vjp(net, net.latent_input(z, labels if net.n_labels else None))
     (got,) = vjp(weights)
     torch.testing.assert_close(logits, want_logits.detach(), rtol=1e-5, atol=1e-6)
@@ -95,7 +95,7 @@ def test_input_gradients_match_eager_autograd_on_the_original_modules(imported, 
 
 @pytest.mark.parametrize("gname", ["residual", "embedding"])
 def test_ascent_raises_the_target_and_a_row_is_the_same_at_any_batch_size(imported, gname):
-    gen, cls = load_generator_file(imported[gname]), load_classifier_file(imported["pooled"])
+    gen, cls = load_generator(imported[gname]), load_classifier(imported["pooled"])
     z, labels = _rows(5, seed=2)
     labels = labels if gen.spec.n_classes else None
     weights = torch.zeros(5, len(ATTRIBUTES))
@@ -146,7 +146,7 @@ def test_a_job_on_imported_models_resumes_exactly_once(imported, tmp_path, monke
 
 def test_the_generic_net_says_how_it_adapts_images(imported, caplog):
     caplog.set_level("INFO", logger="zsteer")
-    ModelNet(load_generator_file(imported["embedding"]), load_classifier_file(imported["pooled"]))
+    ModelNet(load_generator(imported["embedding"]), load_classifier(imported["pooled"]))
     assert "resized (bilinear), its one channel repeated" in caplog.text
 
 
@@ -209,7 +209,7 @@ def test_files_that_could_run_code_on_load_are_refused_before_torch_reads_them(
     loads = []
     monkeypatch.setattr(torch.export, "load", lambda *a, **k: loads.append(a))
     with pytest.raises(CheckpointError, match=message) as err:
-        load_generator_file(bad)
+        load_generator(bad)
     assert "\n" not in str(err.value) and str(bad) in str(err.value)
     assert not loads and not (tmp_path / "PWNED").exists()
 
@@ -235,24 +235,24 @@ def test_shape_rank_and_attribute_problems_are_one_line_errors_at_load(imported,
     with pytest.raises(CheckpointError, match=r"input 0 of the graph has rank 2 \[N, 6\], expected rank 4"):
         as_classifier = _with_sidecar(res, tmp_path / "c.pt2", kind="imported_classifier",
                                       input_shape=[3, 16, 16], attributes=["a"])  # fmt: skip
-        load_classifier_file(as_classifier)
+        load_classifier(as_classifier)
     with pytest.raises(
         CheckpointError, match=r"draws \[3, 16, 16\] per row, its sidecar says image_shape \[3, 8, 8\]"
     ):
-        load_generator_file(_with_sidecar(res, tmp_path / "g.pt2", image_shape=[3, 8, 8]))
+        load_generator(_with_sidecar(res, tmp_path / "g.pt2", image_shape=[3, 8, 8]))
     with pytest.raises(CheckpointError, match="has 4 logits but 3 attribute names"):
-        load_classifier_file(_with_sidecar(pooled, tmp_path / "a.pt2", attributes=["a", "b", "c"]))
+        load_classifier(_with_sidecar(pooled, tmp_path / "a.pt2", attributes=["a", "b", "c"]))
     with pytest.raises(CheckpointError, match="input 0 of the graph is \\[N, 6\\], expected width 9"):
-        load_generator_file(_with_sidecar(res, tmp_path / "w.pt2", z_dim=9))
+        load_generator(_with_sidecar(res, tmp_path / "w.pt2", z_dim=9))
     with pytest.raises(
         CheckpointError, match="describes a 'imported_generator', but it was given as the classifier"
     ):
-        load_classifier_file(res)
+        load_classifier(res)
     (tmp_path / "lone.pt2").write_bytes(res.read_bytes())
     with pytest.raises(CheckpointError, match="its sidecar lone.json is missing"):
-        load_generator_file(tmp_path / "lone.pt2")
+        load_generator(tmp_path / "lone.pt2")
     with pytest.raises(CheckpointError, match="z_dim 8 was given, but its sidecar says 6"):
-        load_generator_file(res, z_dim=8)
+        load_generator(res, z_dim=8)
 
 
 def test_zsteer_import_runs_the_users_factory_and_refuses_bad_options(tmp_path):
@@ -265,7 +265,7 @@ def test_zsteer_import_runs_the_users_factory_and_refuses_bad_options(tmp_path):
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert json.loads(out.with_suffix(".json").read_text())["source"] == "byokit:embedding_generator"
-    assert load_generator_file(out).spec == load_generator_file(out).spec.__class__(
+    assert load_generator(out).spec == load_generator(out).spec.__class__(
         z_dim=Z_DIM,
         n_classes=N_CLASSES,
         class_input="embedding",
@@ -282,3 +282,52 @@ def test_the_cards_are_what_the_sidecars_hold():
     assert RESIDUAL_CARD.class_input == "none" and EMBEDDING_CARD.output_range == (0.0, 1.0)
     with pytest.raises(ZsteerError, match="go together"):
         write_imported(residual_generator(), RESIDUAL_CARD.__class__(z_dim=Z_DIM, n_classes=2), "x.pt2")
+
+
+# ---- D's methods on imported models: directions and interpolation ---------------------------------------
+
+
+def test_a_direction_edit_on_imported_models_is_exactly_once_and_batch_invariant(
+    imported, tmp_path, monkeypatch
+):
+    from zsteer.jobs.direction_method import DirectionMethod
+    from zsteer.jobs.interpolate_method import InterpolateMethod
+    from zsteer.pipeline.direction_file import save_directions
+    from zsteer.pipeline.direction_fit import FitConfig, fit_directions
+
+    gen, cls = load_generator(imported["residual"]), load_classifier(imported["pooled"])
+    found = fit_directions(gen, cls, FitConfig(method="gradient", n_samples=32, attributes=("smile", "hat")))
+    path = save_directions(found, tmp_path / "dirs")
+    with pytest.raises(ValueError, match="sefa factorises the course generator's first layer"):
+        fit_directions(gen, cls, FitConfig(method="sefa"))
+    n = 12
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(n), "z": latents(n, seed=5, z_dim=Z_DIM)}
+    )
+    models = (imported["residual"], imported["pooled"])
+    method = DirectionMethod(directions=path, direction="smile", alphas=(-1.0, 2.0))
+
+    def config(out, batch_size=4):
+        return job_config(
+            manifest, out, models, targets=(), method=method, unit_rows=4, batch_size=batch_size
+        )
+
+    out = tmp_path / "crashed"
+    crash_at_commit(monkeypatch, 2, config(out))
+    assert run_job(config(out)).status == "complete"
+    crashed = read_parts(out).sort_by([("id", "ascending"), ("alpha", "ascending")])
+    assert crashed.num_rows == 2 * n
+    logits = np.array(crashed.column("logits_after").to_pylist())[:, 0].reshape(n, 2)
+    assert logits[:, 1].mean() > logits[:, 0].mean(), "along the mean smile gradient, smile rises on average"
+    other = tmp_path / "batch1"
+    run_job(config(other, batch_size=1))
+    assert read_parts(other).sort_by([("id", "ascending"), ("alpha", "ascending")]).equals(crashed)
+
+    id_to = [(i + 5) % n for i in range(n)]  # each row interpolates to another row's z
+    manifest = write_manifest(
+        tmp_path / "to.parquet", {"id": np.arange(n), "z": latents(n, seed=5, z_dim=Z_DIM), "id_to": id_to}
+    )
+    frames = tmp_path / "frames"
+    run_job(job_config(manifest, frames, models, targets=(), method=InterpolateMethod(frames=3), unit_rows=4))
+    table = read_parts(frames).sort_by([("id", "ascending"), ("frame", "ascending")])
+    assert table.num_rows == 3 * n and len(set(table.column("id").to_pylist())) == n
