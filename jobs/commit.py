@@ -24,7 +24,8 @@ def commit_unit(folder: JobFolder, output: UnitOutput, rows_per_shard: int) -> C
     which records each file's size and sha256 (checked on resume and by `zsteer verify`)."""
     if output.n_rows != output.unit.n_rows:  # every row of the unit, exactly once
         raise RuntimeError(
-            f"unit {output.unit.key}: {output.edited.num_rows} edited + {output.rejects.num_rows} rejected, "
+            f"unit {output.unit.key}: {output.n_rows - output.rejects.num_rows} edited + "
+            f"{output.rejects.num_rows} rejected, "
             f"{output.unit.n_rows} in the manifest"
         )
     key = output.unit.key
@@ -40,10 +41,11 @@ def commit_unit(folder: JobFolder, output: UnitOutput, rows_per_shard: int) -> C
         parts=names[PARTS],
         rejects=names[REJECTS],
         rows=output.n_rows,
-        edited=output.edited.num_rows,
+        edited=output.n_rows - output.rejects.num_rows,  # input rows: several output rows may share one
         rejected=output.rejects.num_rows,
         stop_reasons=dict(sorted(output.stop_reasons.items())),
         files=files,
+        output_rows=None if output.inputs is None else output.edited.num_rows,
     )
     folder.commit(commit)
     return commit

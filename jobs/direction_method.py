@@ -8,8 +8,9 @@
 - ``--distance D``: InterFaceGAN's signed distance, z moves along d until z . n + b = D for the
   direction's fitted boundary (n, b), whatever the conditioning did to d;
 - ``--until-prob P``: per row, the smallest |alpha| at which the classifier's probability of the
-  direction's attribute reaches P (from below: alpha > 0; from above: alpha < 0), by doubling brackets
-  then bisection, every round one batched forward of the rows still searching, at most
+  direction's attribute reaches P: P >= 0.5 asks for at least P (alpha >= 0), P < 0.5 for at most
+  P (alpha <= 0, the attribute is removed); a row already there keeps alpha 0. Doubling brackets then
+  bisection, every round one batched forward of the rows still searching, at most
   ``max_evals`` forwards per row; ``stop_reason`` is target_reached or not_reached.
 
 A row's ``direction`` column picks another direction of the file; ``--condition NAME ...`` makes every
@@ -300,8 +301,8 @@ class DirectionEditor:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
         """--until-prob for every row at once: (alpha [n], status [n], forwards used [n]).
 
-        Per row, the target is the probability of its direction's attribute; it is searched from the side
-        it starts on (below P: alpha > 0). Brackets double from first_alpha up to max_alpha; then
+        Per row, the target is the probability of its direction's attribute: at least P (P >= 0.5, along
+        +d) or at most P (P < 0.5, along -d); a row already there gets alpha 0. Brackets double from first_alpha up to max_alpha; then
         bisection until the bracket is narrower than tolerance. A round is one forward of the rows
         still searching; no row uses more than max_evals forwards.
         """
@@ -310,7 +311,7 @@ class DirectionEditor:
         n = z0.shape[0]
         attr = self.attribute[index]  # [n]
         p0 = torch.sigmoid(before.gather(1, attr.clamp_min(0).unsqueeze(1)).squeeze(1))  # [n]
-        sign = torch.where(p0 < p_target, 1.0, -1.0)  # which way the probability must move
+        sign = torch.full((n,), 1.0 if p_target >= 0.5 else -1.0)  # gain the attribute, or lose it
 
         def reached(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return sign[rows] * (p - p_target) >= 0

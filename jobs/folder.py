@@ -90,6 +90,9 @@ class Commit:
     # name -> {"bytes": size, "sha256": hex} of every file in parts and rejects. Empty in markers of
     # zsteer before checksums: their files are checked by their Parquet row counts only (jobs/verify.py).
     files: dict[str, dict] = field(default_factory=dict)
+    # Rows in the unit's parts where its method writes several per edited row (an alpha strip,
+    # interpolation frames); None = one per edited row, so ``edited``.
+    output_rows: int | None = None
 
     def paths(self, folder: JobFolder) -> list[tuple[Path, str]]:
         """(path, name) of every file the marker names, parts first."""
@@ -160,12 +163,16 @@ def parse_commit(path: Path, doc) -> Commit:
             and re.fullmatch(r"[0-9a-f]{64}", check["sha256"])
         ):
             raise _marker_error(path, f"the size or sha256 of {name!r} is not valid")
+    output_rows = doc.get("output_rows")
+    if output_rows is not None and not _is_count(output_rows):
+        raise _marker_error(path, f"'output_rows' is {output_rows!r}, not a count")
     unknown = set(doc) - {f for f in Commit.__dataclass_fields__}
     if unknown:
         raise _marker_error(path, f"unknown field {sorted(unknown)[0]!r}")
     return Commit(
         unit=unit, parts=list(doc["parts"]), rejects=list(doc["rejects"]), rows=counts["rows"],
         edited=counts["edited"], rejected=counts["rejected"], stop_reasons=dict(reasons), files=dict(files),
+        output_rows=output_rows,
     )  # fmt: skip
 
 

@@ -76,7 +76,8 @@ def check_commit(folder: JobFolder, commit: Commit, checksums: bool = True) -> l
     if (
         not commit.files
         and not problems
-        and (rows["parts"], rows["rejects"]) != (commit.edited, commit.rejected)
+        and (rows["parts"], rows["rejects"])
+        != (commit.edited if commit.output_rows is None else commit.output_rows, commit.rejected)
     ):
         where = folder.marker(commit.unit)
         problems.append(

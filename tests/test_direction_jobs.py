@@ -1,0 +1,319 @@
+"""Direction edits and interpolation as job methods: exactly once, batch invariance, backends, strips,
+--distance, --until-prob, id_to across units, class blending, and the CLI of `zsteer directions`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from jobkit import (
+    Z_DIM,
+    crash_at_commit,
+    job_config,
+    latents,
+    read_parts,
+    read_rejects,
+    tiny_models,
+    write_manifest,
+)
+
+from zsteer.core.errors import ZsteerError
+from zsteer.jobs.backends import BackendConfig
+from zsteer.jobs.direction_method import DirectionMethod, parse_alphas
+from zsteer.jobs.interpolate_method import InterpolateMethod
+from zsteer.jobs.runner import run_job
+from zsteer.pipeline.direction_file import load_directions, save_directions
+from zsteer.pipeline.direction_fit import FitConfig, fit_directions
+from zsteer.pipeline.loading import ModelSource, load_models
+from zsteer.pipeline.models import GeneratorSpec
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def directions_file(job_models, tmp_path_factory):
+    """Boundaries of the tiny models' attributes (5 directions), fitted once per module."""
+    generator, classifier = load_models(ModelSource(*job_models))
+    found = fit_directions(generator, classifier, FitConfig(method="boundary", n_samples=2000, fraction=0.1))
+    return save_directions(found, tmp_path_factory.mktemp("dirs") / "boundaries")
+
+
+def _table(out):
+    parts = read_parts(out)
+    keys = [c for c in ("id", "alpha", "frame") if c in parts.column_names]
+    return parts.sort_by([(k, "ascending") for k in keys])
+
+
+def _direction_job(path, out, job_models, method, **kw):
+    return run_job(job_config(path, out, job_models, targets=(), method=method, **kw))
+
+
+def test_a_direction_job_is_exactly_once_after_a_crash_and_the_same_at_any_batch_size(
+    tmp_path, job_models, directions_file, monkeypatch
+):
+    n = 50
+    z = latents(n, seed=1)
+    z[7] = np.nan
+    direction = [None] * n
+    direction[3], direction[4] = "attr3", "nope"
+    alpha = np.full(n, np.nan)
+    alpha[5] = -2.0
+    path = write_manifest(
+        tmp_path / "m.parquet",
+        {"id": np.arange(n), "z": z, "direction": direction, "alpha": pa.array(alpha, from_pandas=True)},
+        row_group_size=20,
+    )
+    method = DirectionMethod(directions=directions_file, direction="attr1", alphas=(-1.0, 0.5, 2.0))
+    out = tmp_path / "crashed"
+    config = job_config(path, out, job_models, targets=(), method=method, unit_rows=10, batch_size=4)
+    crash_at_commit(monkeypatch, 3, config)
+    assert run_job(config).status == "complete"
+    crashed = _table(out)
+    rejects = read_rejects(out)
+    assert sorted(rejects.column("row").to_pylist()) == [4, 7]
+    assert (
+        "direction 'nope' is not in"
+        in dict(zip(rejects["row"].to_pylist(), rejects["reason"].to_pylist(), strict=True))[4]
+    )
+    assert crashed.num_rows == 3 * (n - 2), "one row per (input row, alpha), every input row once"
+    assert set(crashed.column("alpha").to_pylist()) == {-1.0, 0.5, 2.0}, "the strip wins over a row's alpha"
+    ids = crashed.column("id").to_pylist()
+    assert all(ids.count(i) == 3 for i in set(ids))
+    names = dict(zip(ids, crashed.column("direction").to_pylist(), strict=True))
+    assert names[3] == "attr3" and names[0] == "attr1"
+    edited = np.array(crashed.column("z_edited").to_pylist(), np.float32)
+    found = load_directions(directions_file)
+    expect = (
+        z[ids]
+        + np.array(crashed.column("alpha").to_pylist(), np.float32)[:, None]
+        * found.vectors[[found.index(d) for d in crashed.column("direction").to_pylist()]].numpy()
+    )
+    np.testing.assert_allclose(edited, expect, atol=1e-6)
+    for batch_size in (1, 3, 64):
+        other = tmp_path / f"batch{batch_size}"
+        run_job(job_config(path, other, job_models, targets=(), method=method, batch_size=batch_size))
+        assert _table(other).equals(crashed), f"batch size {batch_size} changed a row"
+
+
+def test_per_row_alpha_and_distance(tmp_path, job_models, directions_file):
+    n = 12
+    z = latents(n, seed=2)
+    alpha = [None] * n
+    alpha[2] = 3.0
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(n), "z": z, "alpha": alpha})
+    out = tmp_path / "alpha"
+    _direction_job(
+        path, out, job_models, DirectionMethod(directions=directions_file, direction="attr2", alpha=0.5)
+    )
+    table = _table(out)
+    assert table.column("alpha").to_pylist() == [0.5] * 2 + [3.0] + [0.5] * 9
+    shift = np.array(table.column("latent_shift").to_pylist())
+    np.testing.assert_allclose(shift, table.column("alpha").to_pylist(), rtol=1e-5)
+
+    found = load_directions(directions_file)
+    normal, offset = found.boundary("attr2")
+    out = tmp_path / "distance"
+    _direction_job(
+        path, out, job_models, DirectionMethod(directions=directions_file, direction="attr2", distance=1.5)
+    )
+    edited = torch.tensor(_table(out).column("z_edited").to_pylist())
+    np.testing.assert_allclose((edited @ normal + offset).numpy(), 1.5, atol=1e-4)
+    with pytest.raises(ZsteerError, match=r"direction\.distance: 1\.5 -> 2\.0"):  # a resume is refused
+        _direction_job(
+            path,
+            out,
+            job_models,
+            DirectionMethod(directions=directions_file, direction="attr2", distance=2.0),
+        )
+
+
+def test_until_prob_reaches_p_or_says_not_reached_within_its_budget(tmp_path, job_models, directions_file):
+    n, target, budget = 24, 0.8, 10
+    z = latents(n, seed=4)
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(n), "z": z})
+    method = DirectionMethod(
+        directions=directions_file, direction="attr1", until_prob=target, max_alpha=6.0, max_evals=budget,
+        tolerance=0.01,
+    )  # fmt: skip
+    out = tmp_path / "until"
+    _direction_job(path, out, job_models, method)
+    table = _table(out)
+    reasons = table.column("stop_reason").to_pylist()
+    assert set(reasons) <= {"target_reached", "not_reached"} and "target_reached" in reasons
+    before = torch.sigmoid(torch.tensor(table.column("logits_before").to_pylist())[:, 1])
+    after = torch.sigmoid(torch.tensor(table.column("logits_after").to_pylist())[:, 1])
+    alpha = torch.tensor(table.column("alpha").to_pylist())
+    evals = table.column("steps_taken").to_pylist()
+    assert max(evals) <= budget
+    for i, reason in enumerate(reasons):
+        if reason == "target_reached":
+            assert after[i] >= target - 1e-6 and alpha[i] >= 0
+            assert (alpha[i] == 0) == (before[i] >= target), "a row already there does not move"
+        else:
+            assert 0 < alpha[i] <= 6.0 and after[i] < target
+
+
+class _LinearRenderer:
+    """An Editor stand-in whose logits are linear in z (so P rises monotonically along a direction)."""
+
+    def __init__(self, weights: torch.Tensor):
+        self.weights = weights  # [D, A]
+        self.calls = 0
+
+    def render(self, z, labels=None):
+        self.calls += 1
+        z = torch.as_tensor(z, dtype=torch.float32)
+        return torch.zeros(z.shape[0], 1, 1, 3, dtype=torch.uint8), z @ self.weights
+
+
+def test_until_prob_finds_the_smallest_alpha_within_the_tolerance(directions_file):
+    from zsteer.jobs.direction_method import DirectionEditor
+    from zsteer.pipeline.editor import EditBatch
+
+    found = load_directions(directions_file)
+    method = DirectionMethod(
+        directions=directions_file, direction="attr1", until_prob=0.9, max_alpha=16.0, max_evals=40,
+        tolerance=0.01,
+    )  # fmt: skip
+    weights = torch.zeros(Z_DIM, 5)
+    weights[:, 1] = found.vectors[1] * 0.7  # logit of attr1 = 0.7 * (z . d)
+    renderer = _LinearRenderer(weights)
+    editor = DirectionEditor(method, renderer, tuple(f"attr{i}" for i in range(5)))
+    z = torch.tensor(latents(64, seed=8))
+    z[:4] = -found.vectors[1] * 30  # needs alpha 33: beyond max_alpha
+    result = editor.edit_batch(EditBatch(z=z, weights=torch.zeros(64, 5), preserve=torch.zeros(64, 5)))
+    logit_p = float(torch.logit(torch.tensor(0.9)))
+    start = 0.7 * (z @ found.vectors[1])
+    exact = ((logit_p - start) / 0.7).clamp_min(0)  # the smallest alpha that reaches P
+    reasons = result.status.tolist()
+    from zsteer.core.status import NOT_REACHED, TARGET_REACHED
+
+    assert reasons[:4] == [NOT_REACHED] * 4 and (result.alpha[:4] == 16.0).all()
+    ok = torch.tensor(reasons) == TARGET_REACHED
+    assert ok[4:].all()
+    gap = result.alpha[ok] - exact[ok]
+    assert (gap >= -1e-4).all() and (gap <= 0.01 + 1e-4).all(), (
+        "within the tolerance above the smallest alpha"
+    )
+    assert int(result.steps_taken.max()) <= 40
+    assert renderer.calls <= 2 + 40, "every round is one batched forward of the rows still searching"
+    lower = DirectionEditor(DirectionMethod(directions=directions_file, direction="attr1", until_prob=0.1), renderer,
+                            tuple(f"attr{i}" for i in range(5)))  # fmt: skip
+    result = lower.edit_batch(EditBatch(z=z[4:], weights=torch.zeros(60, 5), preserve=torch.zeros(60, 5)))
+    assert (result.alpha <= 0).all() and (torch.sigmoid(result.logits_after[:, 1]) <= 0.1 + 1e-6).all()
+
+
+def test_torch_and_onnxruntime_agree_on_a_direction_job(tmp_path, job_models, directions_file):
+    pytest.importorskip("onnxruntime")
+    n = 10
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(n), "z": latents(n, seed=5)})
+    method = DirectionMethod(directions=directions_file, direction="attr0", alphas=(-1.0, 1.0))
+    _direction_job(path, tmp_path / "torch", job_models, method)
+    _direction_job(path, tmp_path / "ort", job_models, method, backend=BackendConfig("onnxruntime"))
+    a, b = _table(tmp_path / "torch"), _table(tmp_path / "ort")
+    assert a.column("z_edited").equals(b.column("z_edited")), "the latents are the same arithmetic"
+    for column in ("logits_before", "logits_after"):
+        np.testing.assert_allclose(
+            np.array(a.column(column).to_pylist()), np.array(b.column(column).to_pylist()), atol=1e-4
+        )
+
+
+def test_interpolation_frames_endpoints_id_to_across_units_and_rejects(tmp_path, job_models, monkeypatch):
+    n, frames = 30, 4
+    z = latents(n, seed=6)
+    id_to = [None] * n
+    for i in range(12):
+        id_to[i] = (i + 17) % n  # other units, other row groups
+    id_to[2] = 999  # no such row
+    z_to = [None] * n
+    for i in range(12, 20):
+        z_to[i] = latents(1, seed=100 + i)[0].tolist()
+    path = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(n), "z": z, "id_to": id_to, "z_to": z_to}, row_group_size=8
+    )
+    method = InterpolateMethod(frames=frames, path="slerp")
+    out = tmp_path / "interp"
+    config = job_config(path, out, job_models, targets=(), method=method, unit_rows=5, batch_size=3)
+    crash_at_commit(monkeypatch, 2, config)
+    assert run_job(config).status == "complete"
+    table = _table(out)
+    rejects = dict(
+        zip(read_rejects(out)["row"].to_pylist(), read_rejects(out)["reason"].to_pylist(), strict=True)
+    )
+    assert rejects[2] == "id_to 999 names no row with a usable z"
+    assert set(rejects) == {2} | set(range(20, 30))
+    assert table.num_rows == frames * (n - 11)
+    edited = np.array(table.column("z_edited").to_pylist(), np.float32).reshape(-1, frames, Z_DIM)
+    ids = table.column("id").to_pylist()[::frames]
+    assert table.column("frame").to_pylist()[:frames] == list(range(frames))
+    for row, i in zip(edited, ids, strict=True):
+        end = z[id_to[i]] if i < 12 else np.asarray(z_to[i], np.float32)
+        np.testing.assert_array_equal(row[0], z[i])  # endpoints bit for bit
+        np.testing.assert_array_equal(row[-1], end)
+        t = np.linspace(0, 1, frames)
+        norms = (1 - t) * np.linalg.norm(z[i]) + t * np.linalg.norm(end)
+        np.testing.assert_allclose(np.linalg.norm(row, axis=1), norms, rtol=1e-5)  # slerp keeps norms
+    again = tmp_path / "again"
+    run_job(job_config(path, again, job_models, targets=(), method=method, unit_rows=5, batch_size=16))
+    assert _table(again).equals(table)
+
+
+def test_class_interpolation_blends_one_hot_vectors(tmp_path):
+    from zsteer.pipeline.network import EditNet
+
+    gspec = GeneratorSpec(kind="course_conditional_generator", z_dim=Z_DIM, n_classes=3, hidden_dim=4)
+    models = tiny_models(tmp_path / "models", gspec)
+    z = latents(4, seed=7)
+    path = write_manifest(
+        tmp_path / "m.parquet",
+        {"id": np.arange(4), "z": z, "label": [0, 1, 2, 0], "label_to": [1, 2, None, 5]},
+    )
+    out = tmp_path / "blend"
+    run_job(job_config(path, out, models, targets=(), method=InterpolateMethod(frames=3)))
+    table = _table(out)
+    assert read_rejects(out).column("reason").to_pylist() == [
+        "nothing to interpolate to: give z_to, id_to or label_to",
+        "label_to 5 out of range [0, 3)",
+    ]
+    net = EditNet(*load_models(ModelSource(*models)))
+    logits = np.array(table.column("logits_after").to_pylist(), np.float32)
+    row0 = torch.tensor(z[0]).expand(3, -1)
+    soft = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0, 0, 0]])
+    soft[2, 1] = 1.0
+    expect = net.classify(net.generate(torch.cat([row0, soft], dim=1)))
+    np.testing.assert_allclose(logits[:3], expect.numpy(), atol=1e-5)
+    with pytest.raises(ZsteerError, match="--backend torch"):
+        run_job(
+            job_config(path, tmp_path / "ort", models, targets=(), method=InterpolateMethod(frames=3),
+                       backend=BackendConfig("onnxruntime"))
+        )  # fmt: skip
+
+
+def test_alpha_strips_parse():
+    assert parse_alphas("-3:3:7") == (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+    assert parse_alphas("0.5,2") == (0.5, 2.0)
+    with pytest.raises(ZsteerError, match="START:STOP:COUNT"):
+        parse_alphas("1:2")
+
+
+def test_directions_cli_fits_and_shows(tmp_path, job_models):
+    from click.testing import CliRunner
+
+    from zsteer.cli.main import main
+
+    gen, cls = job_models
+    models = ["--generator", str(gen), "--classifier", str(cls)]
+    out = tmp_path / "sefa"
+    result = CliRunner().invoke(
+        main, ["directions", "fit", "--out", str(out), "--method", "sefa", "--k", "3", *models]
+    )
+    assert result.exit_code == 0, result.output
+    assert "sefa0" in result.output and (tmp_path / "sefa.json").exists()
+    shown = CliRunner().invoke(
+        main, ["directions", "show", str(out), "--judge", str(cls), "--samples", "8", *models]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count("moves:") == 3
+    bad = CliRunner().invoke(main, ["directions", "show", str(tmp_path / "missing")])
+    assert bad.exit_code == 2 and "no such directions file" in bad.output
