@@ -40,6 +40,18 @@ class JobView:
     attributes: tuple[str, ...]
     classifier_fingerprint: str
 
+    @property
+    def direction_settings(self) -> dict:
+        """A direction job's settings from job.json (``identity.direction``); {} for other methods."""
+        settings = self.doc.get("identity", {}).get("direction")
+        return settings if isinstance(settings, dict) else {}
+
+    @property
+    def direction(self) -> str | None:
+        """The direction a direction job moved along (named after the attribute it was fitted to)."""
+        name = self.direction_settings.get("direction")
+        return name if isinstance(name, str) else None
+
     def committed_parts(self) -> list[Path]:
         """The parts/ shards of committed units, in job order (a unit in progress is not read)."""
         return [self.folder.parts / name for commit in self.folder.load_commits() for name in commit.parts]

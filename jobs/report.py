@@ -169,20 +169,9 @@ def check_judge(view: JobView, judge: LoadedModel, allow_same_classifier: bool) 
     log.warning("warning: %s (job %s)", SELF_GRADING, view.folder.root)
 
 
-def _direction_settings(view: JobView) -> dict:
-    settings = view.doc.get("identity", {}).get("direction")
-    return settings if isinstance(settings, dict) else {}
-
-
-def _direction_attribute(view: JobView) -> str | None:
-    """The direction a direction job moved along: named after the attribute it was fitted to."""
-    name = _direction_settings(view).get("direction")
-    return name if isinstance(name, str) else None
-
-
 def _direction_sign(view: JobView) -> float:
     """-1 for a direction job that moved every row by a negative fixed alpha (a removal), else +1."""
-    settings = _direction_settings(view)
+    settings = view.direction_settings
     fixed = (
         settings.get("until_prob") is None and settings.get("distance") is None and not settings.get("alphas")
     )
@@ -202,8 +191,8 @@ def job_targets(view: JobView, config: ReportConfig, judge: LoadedModel) -> list
                 f"(it has {', '.join(judge.attributes)}); name the judge's attribute with --target"
             )
         pairs = [(judge.attributes.index(name), weight) for name, weight in view.targets]
-    elif _direction_attribute(view) in judge.attributes:  # a direction job: its direction's attribute
-        pairs = [(judge.attributes.index(_direction_attribute(view)), _direction_sign(view))]
+    elif view.direction in judge.attributes:  # a direction job: its direction's attribute
+        pairs = [(judge.attributes.index(view.direction), _direction_sign(view))]
     else:
         raise ZsteerError(f"{view.folder.root}: the job records no targets; name them with --target")
     out = [(index, 1.0 if weight > 0 else -1.0) for index, weight in pairs if weight != 0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw
@@ -40,12 +41,24 @@ class SheetConfig:
     scale: int = 2
 
 
+def read_shard(shard: Path) -> pa.Table:
+    """One output shard; one the job wrote but that was truncated or damaged since is a one-line error."""
+    try:
+        return pq.read_table(shard)
+    except (pa.ArrowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ZsteerError(
+            f"{shard}: unreadable ({first}); `zsteer verify {shard.parent.parent}` lists the damaged files, "
+            "and running the job's `zsteer edit` command again redoes them"
+        ) from None
+
+
 def first_rows(parts: Path, n: int) -> dict[str, list]:
     """Columns of the first ``n`` edited rows, reading shards in name order and stopping early."""
     out: dict[str, list] = {}
     taken = 0
     for shard in sorted(parts.glob("part-*.parquet")):
-        table = pq.read_table(shard).slice(0, n - taken)
+        table = read_shard(shard).slice(0, n - taken)
         for name in table.column_names:
             out.setdefault(name, []).extend(table.column(name).to_pylist())
         taken += table.num_rows
@@ -71,7 +84,7 @@ def first_strips(parts: Path, n: int, key: str) -> dict[str, list]:
     out: dict[str, list] = {}
     seen: list = []
     for shard in sorted(parts.glob("part-*.parquet")):
-        table = pq.read_table(shard)
+        table = read_shard(shard)
         ids = table.column("id").to_pylist()
         stop = len(ids)
         for i, value in enumerate(ids):
@@ -140,6 +153,7 @@ def job_sheet(config: SheetConfig) -> Path:
     else:
         headers = ["before", "after"]
     targets = [n for n, w in view.targets if w > 0] or [n for n, _ in view.targets]
+    targets = targets or ([view.direction] if view.direction else [])
     names = list(view.attributes)
     target = names.index(targets[0]) if targets and targets[0] in names else None
     captions = [_caption(rows, columns, target, targets[0] if targets else "") for rows in strips.values()]
