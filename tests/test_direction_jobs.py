@@ -317,3 +317,51 @@ def test_directions_cli_fits_and_shows(tmp_path, job_models):
     assert shown.output.count("moves:") == 3
     bad = CliRunner().invoke(main, ["directions", "show", str(tmp_path / "missing")])
     assert bad.exit_code == 2 and "no such directions file" in bad.output
+
+
+def test_a_direction_strip_is_exactly_once_after_sigkill(tmp_path, job_models, directions_file):
+    """`zsteer edit --method direction` as a real process, killed by SIGKILL before its first commit and
+    after one, then resumed: the output equals an uninterrupted run's, every (id, alpha) once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    n = 240
+    z = latents(n, seed=9)
+    z[11] = np.nan
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(n), "z": z}, row_group_size=20)
+    gen, cls = job_models
+    zsteer = str(Path(sys.executable).with_name("zsteer"))
+
+    def command(out):
+        return [
+            zsteer, "edit", "-m", str(path), "--generator", str(gen), "--classifier", str(cls), "--method",
+            "direction", "--directions", str(directions_file), "--direction", "attr2", "--alphas=-2:2:9",
+            "--images", "png", "--workers", "0", "--threads", "1", "--batch-size", "16", "--out", str(out),
+        ]  # fmt: skip
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "killed"
+    commits = out / "commits"
+    for wait_for in (0, 1):  # kill before any commit, then right after the first new one
+        proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        before = len(list(commits.glob("*.json"))) if commits.exists() else 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = len(list(commits.glob("*.json"))) if commits.exists() else 0
+            if (out / "job.json").exists() and done >= before + wait_for:
+                break
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert subprocess.run(command(out), env=env, capture_output=True).returncode == 0
+    reference = tmp_path / "reference"
+    assert subprocess.run(command(reference), env=env, capture_output=True).returncode == 0
+    killed, clean = _table(out), _table(reference)
+    assert killed.num_rows == 9 * (n - 1) and read_rejects(out).column("row").to_pylist() == [11]
+    assert killed.drop_columns(["image"]).equals(clean.drop_columns(["image"]))
+    assert killed.column("image").equals(clean.column("image"))
