@@ -4,7 +4,8 @@ Not collected by a plain ``pytest`` run (the file name does not match test_*.py)
 must be switched on before triton is first imported, which another test of the same session may already
 have done. tests/test_kernels_triton.py runs this file in a fresh process with TRITON_INTERPRET=1. On a
 CUDA machine run it directly (``python -m pytest tests/kernels/triton_checks.py``): the same checks then
-compile the kernels and run them on the GPU.
+compile the kernels and run them on the GPU (``ZSTEER_REQUIRE_CUDA=1`` makes a missing GPU an error
+instead of a skip: benchmarks/gpu_check.sh runs it so).
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import pytest
 import torch
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# benchmarks/gpu_check.sh sets ZSTEER_REQUIRE_CUDA=1: on the GPU machine a skip (or the interpreter) would
+# pass without a single kernel compiled for the GPU, so it is an error there.
+if os.environ.get("ZSTEER_REQUIRE_CUDA") == "1" and (INTERPRET or not torch.cuda.is_available()):
+    raise RuntimeError(
+        "ZSTEER_REQUIRE_CUDA=1: these checks must run compiled on a CUDA device "
+        f"(TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r}, cuda available: {torch.cuda.is_available()})"
+    )
 if not INTERPRET and not torch.cuda.is_available():
     pytest.skip(
         "needs CUDA, or TRITON_INTERPRET=1 set before triton is first imported "
