@@ -72,6 +72,7 @@ def export(generator, classifier, attributes, out, exporter, batch_sizes, no_ste
     """ONNX graphs of the generator, the classifier and the whole ascent step, checked against torch."""
     from zsteer.export.onnx_export import export_models
 
+    check_out_parent("--out", out)  # before the models load and the graphs are exported and checked
     try:
         sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
     except ValueError:

@@ -1,9 +1,10 @@
-"""SIGINT / SIGTERM: ask the job to stop after the current batch, instead of dying mid-write.
+"""SIGINT / SIGTERM: ask the job to stop at the next step, instead of dying mid-write.
 
-The first signal only sets a flag (the job finishes its batch, commits what is complete and exits
-resumable). The handlers are then put back, so a second Ctrl-C interrupts the batch in flight (the
-writer still finishes the few batches already queued to it, then the process exits); even then the
-commit protocol keeps the folder consistent, it only loses the uncommitted work.
+The first signal only sets a flag, which the editor asks between ascent steps and the units between
+batches (jobs/unit.py): the units in flight are dropped unfinished (they are done again on resume), the
+ones already finished are committed, and the job exits resumable (130 / 143). The handlers are then
+put back, so a second Ctrl-C interrupts whatever runs; even then the commit protocol keeps the folder
+consistent, it only loses the uncommitted work.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class StopFlag:
         self.stop(signum)
         self._restore()
         log.warning(
-            "%s received: finishing the current batch, then stopping (send it again to interrupt the batch)",
+            "%s received: stopping at the next step; finished units stay committed (send it again to interrupt now)",
             signal.Signals(signum).name,
         )
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 
 from zsteer.core.status import count_stop_reasons
-from zsteer.pipeline.editor import EditBatch, Editor
+from zsteer.pipeline.editor import EditBatch, EditCancelled, Editor
 
 from .duplicates import DuplicateIndex
 from .encode import DeferredPNGs
@@ -33,7 +33,7 @@ from .rows import RowChunk, RowDefaults, RowValidator, Unit, reject_schema
 
 
 class UnitCancelled(Exception):
-    """``cancelled()`` turned true between two batches: the unit is dropped, to be done again."""
+    """``cancelled()`` turned true between two batches or two steps: the unit is dropped, to be done again."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,8 @@ def process_unit(
     ``reader``: a UnitReader to reuse (a worker keeps one open across its units); ``encode(images)`` ->
     something whose ``result()`` is ``encode_pngs(images)`` (``Encoder.submit``; by default encoded
     when asked for);
-    ``cancelled()``: asked between batches, raises UnitCancelled when true; ``on_rows(n)``: progress.
+    ``cancelled()``: asked between batches, and by an editor that loops (the ascent) between its steps
+    (``EditBatch.cancelled``); raises UnitCancelled when true; ``on_rows(n)``: progress.
     """
     own_reader = reader is None
     reader = reader or UnitReader(plan.manifest, plan.read_rows)
@@ -157,7 +158,12 @@ def process_unit(
             raise UnitCancelled(unit.key)
         stop = min(n, start + plan.batch_size)
         t0 = time.perf_counter()
-        result = editor.edit_batch(rows.slice(start, stop), render=plan.images)
+        try:
+            result = editor.edit_batch(
+                replace(rows.slice(start, stop), cancelled=cancelled), render=plan.images
+            )
+        except EditCancelled:
+            raise UnitCancelled(unit.key) from None
         seconds["compute"] += time.perf_counter() - t0
         pngs = encode(np.ascontiguousarray(result.images.numpy())) if plan.images else None
         batches.append((slice(start, stop), result, pngs))

@@ -28,7 +28,7 @@ from zsteer.core.status import ACTIVE, STEPS_DONE
 from zsteer.kernels.ascent_update import final_status
 
 from .config import AscentConfig
-from .editor import EditBatch, EditResult, Rows, as_tensor, cut_rows
+from .editor import EditBatch, EditCancelled, EditResult, Rows, as_tensor, cut_rows
 
 # oneDNN (and cuDNN) pick another convolution algorithm for a single row, which changes its bits: a batch
 # of one row is padded to two (docs/ARCHITECTURE.md, "Batch invariance").
@@ -190,6 +190,8 @@ class AscentLoop:
         budget = int(max_steps.max().item()) if n else 0
 
         for t in range(budget):
+            if batch.cancelled is not None and batch.cancelled():  # a stop asked for: between two steps
+                raise EditCancelled(f"stopped before step {t} of {budget}")
             status = torch.where((status == ACTIVE) & (max_steps <= t), STEPS_DONE, status)
             # Step 0 runs every row: its forward gives each row's starting logits.
             rows = (status == ACTIVE).nonzero().squeeze(1) if t > 0 else None

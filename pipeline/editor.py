@@ -11,6 +11,7 @@ shapes its loop chose.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +34,10 @@ class EditBatch:
     # A method's own per-row inputs, read from its manifest columns (jobs/method.py, ``row_inputs``):
     # name -> [N, ...] array; None when the method reads none.
     extra: dict[str, Rows] | None = None
+    # Asked between steps by editors that loop (the ascent): true = stop now, raising EditCancelled. A
+    # job passes its stop flag here, so a SIGTERM is honoured within a step, not after a long batch.
+    # Not a row field: slices share it.
+    cancelled: Callable[[], bool] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -41,10 +46,16 @@ class EditBatch:
     def slice(self, start: int, stop: int) -> EditBatch:
         """Rows [start, stop) of every field (None stays None)."""
         cut = {
-            f.name: cut_rows(getattr(self, f.name), start, stop) for f in fields(self) if f.name != "extra"
+            f.name: cut_rows(getattr(self, f.name), start, stop)
+            for f in fields(self)
+            if f.name not in ("extra", "cancelled")
         }
         extra = None if self.extra is None else {k: v[start:stop] for k, v in self.extra.items()}
-        return EditBatch(**cut, extra=extra)
+        return EditBatch(**cut, extra=extra, cancelled=self.cancelled)
+
+
+class EditCancelled(Exception):
+    """``EditBatch.cancelled()`` turned true during an edit: the batch's results are dropped."""
 
 
 def cut_rows(x: Rows | None, start: int, stop: int) -> Rows | None:
