@@ -1,18 +1,20 @@
 """Latents/s for a 10-step edit of the course models: zsteer vs the C1W4B notebook loop, and the bound.
 
-    python benchmarks/ascent.py [--steps 10] [--seconds 8] [--compile]
+    python benchmarks/ascent.py [--steps 10] [--seconds 2] [--compile]
 
-The bound is the machine's measured fp32 matmul rate divided by the FLOPs of one 10-step edit (forward
-and input-gradient of generator and classifier, counted by torch's FlopCounterMode). All variants run in
-one process, one after the other, so their ratios are comparable on a noisy machine. The glibc allocator
-is told to keep large blocks (docs/NOTES.md, "glibc allocator settings"): the script re-executes itself
-with those variables.
+The bound is the machine's measured fp32 matmul peak divided by the FLOPs of one 10-step edit (forward
+and input-gradient of generator and classifier, counted by torch's FlopCounterMode): both from
+``zsteer.jobs.bench.roofline``, and every variant is timed by the bench's timing core (first call apart,
+warm-up, windows until three agree), so these figures and `zsteer bench`'s are measured the same way.
+All variants run in one process, one after the other, so their ratios are comparable on a noisy machine.
+The glibc allocator is told to keep large blocks (docs/NOTES.md, "glibc allocator settings"): the script
+re-executes itself with those variables. `zsteer bench` measures the zsteer rows of this table too; this
+script adds the notebook's loop beside them.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 from zsteer.cli.malloc import reexec_with_malloc_settings
 
@@ -20,15 +22,17 @@ from zsteer.cli.malloc import reexec_with_malloc_settings
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=8.0, help="time budget per variant")
+    parser.add_argument("--seconds", type=float, default=2.0, help="shortest measurement window per variant")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
     args = parser.parse_args()
     reexec_with_malloc_settings()
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from zsteer.jobs.bench.config import RunControl
+    from zsteer.jobs.bench.roofline import ascent_flops_per_latent, matmul_peak
+    from zsteer.jobs.bench.timing import measure
     from zsteer.pipeline.attributes import CELEBA40
     from zsteer.pipeline.checkpoints import LoadedModel
     from zsteer.pipeline.engine import (
@@ -47,13 +51,15 @@ def main() -> None:
     cls_m = LoadedModel(cls, ClassifierSpec(), "bench", "random", CELEBA40)
     smiling = CELEBA40.index("Smiling")
 
-    def timed(fn, rows_per_call: int) -> float:
-        fn()  # warm-up (allocations, kernel selection, compilation)
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < args.seconds or done == 0:
-            fn()
-            done += rows_per_call
-        return done / (time.perf_counter() - start)
+    control = RunControl(warmup_seconds=1.0, min_seconds=args.seconds, min_iterations=3)
+    unstable: list[str] = []
+
+    def timed(fn, rows_per_call: int, name: str = "") -> float:
+        """Latents/s of ``fn`` by the bench's timing core."""
+        m = measure(fn, rows_per_call, control)
+        if not m.stable:
+            unstable.append(name)
+        return m.throughput
 
     def notebook(n: int):
         """The notebook's loop: parameter grads on, eager modules, z.grad accumulated."""
@@ -79,24 +85,17 @@ def main() -> None:
         p = default_preserve(w)
         return lambda: engine.edit(torch.randn(n, 64), w, p, render=False)
 
-    # FLOPs of one 10-step edit per latent (input gradients only), counted on the zsteer step.
+    # FLOPs of one edit per latent (input gradients only, then the final forward), counted on the zsteer net.
     probe = make_engine(gen_m, cls_m, AscentConfig(steps=1), EngineConfig(batch_size=8, compile="off"))
-    z8 = torch.randn(8, 64, requires_grad=True)
-    with FlopCounterMode(display=False) as counter:  # plain autograd: the counter cannot see into func.vjp
-        logits = probe.net(z8 * 1.0)  # a non-leaf input: the counter's module hooks refuse leaves
-        torch.autograd.grad(logits, z8, torch.ones_like(logits))
-    flops_per_latent = counter.get_total_flops() / 8 * args.steps
-
-    a = torch.randn(2048, 2048)
-    b = torch.randn(2048, 2048)
-    matmul_rate = timed(lambda: a @ b, 1) * 2 * 2048**3
+    flops_per_latent = ascent_flops_per_latent(probe.net, args.steps)
+    matmul_rate = matmul_peak("cpu", torch.float32, 1.0)["gflops"] * 1e9
     bound = matmul_rate / flops_per_latent
 
-    rows = [("notebook loop, batch 8", timed(lambda: notebook(8), 8))]
+    rows = [("notebook loop, batch 8", timed(lambda: notebook(8), 8, "notebook"))]
     for n in (8, 128):
-        rows.append((f"zsteer eager, batch {n}", timed(zsteer_edit(n, "off"), n)))
+        rows.append((f"zsteer eager, batch {n}", timed(zsteer_edit(n, "off"), n, f"eager {n}")))
     if args.compile:
-        rows.append(("zsteer compiled, batch 128", timed(zsteer_edit(128, "on"), 128)))
+        rows.append(("zsteer compiled, batch 128", timed(zsteer_edit(128, "on"), 128, "compiled")))
 
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps}-step edit")
     print(f"fp32 matmul: {matmul_rate / 1e9:.1f} GFLOP/s; edit: {flops_per_latent / 1e9:.2f} GFLOP/latent")
@@ -105,6 +104,8 @@ def main() -> None:
     base = rows[0][1]
     for name, rate in rows:
         print(f"{name:32} {rate:10.1f} {rate / base:10.2f}x {rate / bound:8.0%}")
+    if unstable:
+        print(f"unstable (the last three windows disagreed by more than 10%): {', '.join(unstable)}")
 
 
 if __name__ == "__main__":

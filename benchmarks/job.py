@@ -18,6 +18,8 @@
    rows: 256 MB of z at 1M rows), which the reader must stream in bounded pieces too.
 
 The glibc allocator settings of benchmarks/ascent.py apply (the script re-executes itself with them).
+Each throughput call is timed by the bench's clock (``zsteer.jobs.bench.timing``); `zsteer bench --mode
+engine,job` measures the same pair with warm-up and stability windows, this script alternates rounds.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from zsteer.cli.malloc import MALLOC_ENV, reexec_with_malloc_settings
+from zsteer.jobs.bench.timing import WallClock
 
 ATTRIBUTE = "Smiling"
 
@@ -89,10 +91,12 @@ def engine_alone(manifest: Path, models, steps: int, batch_size: int) -> float:
     z = torch.from_numpy(z.reshape(-1, 64).copy())  # [N, 64]
     w = target_vector([(CELEBA40.index(ATTRIBUTE), 1.0)], 40).expand(len(z), 40).contiguous()  # [N, 40]
     p = default_preserve(w)
-    start = time.perf_counter()
-    for s in range(0, len(z), batch_size):
-        engine.edit(z[s : s + batch_size], w[s : s + batch_size], p[s : s + batch_size], render=False)
-    return len(z) / (time.perf_counter() - start)
+
+    def every_batch() -> None:
+        for s in range(0, len(z), batch_size):
+            engine.edit(z[s : s + batch_size], w[s : s + batch_size], p[s : s + batch_size], render=False)
+
+    return len(z) / WallClock().time(every_batch)
 
 
 def job_rate(
@@ -100,9 +104,11 @@ def job_rate(
 ) -> float:
     from zsteer.jobs.runner import run_job
 
-    start = time.perf_counter()
-    result = run_job(job_config(manifest, out, models, steps, batch_size, images, workers))
-    return result.summary["edited"] / (time.perf_counter() - start)
+    results = []
+    seconds = WallClock().time(
+        lambda: results.append(run_job(job_config(manifest, out, models, steps, batch_size, images, workers)))
+    )
+    return results[0].summary["edited"] / seconds
 
 
 def throughput(args, tmp: Path) -> None:
@@ -164,9 +170,7 @@ def memory(args, tmp: Path) -> None:
             "-t", ATTRIBUTE, "--steps", str(args.rss_steps), "--batch-size", str(args.batch_size),
             "--images", "none", "--threads", str(args.threads), "--out", str(out),
         ]  # fmt: skip
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
+        wall = WallClock().time(lambda cmd=cmd: subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL))
         summary = json.loads((out / "summary.json").read_text())
         # The duplicate scan sorts one partition of (key, position) pairs at a time (jobs/duplicates.py).
         ids = 16 * min(rows, PARTITION_ROWS) / 2**20

@@ -2,10 +2,11 @@
 
     python benchmarks/kernels.py [--batch 128 --batch 1024] [--no-compile] [--threads 2]
 
-CPU: times the torch references, eager and torch.compile'd, against one whole ascent step of the course
+Every time is the median per call of the bench's timing core (``zsteer.jobs.bench.timing``; CUDA events on
+the GPU). CPU: times the torch references, eager and torch.compile'd, against one whole ascent step of the course
 models (C1W4B generator + classifier, z_dim 64, hidden 64, 40 attributes; EditNet's forward + VJP with
 the objective inside, then the update), to show what share of a step these ops are. CUDA (when
-torch.cuda.is_available()): also Triton against the references with triton.testing.do_bench.
+torch.cuda.is_available()): also Triton against the references.
 
 Memory traffic per row and launches per call, fp32, A = 40 attributes, D = z_dim = 64, all rows active,
 batch 128. The reference numbers are counted by this script (``traffic``: every non-view aten op is one
@@ -93,9 +94,10 @@ def main() -> None:
     reexec_with_malloc_settings()
 
     import torch
-    import torch.utils.benchmark as tb
 
     from zsteer.core.status import ACTIVE
+    from zsteer.jobs.bench.config import RunControl
+    from zsteer.jobs.bench.timing import CudaClock, measure
     from zsteer.kernels.ascent_update import ascent_update, ascent_update_torch
     from zsteer.kernels.objective import objective_torch
     from zsteer.pipeline.attributes import CELEBA40
@@ -162,9 +164,14 @@ def main() -> None:
 
         return step
 
+    # One window of at least --seconds after a short warm-up: the bench's timing core, median per call.
+    control = RunControl(
+        warmup_seconds=0.2, min_seconds=args.seconds, min_iterations=5, agree=1, max_windows=1
+    )
+
     def cpu_time(fn) -> float:
         """Median seconds per call."""
-        return tb.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=args.seconds).median
+        return measure(fn, 1, control).latency()["median"]
 
     print(
         f"torch {torch.__version__}, {args.threads} CPU threads; "
@@ -218,15 +225,18 @@ def main() -> None:
         )
         return
 
-    import triton.testing
-
     from zsteer.kernels._triton_ascent_update import ascent_update_triton
     from zsteer.kernels._triton_objective import objective_triton
 
-    def gpu_ms(fn) -> float:
-        return triton.testing.do_bench(fn, return_mode="median")
+    cuda_clock = CudaClock("cuda")
 
-    print(f"\nCUDA ({torch.cuda.get_device_name()}), median ms per call (triton.testing.do_bench)")
+    def gpu_ms(fn) -> float:
+        """Median ms per call, each call timed by CUDA events after a synchronise (launch cost included)."""
+        return measure(fn, 1, control, cuda_clock).latency()["median"] * 1e3
+
+    print(
+        f"\nCUDA ({torch.cuda.get_device_name()}), median ms per call (CUDA events, zsteer.jobs.bench.timing)"
+    )
     print(
         f"{'op':>14} {'batch':>7} {'torch':>8} {'compiled':>9} {'triton':>8} {'speed-up':>9} "
         f"{'triton GB/s':>12}"

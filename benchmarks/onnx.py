@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 # This file is named onnx.py: run as a script, its folder comes first on sys.path and it would shadow the
 # onnx package that torch.onnx and zsteer.export import. The models come from the tests' helpers
@@ -29,18 +28,18 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 sys.path.append(os.path.join(os.path.dirname(_HERE), "tests"))
 
 from zsteer.cli.malloc import MALLOC_ENV, reexec_with_malloc_settings  # noqa: E402 (after the path fix)
+from zsteer.jobs.bench.timing import WallClock  # noqa: E402
 
 
 def _timed_pair(fn_a, fn_b, repeats: int) -> tuple[list[float], list[float]]:
     """Seconds per call of two functions, interleaved (a, b, a, b, ...) so that load from elsewhere on
-    a noisy machine falls on both sides alike."""
+    a noisy machine falls on both sides alike; each call timed by the bench's clock."""
     fn_a(), fn_b()  # warm-up: first-call allocations, oneDNN primitive creation, ORT arena growth
+    clock = WallClock()
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
         for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
+            out.append(clock.time(fn))
     return times
 
 
@@ -71,11 +70,15 @@ def main() -> None:
     config = AscentConfig(steps=args.steps, penalty=0.1)
     engine_config = EngineConfig(batch_size=args.batch, compile="off")
 
-    start = time.perf_counter()
-    graphs = export_graphs(
-        EditVJP(EditNet(generator, classifier, channels_last=False)), (False,), args.exporter
+    exported = []
+    export_s = WallClock().time(
+        lambda: exported.append(
+            export_graphs(
+                EditVJP(EditNet(generator, classifier, channels_last=False)), (False,), args.exporter
+            )
+        )
     )
-    export_s = time.perf_counter() - start
+    graphs = exported[0]
     torch_engine = AscentEngine(net, config, engine_config)
     ort_engine = OrtAscentEngine(None, config, engine_config, graphs=graphs, threads=args.threads)
 

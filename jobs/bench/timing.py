@@ -16,11 +16,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from .config import RunControl
+if TYPE_CHECKING:  # only for the annotation: this module imports no torch, so scripts can time anything
+    from .config import RunControl
 
 PERCENTILES = {"min": 0.0, "median": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0}
 
