@@ -241,6 +241,14 @@ class DirectionEditor:
         self.attribute = torch.tensor(
             [attributes.index(a) if a in attributes else -1 for a in ds.attributes], dtype=torch.int64
         )
+        if method.distance is not None:
+            along = (self.vectors * self.normals).sum(1)  # [K] how fast each direction crosses its boundary
+            for k in range(len(ds.names)):
+                if ds.has_boundary(ds.names[k]) and along[k] < 1e-3:
+                    raise ZsteerError(
+                        f"--distance: direction {ds.names[k]!r} conditioned on {', '.join(method.conditions)} "
+                        "is orthogonal to its own boundary; it cannot move to a distance"
+                    )
         if method.until_prob is not None:
             for k, a in enumerate(ds.attributes):
                 if a is not None and a not in attributes:

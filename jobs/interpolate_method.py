@@ -37,7 +37,7 @@ from zsteer.pipeline.network import EditNet
 
 from .backends import BackendConfig, backend_factory
 from .duplicates import id_keys
-from .latent_lookup import LatentLookup, build_latent_lookup
+from .latent_lookup import LatentLookup, build_latent_lookup, float_rows
 from .manifest import ManifestPlan, ModelShape
 from .method import result_columns, result_fields
 
@@ -108,14 +108,10 @@ class InterpolateMethod:
                 return {}, dict.fromkeys(
                     range(n), f"column 'z_to' must be lists of floats, found {column.type}"
                 )
-            for i, value in enumerate(column.to_pylist()):
-                if value is None:
-                    continue
-                row = np.asarray([np.nan if v is None else v for v in value], np.float32)
-                if len(row) != d or not np.isfinite(row).all():
-                    reasons[i] = f"z_to must hold {d} finite values (has {len(row)})"
-                    continue
-                z_to[i], has_end[i] = row, True
+            values, usable, null = float_rows(column, d)
+            for i in np.flatnonzero(~usable & ~null):
+                reasons[int(i)] = f"z_to must hold {d} finite values"
+            z_to[usable], has_end = values[usable], usable
         if ID_TO in names:
             column = batch.column(ID_TO)
             named = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False) & ~has_end)

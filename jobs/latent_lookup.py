@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
@@ -71,17 +72,23 @@ def _batches(plan: ManifestPlan, columns: list[str]):
             raise ZsteerError(f"{file.path}: cannot read it for the id_to lookup ({exc})") from None
 
 
-def _fixed_z(column: pa.Array, z_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(z [n, z_dim] float32, usable [n]) of a list column; unusable rows (null, length, NaN) are zeros."""
+def float_rows(column: pa.Array, z_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A list column as (values [n, z_dim] float32, usable [n], null [n]): a row is usable when it holds
+    exactly z_dim finite values; other rows are zeros. Vectorised (the values are read in one piece)."""
     n = len(column)
-    z = np.zeros((n, z_dim), np.float32)
-    usable = np.zeros(n, bool)
-    for i, value in enumerate(column.to_pylist()):
-        if value is not None and len(value) == z_dim and all(v is not None for v in value):
-            row = np.asarray(value, np.float32)
-            if np.isfinite(row).all():
-                z[i], usable[i] = row, True
-    return z, usable
+    null = ~column.is_valid().to_numpy(zero_copy_only=False)
+    values = np.zeros((n, z_dim), np.float32)
+    lengths = pc.list_value_length(column).fill_null(-1).to_numpy(zero_copy_only=False)
+    usable = lengths == z_dim
+    rows = np.flatnonzero(usable)
+    if len(rows):
+        kept = column if len(rows) == n else column.filter(pa.array(usable))
+        flat = kept.flatten()  # respects slice offsets and skips null lists
+        block = flat.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, z_dim)
+        finite = np.isfinite(block).all(axis=1)
+        values[rows[finite]] = block[finite]
+        usable[rows[~finite]] = False
+    return values, usable, null
 
 
 def build_latent_lookup(plan: ManifestPlan, column: str, z_dim: int, root: Path) -> LatentLookup:
@@ -114,7 +121,7 @@ def build_latent_lookup(plan: ManifestPlan, column: str, z_dim: int, root: Path)
                 continue
             _, first = np.unique(at[hit], return_index=True)  # the first of a key within the batch
             rows, slots = valid[hit][first], at[hit][first]
-            values, usable = _fixed_z(batch.column(1).take(pa.array(rows)), z_dim)
+            values, usable, _ = float_rows(batch.column(1).take(pa.array(rows)), z_dim)
             z[slots[usable]] = values[usable]
             found[slots] = usable
             seen[slots] = True

@@ -229,6 +229,7 @@ def test_interpolation_frames_endpoints_id_to_across_units_and_rejects(tmp_path,
     z_to = [None] * n
     for i in range(12, 20):
         z_to[i] = latents(1, seed=100 + i)[0].tolist()
+    z_to[19] = [1.0, 2.0]  # too short
     path = write_manifest(
         tmp_path / "m.parquet", {"id": np.arange(n), "z": z, "id_to": id_to, "z_to": z_to}, row_group_size=8
     )
@@ -242,8 +243,9 @@ def test_interpolation_frames_endpoints_id_to_across_units_and_rejects(tmp_path,
         zip(read_rejects(out)["row"].to_pylist(), read_rejects(out)["reason"].to_pylist(), strict=True)
     )
     assert rejects[2] == "id_to 999 names no row with a usable z"
-    assert set(rejects) == {2} | set(range(20, 30))
-    assert table.num_rows == frames * (n - 11)
+    assert rejects[19] == f"z_to must hold {Z_DIM} finite values"
+    assert set(rejects) == {2, 19} | set(range(20, 30))
+    assert table.num_rows == frames * (n - 12)
     edited = np.array(table.column("z_edited").to_pylist(), np.float32).reshape(-1, frames, Z_DIM)
     ids = table.column("id").to_pylist()[::frames]
     assert table.column("frame").to_pylist()[:frames] == list(range(frames))
