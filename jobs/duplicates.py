@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 
-from .manifest import ID, ManifestPlan
+from .manifest import ID, ManifestPlan, is_unchanged
 
 # Rows per spill partition: 16 bytes each, so about 64 MiB of pairs sorted at a time.
 PARTITION_ROWS = 1 << 22
@@ -139,6 +139,15 @@ def _id_batches(plan: ManifestPlan):
                         yield id_keys(kept), position(file.index, row + done + valid)
                     done += batch.num_rows
                 row += rows
+        try:
+            unchanged = is_unchanged(file)
+        except OSError as exc:
+            raise _unreadable(file.path, exc) from None
+        if not unchanged:  # the ids read may be another file's: the index would be wrong for good
+            raise ZsteerError(
+                f"{file.path}: changed while its ids were read (size, modification time or footer differ); "
+                "put the original back and run the same command again"
+            )
 
 
 def _unreadable(path: Path, exc: OSError) -> ZsteerError:

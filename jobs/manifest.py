@@ -136,6 +136,24 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def is_unchanged(file: InputFile) -> bool:
+    """Whether ``file`` on disk is still the one planned: size, modification time and footer hash.
+
+    A stat and one small read; raises OSError when the file cannot be reached at all. Readers call it
+    after reading, before what they read is used for good (reader.py, duplicates.py): a file written
+    again in place is read through an open handle under its old footer, so a check at open is not enough.
+    """
+    stat = file.path.stat()
+    if stat.st_size != file.size or (file.mtime_ns and stat.st_mtime_ns != file.mtime_ns):
+        return False
+    if not file.footer_hash:
+        return True
+    try:
+        return footer_hash(file.path) == file.footer_hash
+    except (OSError, ValueError):  # a footer length that points nowhere: not the planned file
+        return False
+
+
 def footer_hash(path: Path) -> str:
     """BLAKE2b of the file's footer bytes (the thrift metadata before the trailing length and magic).
 

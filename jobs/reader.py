@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 
-from .manifest import InputFile, ManifestPlan, footer_hash
+from .manifest import InputFile, ManifestPlan, is_unchanged
 from .rows import Unit
 
 READ_BUFFER = 1 << 20  # bytes read at a time from a column chunk (pyarrow's buffered stream)
@@ -189,18 +189,11 @@ class UnitReader:
         reads the new bytes under the old footer) are never committed, as rows or as rejects."""
         file = self.plan.files[unit.file]
         try:
-            stat = file.path.stat()
+            unchanged = is_unchanged(file)
         except OSError as exc:
             raise _read_error(file, "check it", exc) from None
-        if stat.st_size != file.size or (file.mtime_ns and stat.st_mtime_ns != file.mtime_ns):
+        if not unchanged:
             raise _changed(file)
-        if file.footer_hash:
-            try:
-                digest = footer_hash(file.path)
-            except (OSError, ValueError):  # a footer length that points nowhere: not the planned file
-                digest = None
-            if digest != file.footer_hash:
-                raise _changed(file)
 
     def pieces(self, unit: Unit) -> Iterator[Piece]:
         """The unit's rows in order, as pieces of at most ``read_rows`` rows (or faults)."""

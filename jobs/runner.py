@@ -43,6 +43,7 @@ from .unit import UnitPlan, output_schema
 from .verify import check_commit
 
 log = logging.getLogger("zsteer.jobs")
+DAMAGED_LINES = 5  # damaged units said one line each on resume; beyond, one line counts the rest
 # (generator, classifier) -> the Editor of the job; default: the method's, on the configured backend.
 EditorFactory = Callable[[LoadedModel, LoadedModel], Editor]
 
@@ -200,18 +201,22 @@ def _intact(folder: JobFolder, commits: list) -> list:
     """The commits whose files are all there with the size and sha256 their marker recorded. A damaged
     unit's marker is withdrawn (one line each), so the unit is done again and the summary counts only
     rows that are in the output."""
-    intact = []
+    intact, damaged = [], 0
     for commit in commits:
         problems = check_commit(folder, commit)
         if not problems:
             intact.append(commit)
             continue
-        more = f" (and {len(problems) - 1} more of its files)" if len(problems) > 1 else ""
-        log.warning(
-            "%s: %s%s: a committed file of unit %s is damaged; the unit will be done again",
-            problems[0].path, problems[0].what, more, commit.unit,
-        )  # fmt: skip
+        damaged += 1
+        if damaged <= DAMAGED_LINES:
+            more = f" (and {len(problems) - 1} more of its files)" if len(problems) > 1 else ""
+            log.warning(
+                "%s: %s%s: a committed file of unit %s is damaged; the unit will be done again",
+                problems[0].path, problems[0].what, more, commit.unit,
+            )  # fmt: skip
         folder.drop_commit(commit)
+    if damaged > DAMAGED_LINES:
+        log.warning("and %d more unit(s) with damaged files, to be done again", damaged - DAMAGED_LINES)
     legacy = sum(not c.files for c in intact)
     if legacy:
         log.info(

@@ -13,6 +13,7 @@ each file opens and the rows add up to the marker's counts.
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,11 @@ def check_commit(folder: JobFolder, commit: Commit, checksums: bool = True) -> l
     for path, name in commit.paths(folder):
         kind = path.parent.name
         try:
-            size = path.stat().st_size
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode):  # a link, a FIFO (would block a read), a folder
+                problems.append(Problem(path, "not a regular file", commit.unit))
+                continue
+            size = info.st_size
             if commit.files:
                 recorded = commit.files[name]
                 if size != recorded["bytes"]:

@@ -220,3 +220,30 @@ def test_latents_far_outside_the_prior_are_rejected_with_their_magnitude(tmp_pat
         2: "z has a value of magnitude 1001, above the 1000 a latent may have (z ~ N(0, I) stays within about 6)",
     }
     assert read_parts(out).column("id").to_pylist() == [0, 3, 4, 5]
+
+
+def test_a_manifest_overwritten_while_its_ids_are_scanned_stops_the_job(
+    tmp_path, job_models, reference, monkeypatch
+):
+    """The duplicate index is built once and kept for the job: ids read from a file being rewritten
+    would make it wrong for good, so the scan checks the file after reading it."""
+    from zsteer.jobs import duplicates
+
+    _, saved, _ = reference
+    manifest = tmp_path / "m.parquet"
+    shutil.copy2(saved, manifest)
+    other = write_manifest(tmp_path / "other.parquet", {"id": np.arange(N), "z": latents(N, 9)}, 100)
+    real = duplicates.id_keys
+
+    def overwrite_then_key(ids):
+        if manifest.read_bytes() != other.read_bytes():
+            with open(manifest, "r+b") as fh:
+                fh.write(other.read_bytes())
+                fh.truncate()
+        return real(ids)
+
+    monkeypatch.setattr(duplicates, "id_keys", overwrite_then_key)
+    out = tmp_path / "job"
+    with pytest.raises(ZsteerError, match=r"m\.parquet: changed while its ids were read"):
+        run_job(_config(manifest, out, job_models))
+    assert not (out / "duplicates.npz").exists()

@@ -4,6 +4,7 @@ markers that name paths outside the folder, markers of older versions, and `zste
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -195,3 +196,34 @@ def test_markers_without_checksums_are_checked_by_row_counts(tmp_path, manifest,
     assert f"{victim}: missing" in result.stderr and "without checksums" in result.stderr
     assert read_parts(out).equals(read_parts(finished))
     assert pq.read_metadata(victim).num_rows == 50
+
+
+def test_a_lost_parts_folder_is_redone_with_a_bounded_number_of_lines(
+    tmp_path, manifest, job_models, finished
+):
+    out = copy_job(finished, tmp_path)
+    shutil.rmtree(out / "parts")
+    result = run(*edit_args(manifest, job_models, out))
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "done again" in line]
+    assert len(said) == 6 and all(": missing: a committed file of unit" in line for line in said[:5]), said
+    assert "and 1 more unit(s) with damaged files" in said[5]
+    assert read_parts(out).equals(read_parts(finished))
+
+
+def test_a_committed_name_that_is_not_a_regular_file_is_redone_without_opening_it(
+    tmp_path, manifest, job_models, finished
+):
+    """A FIFO (whose read would block forever) or a link where a committed shard was."""
+    out = copy_job(finished, tmp_path)
+    parts = sorted((out / "parts").glob("*.parquet"))
+    parts[0].unlink()
+    os.mkfifo(parts[0])
+    parts[1].unlink()
+    parts[1].symlink_to(parts[2])
+    checked = run("verify", out)
+    assert checked.exit_code == 1 and checked.stderr.count("not a regular file") == 2, checked.stderr
+    result = run(*edit_args(manifest, job_models, out))
+    assert result.exit_code == 0, result.output
+    assert read_parts(out).equals(read_parts(finished))
+    assert not parts[1].is_symlink()
