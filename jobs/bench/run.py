@@ -44,8 +44,9 @@ from ..backends import BACKENDS, BackendConfig
 from ..config import EditSpec, JobConfig, OutputConfig
 from ..encode import encode_pngs
 from ..folder import write_parquet_atomic
+from ..manifest import ModelShape
 from ..memory import peak_rss_mb
-from ..method import EditMethod, method_class
+from ..method import EditMethod, method_class, row_inputs
 from ..runner import run_job
 from ..sample import SampleConfig, write_sample
 from ..targets import JobTargets, resolve_job_targets
@@ -93,15 +94,35 @@ def runtime_configs(cell: BenchCell, config: BenchConfig) -> tuple[EngineConfig,
     return engine, BackendConfig(name, config.onnx_dir if name == "onnxruntime" else None, cell.threads)
 
 
-def seeded_batch(n: int, generator: LoadedModel, targets: JobTargets, seed: int) -> EditBatch:
-    """``n`` rows of z ~ N(0, I) (and labels) from ``seed``, with the job-wide targets: numpy, as a job reads them."""
+def seeded_batch(
+    n: int, generator: LoadedModel, classifier: LoadedModel, targets: JobTargets, seed: int,
+    method: EditMethod | None = None,
+) -> EditBatch:  # fmt: skip
+    """``n`` rows of z ~ N(0, I) (and labels) from ``seed`` with the job-wide targets, numpy, as a job reads
+    them from a `zsteer sample` manifest; a method's own per-row inputs (``row_inputs``) come from those
+    rows as the job would read them. A method that rejects such rows is a one-line error."""
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, generator.spec.z_dim)).astype(np.float32)  # [n, z_dim]
     weights = np.tile(targets.weights, (n, 1)).astype(np.float32)  # [n, A]
     mask = targets.preserve_mask if targets.preserve_mask is not None else (targets.weights == 0)
     preserve = np.tile(mask, (n, 1)).astype(np.float32)  # [n, A]
     labels = rng.integers(0, generator.spec.n_classes, n) if generator.spec.n_classes else None  # [n]
-    return EditBatch(z, weights, preserve, labels)
+    extra = None
+    if method is not None:
+        columns = {
+            "id": pa.array(np.arange(n)),
+            "z": pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1)), z.shape[1]),
+        }
+        if labels is not None:
+            columns["label"] = pa.array(labels)
+        shape = ModelShape(generator.spec.z_dim, generator.spec.n_classes, classifier.attributes)
+        extra, reasons = row_inputs(method, pa.RecordBatch.from_pydict(columns), shape)
+        if reasons:
+            raise ZsteerError(
+                f"--method {method.name}: rejects the rows of a plain `zsteer sample` manifest "
+                f"({next(iter(reasons.values()))}); it needs columns of its own to be benchmarked"
+            )
+    return EditBatch(z, weights, preserve, labels, extra=extra or None)
 
 
 def _reset_peak_rss() -> None:
@@ -167,7 +188,9 @@ class _Bench:
                 self._flops[key] = self._ascent_flops(editor, method.default_steps)
             else:
                 rows = 4
-                batch = seeded_batch(rows, self.generator, self.targets, self.config.seed)
+                batch = seeded_batch(
+                    rows, self.generator, self.classifier, self.targets, self.config.seed, method
+                )
                 counted = counted_flops_per_latent(
                     lambda: editor.edit_batch(batch, cell.images == "png"), rows
                 )
@@ -223,7 +246,9 @@ class _Bench:
         return report
 
     def _engine(self, cell: BenchCell, method: EditMethod, editor, clock, on_window) -> dict:
-        batch = seeded_batch(cell.batch_size, self.generator, self.targets, self.config.seed)
+        batch = seeded_batch(
+            cell.batch_size, self.generator, self.classifier, self.targets, self.config.seed, method
+        )
         render = cell.images == "png"
         m = measure(lambda: editor.edit_batch(batch, render), cell.batch_size, self.config.control, clock,
                     on_window=on_window)  # fmt: skip
@@ -243,7 +268,8 @@ class _Bench:
             for i in range(n):
                 with timer.stage("host_to_device"):
                     on_device = EditBatch(
-                        **{k: as_tensor(getattr(batch, k), device, dt) for k, dt in _BATCH_DTYPES.items()}
+                        **{k: as_tensor(getattr(batch, k), device, dt) for k, dt in _BATCH_DTYPES.items()},
+                        extra=batch.extra,
                     )
                 result = editor.edit_batch(on_device, cell.images == "png")
                 pngs: list[bytes | None] = [None] * cell.batch_size
@@ -289,6 +315,11 @@ class _Bench:
             m = measure(job, rows, self.config.control, clock, prepare=prepare, on_window=on_window)
             shutil.rmtree(out[0], ignore_errors=True)
         measured = summaries[-m.iterations :]
+        if not all(s["edited"] for s in measured):
+            raise ZsteerError(
+                f"--method {cell.method}: the job edited no row of a plain `zsteer sample` manifest "
+                "(every row rejected); the method needs columns of its own to be benchmarked"
+            )
         batches = len(measured) * math.ceil(rows / cell.batch_size)
         seconds = {
             _JOB_STAGES[k]: sum(s["runs"][-1]["stage_seconds"].get(k, 0.0) for s in measured)
