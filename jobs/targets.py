@@ -71,10 +71,14 @@ class TargetParser:
                 return f"targets: attribute name {name!r} is not a string"
             if isinstance(weight, bool) or not isinstance(weight, int | float):
                 return f"targets: weight of {name!r} is not a number ({weight!r})"
-            if not math.isfinite(weight) or abs(weight) > FLOAT32_MAX:
-                return f"targets: weight of {name!r} is not a finite float32 ({weight!r})"
             try:
-                targets.append((resolve_attribute(name, self.attributes, where="targets"), float(weight)))
+                value = float(weight)
+            except OverflowError:  # a JSON integer of 400 digits
+                value = math.inf
+            if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+                return f"targets: weight of {name!r} is not a finite float32 ({value:.3g})"
+            try:
+                targets.append((resolve_attribute(name, self.attributes, where="targets"), value))
             except ZsteerError as exc:
                 return str(exc)
         vector = target_vector(targets, len(self.attributes)).numpy()
@@ -121,7 +125,7 @@ class TargetParser:
             if parsed is None:
                 try:
                     parsed = self._parse_value(value)
-                except (TypeError, ValueError, KeyError, IndexError, RecursionError) as exc:
+                except (TypeError, ValueError, KeyError, IndexError, RecursionError, ArithmeticError) as exc:
                     # A shape of value no check above foresaw: the row is rejected, never the job stopped
                     # (a row that raised here would stop every resume at the same row).
                     parsed = f"targets: unusable value ({type(exc).__name__}: {exc})"

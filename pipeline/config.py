@@ -8,6 +8,9 @@ from dataclasses import dataclass
 # Most steps a job may ask for: step counters are int32 on the device, and a budget this large already
 # takes days per batch.
 MAX_STEPS = 1_000_000
+# Settings are float32 on the device: a value past its range (1e39) becomes inf there, and every row
+# ends non_finite.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,12 @@ class AscentConfig:
     def __post_init__(self):
         if not 0 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be in [0, {MAX_STEPS}], got {self.steps}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if not (math.isfinite(self.penalty) and self.penalty >= 0):
-            raise ValueError(f"penalty must be >= 0, got {self.penalty}")
+        if self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr <= FLOAT32_MAX):
+            raise ValueError(f"lr must be a positive float32 (at most {FLOAT32_MAX:.3g}), got {self.lr}")
+        if not (math.isfinite(self.penalty) and 0 <= self.penalty <= FLOAT32_MAX):
+            raise ValueError(
+                f"penalty must be >= 0 and a float32 (at most {FLOAT32_MAX:.3g}), got {self.penalty}"
+            )
         if self.max_shift is not None and not self.max_shift > 0:
             raise ValueError(f"max_shift must be > 0, got {self.max_shift}")
         if self.stop_at_prob is not None and not 0 < self.stop_at_prob < 1:

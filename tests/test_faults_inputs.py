@@ -149,6 +149,8 @@ TARGET_TYPE = pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64()
         ('{"attr1": ' + "[" * 60_000, pa.string(), "targets:"),
         ("[" * 100_000 + "]" * 100_000, pa.string(), "more than 65536"),
         ('{"attr1": 1e39}', pa.string(), "not a finite float32"),
+        ('{"attr1": 1' + "0" * 400 + "}", pa.string(), "not a finite float32 (inf)"),
+        ('{"attr1": NaN}', pa.string(), "not a finite float32 (nan)"),
         ([("attr1", 3e38), ("attr1", 3e38)], pa.map_(pa.string(), pa.float64()), "past float32's range"),
         ('{"attr1": 1, "x": "' + "a" * 70_000 + '"}', pa.string(), "more than 65536"),
     ],

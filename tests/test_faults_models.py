@@ -86,3 +86,19 @@ def test_a_model_too_large_for_memory_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"g\.pth: a generator of this size .* is too large for memory"):
         load_generator(gpath)
     assert build_classifier(TINY_CLASSIFIER) is not None
+
+
+@pytest.mark.parametrize("flags", [["--lr", "1e39"], ["--penalty", "1e39"]])
+def test_settings_past_float32_are_refused_in_one_line(tmp_path, job_models, flags):
+    """They would be inf on the device, and every row would end non_finite."""
+    from click.testing import CliRunner
+    from jobkit import latents, write_manifest
+
+    from zsteer.cli.main import main
+
+    manifest = write_manifest(tmp_path / "m.parquet", {"id": list(range(4)), "z": latents(4)})
+    args = ["edit", "-m", manifest, "--out", tmp_path / "job", "--generator", job_models[0], "--classifier",
+            job_models[1], "-t", "attr1", "--images", "none", *flags]  # fmt: skip
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert f"{flags[0][2:]} must be" in result.stderr and "float32" in result.stderr
