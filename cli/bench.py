@@ -88,6 +88,11 @@ def _write(path: Path | None, text: str) -> None:
 _LIST = "Takes a list: repeat the flag or separate values by commas; every combination is measured."
 
 
+def _axis(flag: str, dest: str, what: str, default: str):
+    """A matrix flag: repeatable, comma-separated values (parsed by ``_values``)."""
+    return click.option(flag, dest, multiple=True, help=f"{what} Default: {default}. {_LIST}")
+
+
 @click.command()
 @model_options
 @click.option(
@@ -97,40 +102,22 @@ _LIST = "Takes a list: repeat the flag or separate values by commas; every combi
     multiple=True,
     help="NAME or NAME=WEIGHT to edit towards (repeatable). Default: the classifier's first attribute.",
 )
-@click.option(
+@_axis(
     "--mode",
     "modes",
-    multiple=True,
-    help=f"engine (the editor on batches in memory) or job (the whole streaming job over a generated "
-    f"manifest, I/O included). Default: engine. {_LIST}",
+    "engine (the editor on batches in memory) or job (the whole streaming job over a "
+    "generated manifest, I/O included).",
+    "engine",
 )
-@click.option(
-    "--backend",
-    "backends",
-    multiple=True,
-    help=f"torch (eager), torch-compiled, onnxruntime, or any registered backend. Default: torch. {_LIST}",
+@_axis(
+    "--backend", "backends", "torch (eager), torch-compiled, onnxruntime, or any registered backend.", "torch"
 )
-@click.option("--batch-size", "batch_sizes", multiple=True, help=f"Rows per batch. Default: 128. {_LIST}")
-@click.option("--steps", "steps", multiple=True, help=f"Gradient steps of the edit. Default: 10. {_LIST}")
-@click.option(
-    "--method",
-    "methods",
-    multiple=True,
-    help=f"A registered edit method (`zsteer edit --help` lists them). Default: ascent. {_LIST}",
-)
-@click.option(
-    "--images",
-    "images",
-    multiple=True,
-    help=f"png (render; in job mode also encode and write) or none. Default: none. {_LIST}",
-)
-@click.option("--device", "devices", multiple=True, help=f"torch device. Default: cpu. {_LIST}")
-@click.option(
-    "--threads",
-    "threads",
-    multiple=True,
-    help=f"torch (and onnxruntime) CPU threads. Default: torch's choice. {_LIST}",
-)
+@_axis("--batch-size", "batch_sizes", "Rows per batch.", "128")
+@_axis("--steps", "steps", "Gradient steps of the edit.", "10")
+@_axis("--method", "methods", "A registered edit method (`zsteer edit --help` lists them).", "ascent")
+@_axis("--images", "images", "png (render; in job mode also encode and write) or none.", "none")
+@_axis("--device", "devices", "torch device.", "cpu")
+@_axis("--threads", "threads", "torch (and onnxruntime) CPU threads.", "torch's choice")
 @click.option(
     "--warmup-seconds",
     type=click.FloatRange(min=0),
