@@ -252,6 +252,11 @@ class JobFolder:
 
     def make(self) -> None:
         for path in (self.parts, self.rejects, self.commits):
+            if path.exists() and not path.is_dir():
+                raise ZsteerError(
+                    f"{path}: expected a folder of the job, found a file (the job folder was edited); "
+                    "move it away and run the same command again"
+                )
             path.mkdir(parents=True, exist_ok=True)
 
     def read_job(self, hint: str = "choose another --out") -> dict | None:
@@ -260,8 +265,8 @@ class JobFolder:
             return None
         try:
             doc = json.loads(self.job_json.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            raise ZsteerError(f"{self.job_json}: unreadable ({exc}); {hint}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+            raise ZsteerError(f"{self.job_json}: unreadable ({_reason(exc)}); {hint}") from None
         if not isinstance(doc, dict):
             raise ZsteerError(f"{self.job_json}: expected a JSON object, found {type(doc).__name__}; {hint}")
         return doc

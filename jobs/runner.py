@@ -40,7 +40,7 @@ from .sources import resolve_manifests
 from .summary import RunStats, write_summary
 from .targets import JobTargets, resolve_job_targets
 from .unit import UnitPlan, output_schema
-from .verify import check_commit
+from .verify import Problem, check_commit
 
 log = logging.getLogger("zsteer.jobs")
 DAMAGED_LINES = 5  # damaged units said one line each on resume; beyond, one line counts the rest
@@ -176,9 +176,9 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
                 )
         folder.make()
         folder.write_job({"identity": prep.identity, "runtime": prep.runtime})
-        commits = _intact(folder, folder.load_commits())
-        removed = folder.remove_orphans(commits)
         units = plan_units(prep.plan, config.unit_rows)
+        commits = _intact(folder, folder.load_commits(), {u.key: u.n_rows for u in units})
+        removed = folder.remove_orphans(commits)
         done = {c.unit for c in commits}
         todo = [u for u in units if u.key not in done]
         previous = _previous_runs(folder)
@@ -197,13 +197,20 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
         return _run(config, prep, plan, commits, todo, len(units), previous, editor_factory)
 
 
-def _intact(folder: JobFolder, commits: list) -> list:
-    """The commits whose files are all there with the size and sha256 their marker recorded. A damaged
-    unit's marker is withdrawn (one line each), so the unit is done again and the summary counts only
-    rows that are in the output."""
+def _intact(folder: JobFolder, commits: list, unit_rows: dict[str, int]) -> list:
+    """The commits of this job's units (``unit_rows``: key -> rows) whose files are all there with the
+    size and sha256 their marker recorded. A damaged unit's marker is withdrawn (one line each), so the
+    unit is done again and the summary counts only rows that are in the output; so is a marker of a unit
+    the job does not have, or of another row count (copied in from another job)."""
     intact, damaged = [], 0
     for commit in commits:
-        problems = check_commit(folder, commit)
+        marker = folder.marker(commit.unit)
+        if commit.unit not in unit_rows:
+            problems = [Problem(marker, "names a unit this job does not have (copied from another job?)")]
+        elif commit.rows != unit_rows[commit.unit]:
+            problems = [Problem(marker, f"counts {commit.rows} rows, the unit has {unit_rows[commit.unit]}")]
+        else:
+            problems = check_commit(folder, commit)
         if not problems:
             intact.append(commit)
             continue
@@ -211,7 +218,7 @@ def _intact(folder: JobFolder, commits: list) -> list:
         if damaged <= DAMAGED_LINES:
             more = f" (and {len(problems) - 1} more of its files)" if len(problems) > 1 else ""
             log.warning(
-                "%s: %s%s: a committed file of unit %s is damaged; the unit will be done again",
+                "%s: %s%s: unit %s is not as committed; it will be done again",
                 problems[0].path, problems[0].what, more, commit.unit,
             )  # fmt: skip
         folder.drop_commit(commit)
@@ -261,10 +268,13 @@ def _run(config, prep, plan, commits, todo, n_units, previous, editor_factory) -
 
 
 def _previous_runs(folder: JobFolder) -> list[dict]:
+    """The runs summary.json lists (none when it is missing, unreadable, or not as zsteer writes it:
+    the summary only reports them, the job's results come from the markers)."""
     try:
-        return json.loads(folder.summary_json.read_text())["runs"]
-    except (OSError, ValueError, KeyError, TypeError):
+        runs = json.loads(folder.summary_json.read_text(encoding="utf-8"))["runs"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return []
+    return runs if isinstance(runs, list) and all(isinstance(r, dict) for r in runs) else []
 
 
 def _finish(prep, commits, n_units, stats, previous, signum: int | None) -> JobResult:

@@ -102,6 +102,8 @@ def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], di
                 config = json.loads(read_utf8(sidecar, CheckpointError))
             except json.JSONDecodeError as exc:
                 raise CheckpointError(f"{sidecar}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+            except RecursionError:
+                raise CheckpointError(f"{sidecar}: JSON nested too deeply to be model settings") from None
             if not isinstance(config, dict):
                 raise CheckpointError(
                     f"{sidecar}: expected a JSON object of model settings, found {type(config).__name__}"

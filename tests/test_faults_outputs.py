@@ -206,7 +206,7 @@ def test_a_lost_parts_folder_is_redone_with_a_bounded_number_of_lines(
     result = run(*edit_args(manifest, job_models, out))
     assert result.exit_code == 0, result.output
     said = [line for line in result.stderr.splitlines() if "done again" in line]
-    assert len(said) == 6 and all(": missing: a committed file of unit" in line for line in said[:5]), said
+    assert len(said) == 6 and all(": missing: unit " in line for line in said[:5]), said
     assert "and 1 more unit(s) with damaged files" in said[5]
     assert read_parts(out).equals(read_parts(finished))
 
@@ -227,3 +227,48 @@ def test_a_committed_name_that_is_not_a_regular_file_is_redone_without_opening_i
     assert result.exit_code == 0, result.output
     assert read_parts(out).equals(read_parts(finished))
     assert not parts[1].is_symlink()
+
+
+def test_a_marker_of_a_unit_this_job_does_not_have_is_withdrawn(tmp_path, manifest, job_models, finished):
+    """Markers copied in from another job: a unit key the plan does not have, or another row count."""
+    out = copy_job(finished, tmp_path)
+    markers = sorted((out / "commits").glob("commit-*.json"))
+    doc = json.loads(markers[0].read_text())
+    stranger = out / "commits" / "commit-000007-000000-000000.json"
+    stranger.write_text(json.dumps(doc | {"unit": "7:0:0", "parts": [], "rejects": [], "files": {}}))
+    doc = json.loads(markers[1].read_text())
+    markers[1].write_text(json.dumps(doc | {"rows": doc["rows"] + 1, "edited": doc["edited"] + 1}))
+    result = run(*edit_args(manifest, job_models, out))
+    assert result.exit_code == 0, result.output
+    assert f"{stranger}: names a unit this job does not have" in result.stderr
+    assert f"{markers[1]}: counts 51 rows, the unit has 50" in result.stderr
+    assert not stranger.exists() and read_parts(out).equals(read_parts(finished))
+    assert json.loads((out / "summary.json").read_text())["rows_done"] == N
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda out: (out / "job.json").write_text("[" * 100_000), "job.json: unreadable"),
+        (lambda out: (out / "summary.json").write_text('{"runs": "x"}'), None),
+        (lambda out: (out / "summary.json").write_text("{" * 100_000), None),
+        (
+            lambda out: (shutil.rmtree(out / "rejects"), (out / "rejects").write_text("x")),
+            "rejects: expected a folder",
+        ),
+    ],
+)
+def test_damaged_job_files_are_one_line_or_ignored_where_only_reported(
+    tmp_path, manifest, job_models, finished, damage, fragment
+):
+    out = copy_job(finished, tmp_path)
+    damage(out)
+    result = run(*edit_args(manifest, job_models, out))
+    assert "Traceback" not in result.output
+    if fragment is None:  # summary.json only reports: the job goes on and writes a new one
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "summary.json").read_text())["rows_done"] == N
+    else:
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1 and fragment in result.stderr, (
+            result.output
+        )
