@@ -148,12 +148,17 @@ def fit_directions(generator: LoadedModel, classifier: LoadedModel, config: FitC
             if not isinstance(net, EditNet):
                 raise ValueError(
                     "sefa factorises the course generator's first layer; an imported generator's graph has no "
-                    "such layer to read (use boundary, gradient, pca or axis)"
+                    "such layer to read (use boundary, gradient or axis)"
                 )
             vectors, values = sefa_directions(net, config.k or d)
             names = tuple(f"sefa{i}" for i in range(len(vectors)))
             stats = [{"eigenvalue": float(v)} for v in values]
         elif config.method == "pca":
+            if not isinstance(net, EditNet):
+                raise ValueError(
+                    "pca reads the course generator's first block; an imported generator's graph has no such "
+                    "block to read (use boundary, gradient or axis)"
+                )
             vectors, values = pca_directions(net, config.k or min(10, d), config.samples, config.seed)
             names = tuple(f"pc{i}" for i in range(len(vectors)))
             stats = [{"explained_variance": float(v)} for v in values]
