@@ -128,6 +128,39 @@ def test_per_row_alpha_and_distance(tmp_path, job_models, directions_file):
         )
 
 
+def test_conditioning_at_edit_time_and_settings_a_direction_cannot_serve(
+    tmp_path, job_models, directions_file
+):
+    n = 6
+    z = latents(n, seed=3)
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(n), "z": z})
+    out = tmp_path / "conditioned"
+    method = DirectionMethod(
+        directions=directions_file, direction="attr1", alpha=2.0, conditions=("attr0", "attr3")
+    )
+    _direction_job(path, out, job_models, method)
+    moved = np.array(_table(out).column("z_edited").to_pylist(), np.float32) - z
+    found = load_directions(directions_file)
+    others = found.vectors[[found.index("attr0"), found.index("attr3")]].numpy()
+    assert np.abs(moved @ others.T).max() < 1e-5, "the move leaves the conditions' scores alone"
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=1), 2.0, rtol=1e-5)
+    axes = tmp_path / "axes"
+    generator, classifier = load_models(ModelSource(*job_models))
+    save_directions(fit_directions(generator, classifier, FitConfig(method="axis")), axes)
+    with pytest.raises(ZsteerError, match="--until-prob needs a direction that raises an attribute; 'z0'"):
+        _direction_job(
+            path, tmp_path / "a", job_models, DirectionMethod(directions=axes, direction="z0", until_prob=0.9)
+        )
+    with pytest.raises(ZsteerError, match="--distance needs a fitted boundary"):
+        _direction_job(
+            path, tmp_path / "b", job_models, DirectionMethod(directions=axes, direction="z0", distance=1.0)
+        )
+    with pytest.raises(ZsteerError, match="no direction 'nope'"):
+        _direction_job(
+            path, tmp_path / "c", job_models, DirectionMethod(directions=axes, conditions=("nope",))
+        )
+
+
 def test_until_prob_reaches_p_or_says_not_reached_within_its_budget(tmp_path, job_models, directions_file):
     n, target, budget = 24, 0.8, 10
     z = latents(n, seed=4)
