@@ -212,7 +212,10 @@ def invalid_text(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         try:
             column.validate(full=True)
         except pa.ArrowInvalid:
-            bad[name] = np.array([not _valid(column.slice(i, 1)) for i in range(len(column))], bool)
+            # take, not slice: a slice of a struct or list shares its children whole, and would fail
+            # for a neighbour's value
+            rows = (column.take(pa.array([i], pa.int64())) for i in range(len(column)))
+            bad[name] = np.array([not _valid(row) for row in rows], bool)
     return bad
 
 

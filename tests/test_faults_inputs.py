@@ -185,10 +185,13 @@ def test_text_that_is_not_utf8_is_rejected_naming_the_column(tmp_path, job_model
     notes[5] = b"\xc3\x28"
     targets = [None] * n
     targets[6] = b'{"attr1\xff": 1}'
+    nested = [b"ok"] * n
+    nested[7] = b"\xed\xa0\x80"  # a surrogate, inside a struct: only its own row is rejected
     manifest = tmp_path / "m.parquet"
     pq.write_table(
         pa.table({"id": _as_text(ids), "z": pa.array(list(latents(n)), pa.list_(pa.float32())),
-                  "note": _as_text(notes), "targets": _as_text(targets)}),
+                  "note": _as_text(notes), "targets": _as_text(targets),
+                  "meta": pa.StructArray.from_arrays([_as_text(nested)], ["tag"])}),
         manifest,
     )  # fmt: skip
     out = tmp_path / "job"
@@ -199,9 +202,10 @@ def test_text_that_is_not_utf8_is_rejected_naming_the_column(tmp_path, job_model
         2: "column 'id' holds text that is not valid UTF-8",
         5: "column 'note' holds text that is not valid UTF-8",
         6: "column 'targets' holds text that is not valid UTF-8",
+        7: "column 'meta' holds text that is not valid UTF-8",
     }
-    assert rejects.column("id").to_pylist() == [None, "row5", "row6"]
-    assert read_parts(out).column("id").to_pylist() == ["row0", "row1", "row3", "row4", "row7"]
+    assert rejects.column("id").to_pylist() == [None, "row5", "row6", "row7"]
+    assert read_parts(out).column("id").to_pylist() == ["row0", "row1", "row3", "row4"]
 
 
 def test_latents_far_outside_the_prior_are_rejected_with_their_magnitude(tmp_path, job_models):
