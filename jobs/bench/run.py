@@ -143,14 +143,14 @@ def _threads(n: int | None):
 
 
 @contextlib.contextmanager
-def _quiet_jobs():
-    """A job run inside the bench: no progress bar or log lines of its own (errors still raise)."""
+def _quiet():
+    """No INFO lines from the engine or the job while a cell runs (its kernels and settings are in the
+    report), and no progress bar of a job's own (it draws one only on a terminal); errors still raise."""
     logger = logging.getLogger("zsteer")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stderr(io.StringIO()):  # Progress draws a bar only on a terminal
-            yield
+        yield
     finally:
         logger.setLevel(level)
 
@@ -213,7 +213,7 @@ class _Bench:
         engine, backend = runtime_configs(cell, self.config)
         clock = clock_for(cell.device)
         cuda = isinstance(clock, CudaClock)
-        with _threads(cell.threads):
+        with _threads(cell.threads), _quiet():
             peaks = self.peak(cell)
             _reset_peak_rss()
             if cuda:
@@ -309,7 +309,7 @@ class _Bench:
                     method=method, engine=engine, backend=backend, progress_seconds=math.inf,
                     handle_signals=False,
                 )  # fmt: skip
-                with _quiet_jobs():
+                with contextlib.redirect_stderr(io.StringIO()):  # a job draws a bar on a terminal
                     summaries.append(run_job(config).summary)
 
             m = measure(job, rows, self.config.control, clock, prepare=prepare, on_window=on_window)
