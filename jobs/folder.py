@@ -298,16 +298,23 @@ class JobFolder:
         _fsync_dir(self.commits)
 
     def remove_orphans(self, commits: list[Commit]) -> int:
-        """Delete files of parts/, rejects/, commits/ that no commit names (left by a crash)."""
+        """Delete files of parts/, rejects/, commits/ that no commit names (left by a crash). Links,
+        FIFOs and such lose their name only; a folder there is not the job's to delete: one line."""
         keep = {self.marker(c.unit) for c in commits}
         keep |= {self.parts / name for c in commits for name in c.parts}
         keep |= {self.rejects / name for c in commits for name in c.rejects}
         removed = 0
         for folder in (self.parts, self.rejects, self.commits):
             for path in folder.iterdir():
-                if path.is_file() and path not in keep:
-                    path.unlink()
-                    removed += 1
+                if path in keep:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    raise ZsteerError(
+                        f"{path}: a folder where the job keeps only its own files (the job folder was "
+                        "edited); move it away and run the same command again"
+                    )
+                path.unlink()
+                removed += 1
         return removed
 
     def marker(self, unit_key: str) -> Path:

@@ -274,7 +274,18 @@ def _previous_runs(folder: JobFolder) -> list[dict]:
         runs = json.loads(folder.summary_json.read_text(encoding="utf-8"))["runs"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return []
-    return runs if isinstance(runs, list) and all(isinstance(r, dict) for r in runs) else []
+    return runs if isinstance(runs, list) and all(_is_run(r) for r in runs) else []
+
+
+def _is_run(run) -> bool:
+    """A run of summary.json as RunStats writes it (as far as the totals read it)."""
+    number = (int, float)
+    return (
+        isinstance(run, dict)
+        and all(isinstance(run.get(k, 0), number) for k in ("wall_seconds", "edited", "peak_rss_mb"))
+        and isinstance(run.get("stage_seconds", {}), dict)
+        and all(isinstance(v, number) for v in run.get("stage_seconds", {}).values())
+    )
 
 
 def _finish(prep, commits, n_units, stats, previous, signum: int | None) -> JobResult:

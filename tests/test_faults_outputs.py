@@ -252,6 +252,11 @@ def test_a_marker_of_a_unit_this_job_does_not_have_is_withdrawn(tmp_path, manife
         (lambda out: (out / "job.json").write_text("[" * 100_000), "job.json: unreadable"),
         (lambda out: (out / "summary.json").write_text('{"runs": "x"}'), None),
         (lambda out: (out / "summary.json").write_text("{" * 100_000), None),
+        (lambda out: (out / "summary.json").write_text('{"runs": [{"wall_seconds": "x"}]}'), None),
+        (
+            lambda out: (out / "parts" / "part-000000-000009-000000-000.parquet").mkdir(),
+            "a folder where the job",
+        ),
         (
             lambda out: (shutil.rmtree(out / "rejects"), (out / "rejects").write_text("x")),
             "rejects: expected a folder",
