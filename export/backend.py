@@ -25,9 +25,11 @@ from zsteer.pipeline.ascent_loop import AscentLoop, StepOut, StepRows
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.config import AscentConfig, EngineConfig
 from zsteer.pipeline.editor import to_uint8_images
+from zsteer.pipeline.imported import is_imported
 from zsteer.pipeline.network import EditNet
 
 from .graphs import EditVJP
+from .imported_backend import OrtForwardEngine, imported_step_graphs
 from .onnx_export import OnnxGraphs, export_graphs, load_graphs
 from .runtime import Placement, import_onnxruntime, make_sessions
 
@@ -234,13 +236,21 @@ class OrtAscentEngine(AscentLoop):
 
 def onnxruntime_backend(
     generator: LoadedModel, classifier: LoadedModel, ascent: AscentConfig, engine: EngineConfig, backend
-) -> OrtAscentEngine:
+) -> AscentLoop:
     """The "onnxruntime" entry of the job's backend registry (jobs/backends.py).
+
+    Imported models (.pt2) render with any graph and take ascent steps only where the hand-written
+    gradient covers their layers (export/imported_backend.py).
 
     ``backend``: its ``onnx_dir`` (graphs written by `zsteer export`, checked against the models'
     fingerprints; None = export in memory), ``threads`` and ``cpu_fallback``.
     """
     options = {"threads": backend.threads, "cpu_fallback": backend.cpu_fallback}
+    if is_imported(generator) or is_imported(classifier):  # export/imported_backend.py
+        if ascent.steps == 0:  # a renderer (direction, interpolation): any graph runs forward
+            return OrtForwardEngine(generator, classifier, engine or EngineConfig(), backend)
+        graphs = imported_step_graphs(generator, classifier, ascent, backend)  # or one line naming a node
+        return OrtAscentEngine(None, ascent, engine, graphs=graphs, **options)
     if backend.onnx_dir is not None:
         fingerprints = (generator.fingerprint, classifier.fingerprint)
         return OrtAscentEngine.from_export(

@@ -110,17 +110,28 @@ class ImportedGenerator(_FixedMode):
         self.low, self.high = spec.output_range
 
     def forward(self, z_in: torch.Tensor) -> torch.Tensor:
+        if self.class_input != "embedding":
+            return self._to_unit_range(self.program(z_in))
+        onehot = z_in[:, self.z_dim :].detach()  # [N, n_classes]
+        if not bool(((onehot == 0) | (onehot == 1)).all()):
+            raise ValueError(
+                "this generator takes its class as an embedding index, so classes cannot be blended "
+                "(that needs a generator whose class enters as a one-hot vector)"
+            )
+        return self.draw(z_in[:, : self.z_dim], onehot.argmax(dim=1))
+
+    def draw(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Images [N, C, H, W] in [-1, 1] of z [N, z_dim] and labels [N] int64 (None: unconditional)."""
         if self.class_input == "embedding":
-            onehot = z_in[:, self.z_dim :].detach()  # [N, n_classes]
-            if not bool(((onehot == 0) | (onehot == 1)).all()):
-                raise ValueError(
-                    "this generator takes its class as an embedding index, so classes cannot be blended "
-                    "(that needs a generator whose class enters as a one-hot vector)"
-                )
-            labels = onehot.argmax(dim=1)  # [N]: the one-hot's class, as the graph wants it
-            images = self.program(z_in[:, : self.z_dim], labels)
+            images = self.program(z, labels)
+        elif self.class_input == "onehot":
+            onehot = (labels.unsqueeze(1) == torch.arange(self.n_classes, device=z.device)).to(z.dtype)
+            images = self.program(torch.cat([z, onehot], dim=1))
         else:
-            images = self.program(z_in)
+            images = self.program(z)
+        return self._to_unit_range(images)
+
+    def _to_unit_range(self, images: torch.Tensor) -> torch.Tensor:
         if (self.low, self.high) == (-1.0, 1.0):
             return images
         return (images - self.low) * (2.0 / (self.high - self.low)) - 1.0

@@ -85,6 +85,34 @@ class PooledClassifier(nn.Module):
         return self.head(self.features(images).mean(dim=(2, 3)))
 
 
+class StackGenerator(nn.Module):
+    """A plain chain of layers the hand-written gradient knows (so onnxruntime can take ascent steps):
+    z [N, z_dim] -> images [N, 3, 10, 10] in [-1, 1]."""
+
+    def __init__(self, z_dim: int = Z_DIM):
+        super().__init__()
+        self.z_dim = z_dim
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(z_dim, 8, 4, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.ConvTranspose2d(8, 3, 4, 2), nn.Tanh()
+        )  # fmt: skip
+
+    def forward(self, z):
+        return self.net(z.reshape(-1, self.z_dim, 1, 1))
+
+
+class StackClassifier(nn.Module):
+    """A chain of convolutions reading 3 x 10 x 10 images in [0, 1] -> logits [N, 4]."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 4, 2), nn.LeakyReLU(0.2), nn.Conv2d(8, len(ATTRIBUTES), 4, 1)
+        )
+
+    def forward(self, images):
+        return self.net(images).flatten(1)
+
+
 class ArgmaxClassifier(PooledClassifier):
     """A classifier whose logits are rounded: no gradient reaches the image (refused at load)."""
 
@@ -129,6 +157,7 @@ RESIDUAL_CARD = GeneratorCard(z_dim=Z_DIM)
 EMBEDDING_CARD = GeneratorCard(
     z_dim=Z_DIM, n_classes=N_CLASSES, class_input="embedding", output_range=(0.0, 1.0)
 )
+STACK_CARD = ClassifierCard(input_shape=(3, 10, 10), attributes=ATTRIBUTES, input_range=(0.0, 1.0))
 POOLED_CARD = ClassifierCard(input_shape=(3, 20, 20), attributes=ATTRIBUTES, input_range=(0.0, 1.0))
 
 

@@ -23,8 +23,11 @@ from byokit import (
     N_CLASSES,
     POOLED_CARD,
     RESIDUAL_CARD,
+    STACK_CARD,
     Z_DIM,
     ArgmaxClassifier,
+    StackClassifier,
+    StackGenerator,
     embedding_generator,
     import_all,
     pooled_classifier,
@@ -35,7 +38,8 @@ from click.testing import CliRunner
 from jobkit import crash_at_commit, job_config, latents, read_parts, write_manifest
 
 from zsteer.cli.main import main
-from zsteer.core.errors import CheckpointError, ZsteerError
+from zsteer.core.errors import CheckpointError, ExportError, ZsteerError
+from zsteer.jobs.backends import BackendConfig, backend_factory
 from zsteer.jobs.runner import run_job
 from zsteer.pipeline.checkpoints import load_classifier, load_generator
 from zsteer.pipeline.config import AscentConfig, EngineConfig
@@ -331,3 +335,36 @@ def test_a_direction_edit_on_imported_models_is_exactly_once_and_batch_invariant
     run_job(job_config(manifest, frames, models, targets=(), method=InterpolateMethod(frames=3), unit_rows=4))
     table = read_parts(frames).sort_by([("id", "ascending"), ("frame", "ascending")])
     assert table.num_rows == 3 * n and len(set(table.column("id").to_pylist())) == n
+
+
+# ---- onnxruntime: forward-only for any graph, ascent for the stacks the hand-written gradient covers ------
+
+
+def test_onnxruntime_renders_any_imported_graph_and_refuses_its_ascent_naming_the_first_node(imported):
+    gen, cls = load_generator(imported["embedding"]), load_classifier(imported["pooled"])
+    z, labels = _rows(5, seed=3)
+    onnx = backend_factory("onnxruntime")
+    renderer = onnx(gen, cls, AscentConfig(steps=0), EngineConfig(batch_size=4), BackendConfig("onnxruntime"))
+    images, logits = renderer.render(z, labels)
+    want_images, want_logits = make_engine(gen, cls, AscentConfig(steps=0)).render(z, labels)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-6)
+    assert (images.int() - want_images.int()).abs().max() <= 1  # a pixel may round the other way
+    with pytest.raises(
+        ExportError, match=r"generator node 'embedding' \(aten\.embedding\) has no hand-written"
+    ):
+        onnx(gen, cls, AscentConfig(steps=2), EngineConfig(), BackendConfig("onnxruntime"))
+
+
+def test_onnxruntime_ascent_on_an_imported_layer_stack_matches_torch(tmp_path):
+    gen = write_imported(with_gain(StackGenerator(), 5), RESIDUAL_CARD, tmp_path / "stack_g.pt2")
+    cls = write_imported(with_gain(StackClassifier(), 6), STACK_CARD, tmp_path / "stack_c.pt2")
+    z, _ = _rows(5, seed=4)
+    weights = torch.zeros(5, len(ATTRIBUTES))
+    weights[:, 1] = 1.0
+    ascent, engine = AscentConfig(steps=4, lr=0.5), EngineConfig(batch_size=4)
+    want = make_engine(gen, cls, ascent, engine).edit(z, weights, (weights == 0).float())
+    ort = backend_factory("onnxruntime")(gen, cls, ascent, engine, BackendConfig("onnxruntime"))
+    got = ort.edit(z, weights, (weights == 0).float())
+    assert (want.z_edited - z).abs().max() > 0.05, "the edit moves z"
+    torch.testing.assert_close(got.z_edited, want.z_edited, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.logits_after, want.logits_after, rtol=1e-5, atol=1e-5)
