@@ -67,7 +67,7 @@ class FileCheck:
 
 
 def file_check(path: Path) -> FileCheck:
-    """Size and sha256 of ``path``, read in chunks (sha256 runs at about 1 GB/s: docs/NOTES.md)."""
+    """Size and sha256 of ``path``, read in chunks (about 1 GB/s: docs/NOTES.md, "Checksums of committed shards")."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
