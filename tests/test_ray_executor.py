@@ -7,9 +7,11 @@ at a time, so a cluster that cannot place the actors fails the test instead of h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -214,6 +216,31 @@ def _ray_command(data: Path, models, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Ray's raylet, GCS, agents and workers of a local instance)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _reap(pids: list[int]) -> None:
+    """Kill what a SIGKILLed driver's Ray instance left (its raylet and GCS die with the driver; two
+    agents may linger), so the test leaves no process behind on a CI machine."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_the_driver_sigkilled_mid_job_resumes_to_exactly_once(data, job_models, local_job, tmp_path):
     """The driver (with the local Ray instance it started) is SIGKILLed after its first commits; the same
@@ -222,15 +249,18 @@ def test_the_driver_sigkilled_mid_job_resumes_to_exactly_once(data, job_models, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_ray_command(data, job_models, out), env=env, stderr=subprocess.PIPE, text=True)
     try:
+        ray_processes: list[int] = []
         deadline = time.monotonic() + 150
         while len(list((out / "commits").glob("commit-*.json"))) < 3 if (out / "commits").exists() else True:
             assert proc.poll() is None, f"the run ended before its 3rd commit: {proc.communicate()[1]}"
             assert time.monotonic() < deadline, "the Ray run made no progress"
             time.sleep(0.05)
+        ray_processes = _descendants(proc.pid)  # the local Ray instance the driver started
         proc.kill()
     finally:
         proc.kill()
         proc.communicate(timeout=30)
+        _reap(ray_processes)
     committed = len(list((out / "commits").glob("commit-*.json")))
     assert committed < 20, "the run finished before it could be killed"
     done = subprocess.run(
