@@ -369,6 +369,12 @@ def _get(ray, ref, cancelled_ok: bool = False):
             raise cause from None
         raise
     except RayActorError as exc:
+        if exc.actor_init_failed:  # the worker's __init__ raised: Ray keeps only its traceback's text
+            last = str(exc).strip().splitlines()[-1]
+            name, _, message = last.partition(": ")
+            if name.startswith("zsteer.") and message:  # a ZsteerError (or subclass): its own line
+                raise ZsteerError(message) from None
+            raise ZsteerError(f"--executor ray: a worker could not start: {last}") from None
         raise ZsteerError(
             f"--executor ray: a worker died and could not be restarted ({str(exc).strip().splitlines()[0]}); "
             "its units are not committed: run the same command again to resume"

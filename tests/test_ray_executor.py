@@ -186,6 +186,19 @@ def test_what_a_ray_run_cannot_honour_is_refused_before_anything_is_written(
         run_job(_config(data, out, job_models, executor="ray", executor_options=(("bogus", 1),)))
 
 
+def test_a_worker_that_cannot_see_the_job_folder_stops_the_run_in_one_line(cluster, tmp_path):
+    """A node without the shared storage: the worker's start-up error comes back as its own one line."""
+    from zsteer.jobs.ray_executor import UnitWorker, WorkerSpec, _get
+
+    worker = ray.remote(UnitWorker).options(num_cpus=1, max_restarts=1)
+    actor = worker.remote(None, None, WorkerSpec(str(tmp_path / "elsewhere"), 64, 0, 1, "worker-0"))
+    with pytest.raises(
+        ZsteerError, match=r"^--out .*elsewhere: not visible on node .*storage every node mounts"
+    ):
+        _get(ray, actor.ready.remote())
+    ray.kill(actor)
+
+
 def test_executor_ray_without_ray_installed_is_one_line_naming_the_extra(
     tmp_path, job_models, data, monkeypatch
 ):
