@@ -2,6 +2,7 @@
 
     flock /tmp/zsteer-heavy.lock python benchmarks/ray.py [--rows 10000 1000000] [--steps 1] [--hidden 1]
         [--batch-size 256] [--cpus 2] [--ray-shapes 1x2 2x1] [--rounds 1] [--skip-local]
+        [--memory-rows 10000 1000000] [--skip-memory]
 
 Each variant is `zsteer edit` as its own process (so its peak memory is its own), images off, on one
 manifest per size (`zsteer sample`, row groups of 8192), with the course architectures at width --hidden
@@ -13,11 +14,18 @@ Reported per variant: wall seconds of the process, latents/s (edited rows over t
 overhead against the local job of the same round, the time from the process start to its first committed
 unit (a marker in commits/), and the driver's peak RSS (summary.json: the process that runs the job; the
 Ray actors' memory is their own, and bounded the same way as the local job's).
+
+Memory at scale (--memory-rows): the driver's peak RSS at 10k and 1M rows, local and Ray 2x1, with the
+models' compute replaced by a constant editor (z unchanged, zero logits; `run_job(editor_factory=...)`),
+so that a million rows take a minute instead of half an hour of a shared 2-core machine. Everything else
+is the real job: manifest plan, the duplicate pass, units, reading, validation, tables, commits, the
+summary; and the driver receives commits faster than with a model, which is the harder case for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -26,8 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from job import ATTRIBUTE, make_models  # noqa: E402 (benchmarks/ is not a package)
+# This file is benchmarks/ray.py: with its folder on sys.path (Python puts a script's folder first), `import
+# ray` would import this file instead of Ray, here and in Ray's workers. So the folder comes off the path,
+# and benchmarks/job.py (for its models) is loaded by file name.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+_spec = importlib.util.spec_from_file_location("zsteer_benchmarks_job", _HERE / "job.py")
+_job = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_job)
+ATTRIBUTE, make_models = _job.ATTRIBUTE, _job.make_models
 
 ZSTEER = str(Path(sys.executable).with_name("zsteer"))
 
@@ -50,7 +65,88 @@ def run_variant(cmd: list[str], out: Path) -> dict:
     return {"wall": wall, "first": first if first is not None else wall, "summary": summary}
 
 
+class ConstantEditor:
+    """An Editor with no model compute: z unchanged, zero logits, status STEPS_DONE (memory runs only)."""
+
+    def __init__(self, n_attributes: int):
+        self.n_attributes = n_attributes
+
+    def edit_batch(self, batch, render: bool = True):
+        import torch
+
+        from zsteer.core.status import STEPS_DONE
+        from zsteer.pipeline.editor import EditResult
+
+        z = torch.as_tensor(batch.z)  # [N, z_dim]
+        n = z.shape[0]
+        logits = torch.zeros(n, self.n_attributes)  # [N, A]
+        return EditResult(
+            z_edited=z.clone(), logits_before=logits, logits_after=logits, latent_shift=torch.zeros(n),
+            steps_taken=torch.zeros(n, dtype=torch.int32), status=torch.full((n,), STEPS_DONE, dtype=torch.int32),
+            images=None,
+        )  # fmt: skip
+
+    def render(self, z, labels=None):
+        raise NotImplementedError("images are off in the memory runs")
+
+
+def constant_editor(generator, classifier) -> ConstantEditor:
+    return ConstantEditor(len(classifier.attributes))
+
+
+def memory_child(manifest: str, out: str, models: list[str], executor: str, batch_size: int) -> None:
+    """One memory run, as this process: the job with the constant editor (its summary has the peak)."""
+    from zsteer.jobs.config import EditSpec, JobConfig, OutputConfig
+    from zsteer.jobs.runner import run_job
+    from zsteer.pipeline.config import EngineConfig
+    from zsteer.pipeline.loading import ModelSource
+
+    options = (("num_workers", 2), ("cpus_per_worker", 1.0)) if executor == "ray" else ()
+    config = JobConfig(
+        manifests=(manifest,), output=OutputConfig(out=Path(out), images="none", workers=0),
+        models=ModelSource(generator=Path(models[0]), classifier=Path(models[1])),
+        edit=EditSpec(targets=(ATTRIBUTE,)), engine=EngineConfig(batch_size=batch_size),
+        executor=executor, executor_options=options,
+    )  # fmt: skip
+    run_job(config, editor_factory=constant_editor)
+
+
+def memory(args, tmp: Path, models) -> None:
+    print(
+        f"\ndriver peak memory, images none, constant editor (no model compute), batch {args.batch_size}; "
+        "Ray: 2 workers of 1 CPU"
+    )
+    print(
+        f"{'rows':>9} {'variant':>12} {'wall s':>8} {'rows/s':>10} {'first unit s':>12} {'driver peak MB':>15}"
+    )
+    for rows in args.memory_rows:
+        manifest = tmp / f"mem{rows}.parquet"
+        subprocess.run(
+            [ZSTEER, "sample", "--n", str(rows), "--seed", "2", "--out", str(manifest)],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for executor in ("local", "ray"):
+            out = tmp / f"mem-{rows}-{executor}"
+            cmd = [sys.executable, __file__, "--memory-child", str(manifest), str(out), *map(str, models),
+                   executor, str(args.batch_size)]  # fmt: skip
+            res = run_variant(cmd, out)
+            s = res["summary"]
+            assert s["complete"] and s["rows_done"] == rows, s
+            name = "local" if executor == "local" else "ray 2x1"
+            print(
+                f"{rows:9d} {name:>12} {res['wall']:8.1f} {rows / res['wall']:10.1f} {res['first']:12.1f} "
+                f"{s['peak_rss_mb']:15.1f}",
+                flush=True,
+            )
+            shutil.rmtree(out, ignore_errors=True)
+        manifest.unlink()
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--memory-child"]:
+        manifest, out, gen, cls, executor, batch = sys.argv[2:8]
+        memory_child(manifest, out, [gen, cls], executor, int(batch))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--steps", type=int, default=1)
@@ -59,7 +155,9 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--ray-shapes", nargs="+", default=["1x2", "2x1"], help="WORKERSxCPUS_PER_WORKER")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--skip-local", action="store_true", help="Ray only (e.g. a memory run at 1M rows)")
+    parser.add_argument("--skip-local", action="store_true", help="Ray variants only")
+    parser.add_argument("--memory-rows", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="zsteer-ray-bench-"))
@@ -107,6 +205,8 @@ def main() -> None:
                     )
                     shutil.rmtree(out, ignore_errors=True)
             manifest.unlink()
+        if not args.skip_memory:
+            memory(args, tmp, models)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
