@@ -45,6 +45,10 @@ DUPLICATES = "duplicates.npz"
 _COMMIT_NAME = re.compile(r"commit-(\d{6,}-\d{6,}-\d{6,})\.json")
 _SHARD_NAME = {PARTS: "part-{stem}-{k:03d}.parquet", REJECTS: "rejects-{stem}-{k:03d}.parquet"}
 _SHARD_PATTERN = {PARTS: r"part-{stem}-\d{{3,}}\.parquet", REJECTS: r"rejects-{stem}-\d{{3,}}\.parquet"}
+# A marker lists a unit's shards (unit_rows / rows_per_shard of them, ~150 bytes each): a few kB, 150 MB at
+# the very most (a million-row unit in one-row shards).
+# One larger was not written by zsteer, and is refused before it is read into memory.
+MAX_MARKER_BYTES = 256 << 20
 HASH_CHUNK = 1 << 20  # bytes hashed at a time: a shard is never held in memory to be checked
 
 
@@ -287,6 +291,8 @@ class JobFolder:
     def read_marker(self, path: Path) -> Commit:
         """One marker, checked (``parse_commit``); raises a one-line MarkerError."""
         try:
+            if path.stat().st_size > MAX_MARKER_BYTES:
+                raise _marker_error(path, f"{path.stat().st_size} bytes, more than a marker ever holds")
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
             raise _marker_error(path, f"not readable JSON ({_reason(exc)})") from None

@@ -218,7 +218,7 @@ def _intact(folder: JobFolder, commits: list, unit_rows: dict[str, int]) -> list
         if damaged <= DAMAGED_LINES:
             more = f" (and {len(problems) - 1} more of its files)" if len(problems) > 1 else ""
             log.warning(
-                "%s: %s%s: unit %s is not as committed; it will be done again",
+                "%s: %s%s: rows that unit %s committed would be lost, so the unit will be done again",
                 problems[0].path, problems[0].what, more, commit.unit,
             )  # fmt: skip
         folder.drop_commit(commit)

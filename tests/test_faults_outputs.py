@@ -206,7 +206,7 @@ def test_a_lost_parts_folder_is_redone_with_a_bounded_number_of_lines(
     result = run(*edit_args(manifest, job_models, out))
     assert result.exit_code == 0, result.output
     said = [line for line in result.stderr.splitlines() if "done again" in line]
-    assert len(said) == 6 and all(": missing: unit " in line for line in said[:5]), said
+    assert len(said) == 6 and all(": missing: rows that unit " in line for line in said[:5]), said
     assert "and 1 more unit(s) with damaged files" in said[5]
     assert read_parts(out).equals(read_parts(finished))
 

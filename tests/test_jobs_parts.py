@@ -98,7 +98,7 @@ def test_per_row_targets_in_every_supported_form():
     strings = pa.array(['{"ATTR2": 0.5}', '{"attr2": NaN}'])
     weights, has, errors = parser.parse_column(strings)
     assert weights[0].tolist() == [0, 0, 0.5, 0, 0] and errors == {
-        1: "targets: weight of 'attr2' is not finite"
+        1: "targets: weight of 'attr2' is not a finite float32 (nan)"
     }
 
 
