@@ -186,7 +186,7 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
             log.info(
                 "resuming %s: %d of %d units done%s",
                 folder.root, len(units) - len(todo), len(units),
-                f", removed {removed} uncommitted file(s) of an interrupted run" if removed else "",
+                f", removed {removed} file(s) that no marker names" if removed else "",
             )  # fmt: skip
         if not todo:  # a run killed right after its last commit leaves no summary: write it now
             log.info("nothing to do: every unit of %s is committed", folder.root)
