@@ -12,6 +12,7 @@ One module, one job (docs/ARCHITECTURE.md has the flow and the seams):
 - ``duplicates``: the job's duplicate ids, found once; ``targets``: the job's and each row's targets;
 - ``unit``: ``process_unit``, one unit's work as a plain function; ``commit``: a unit made durable;
 - ``encode``: PNG encoding in worker processes; ``folder``: the job folder and its commit protocol;
+  ``verify``: committed files checked against their markers (on resume, and `zsteer verify`);
 - ``lock``: one writer per folder; ``identity``: what a resume must match (job.json);
 - ``summary``, ``memory``, ``progress``, ``signals``: summary.json, peak memory, progress lines, stopping cleanly;
 - ``runner``: ``run_job(JobConfig)``, the job itself; ``sample``: ``zsteer sample`` (a manifest of
