@@ -368,3 +368,14 @@ def test_onnxruntime_ascent_on_an_imported_layer_stack_matches_torch(tmp_path):
     assert (want.z_edited - z).abs().max() > 0.05, "the edit moves z"
     torch.testing.assert_close(got.z_edited, want.z_edited, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.logits_after, want.logits_after, rtol=1e-5, atol=1e-5)
+
+
+def test_the_resnet_judge_trains_on_the_demo_data_and_imports_as_a_judge(tmp_path):
+    from zsteer.demo.procedural import ATTRIBUTES as DEMO_ATTRIBUTES
+    from zsteer.demo.resnet_judge import JudgeTraining, train_resnet_judge, write_judge
+
+    model, info = train_resnet_judge(JudgeTraining(steps=2, batch=8, eval_images=16), log_every=0)
+    judge = load_classifier(write_judge(model, tmp_path / "judge.pt2", info))
+    assert judge.attributes == DEMO_ATTRIBUTES and judge.spec.input_shape == (3, 64, 64)
+    log = json.loads((tmp_path / "judge.training.json").read_text())
+    assert set(log["accuracy"]) == set(DEMO_ATTRIBUTES) and log["steps"] == 2
