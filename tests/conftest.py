@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import pytest
 from exportkit import gain_models
+from hypothesis import HealthCheck, settings
 from jobkit import one_thread, tiny_models
 from modelkit import load_models
+
+# Hypothesis profiles (tests/test_fuzz_*.py), picked with `pytest --hypothesis-profile NAME` (hypothesis's
+# own pytest option). "ci", the default: CI-sized and derandomized, the same examples every run, so a
+# run never fails on an example no earlier run saw. "long": many more fresh examples for a local hunt;
+# failing ones are kept in .hypothesis/ and tried first next time. Jobs run seconds, so no deadline.
+_SLOW_OK = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("ci", max_examples=25, derandomize=True, database=None, print_blob=True, **_SLOW_OK)
+settings.register_profile("long", max_examples=500, print_blob=True, **_SLOW_OK)
+settings.load_profile("ci")
 
 
 @pytest.fixture(scope="module")

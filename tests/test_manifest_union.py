@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jobkit import Z_DIM, crash_at_commit, job_config, latents, read_parts, read_rejects
 
 from zsteer.core.errors import ZsteerError
@@ -221,3 +223,53 @@ def test_widen_is_lossless_or_nothing(a, b, wide):
     if wide is not None:  # both cast to it, with every value kept
         for t in (a, b):
             assert pa.array([None], t).cast(wide).type == wide
+
+
+# -- widen as a property: whatever two column types, the widened one keeps every value of both -----------
+
+_SCALARS = {
+    **{
+        f"int{w}": (getattr(pa, f"int{w}")(), st.integers(-(2 ** (w - 1)), 2 ** (w - 1) - 1))
+        for w in (8, 16, 32, 64)
+    },
+    **{f"uint{w}": (getattr(pa, f"uint{w}")(), st.integers(0, 2**w - 1)) for w in (8, 16, 32, 64)},
+    "float32": (pa.float32(), st.floats(width=32, allow_nan=False)),
+    "float64": (pa.float64(), st.floats(allow_nan=False)),
+    "string": (pa.string(), st.text(max_size=5)),
+    "large_string": (pa.large_string(), st.text(max_size=5)),
+    "binary": (pa.binary(), st.binary(max_size=5)),
+    "null": (pa.null(), st.none()),
+}
+
+
+@st.composite
+def _typed_values(draw):
+    """(Arrow type, python values of it): a scalar type, or a list / fixed-size list / dictionary of one."""
+    name = draw(st.sampled_from(sorted(_SCALARS)))
+    scalar, values = _SCALARS[name]
+    wrap = draw(
+        st.sampled_from(["none", "list", "fixed", "large_list"] + (["dict"] if "string" in name else []))
+    )
+    items = st.none() | values
+    if wrap == "none":
+        return scalar, draw(st.lists(items, max_size=4))
+    if wrap == "dict":
+        return pa.dictionary(pa.int8(), scalar), draw(st.lists(items, max_size=4))
+    size = draw(st.integers(1, 3))
+    lists = st.lists(items, min_size=size, max_size=size if wrap == "fixed" else 4)
+    t = {"list": pa.list_(scalar), "fixed": pa.list_(scalar, size), "large_list": pa.large_list(scalar)}[wrap]
+    return t, draw(st.lists(st.none() | lists, max_size=3))
+
+
+@settings(max_examples=20 * settings().max_examples)  # no job runs here: cheap, so many more examples
+@given(a=_typed_values(), b=_typed_values())
+def test_widened_types_hold_every_value_of_both(a, b):
+    (ta, va), (tb, vb) = a, b
+    wide = widen(ta, tb)
+    assert (wide is None) == (widen(tb, ta) is None)
+    if wide is None:
+        return
+    for t, values in ((ta, va), (tb, vb)):
+        column = pa.array(values, t)
+        if t != wide:  # as ManifestPlan.conform (pyarrow 26 breaks list<null> cast to itself)
+            assert column.cast(wide).to_pylist() == column.to_pylist()

@@ -1,0 +1,351 @@
+"""Property-based fuzzing of whole jobs (issue 14, part 5): hypothesis builds manifests, the job runs.
+
+Each example is one to three Parquet files of random row counts, row-group sizes and layouts (z as
+fixed or variable lists of float32/float64, ids of either integer width or strings, override and carried
+columns in some files only), holding a random mix of valid rows and faulty ones: NaN/Inf, values
+beyond float32, wrong z lengths, null z / null values / null ids, duplicate ids within and across files,
+bad labels, bad per-row `targets` / `steps` / `stop_at_prob`. Job settings (units, batches, reads,
+shards, steps, with or without a job-wide target) are random as well. For each example:
+
+- the job completes without an exception (no traceback: faults are rejects, not crashes);
+- every input row is exactly once in parts/ or rejects/, and a row is rejected exactly when the
+  example made it faulty (the oracle below knows why each row was written as it was);
+- a run that crashes at a random commit marker or shard write and is then resumed ends with the same
+  parts and rejects as an uninterrupted run, bit for bit.
+
+Profiles (tests/conftest.py): "ci", the default, runs a CI-sized, derandomized number of examples;
+``pytest tests/test_fuzz_jobs.py --hypothesis-profile long`` runs many more, with fresh randomness and a
+database of failing examples, for local runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jobkit import ATTRS, TINY_GENERATOR, Z_DIM, job_config, read_parts, read_rejects, tiny_models
+
+from zsteer.jobs import commit as commit_module
+from zsteer.jobs import folder as folder_module
+from zsteer.jobs.manifest import MAX_ROW_STEPS
+from zsteer.jobs.runner import run_job
+from zsteer.pipeline.models import GeneratorSpec
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+N_LABELS = 3
+KEY = "key"  # a carried column: each input row's serial number, how parts rows are traced to inputs
+
+Z_TYPES = {
+    "fixed32": pa.list_(pa.float32(), Z_DIM),
+    "list32": pa.list_(pa.float32()),
+    "list64": pa.list_(pa.float64()),
+    "large64": pa.large_list(pa.float64()),
+}
+TARGET_TYPES = {
+    "json": pa.string(),
+    "map": pa.map_(pa.string(), pa.float64()),
+    "structs": pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64())])),
+}
+# Per-row targets, by column kind: usable values and values every row is rejected for.
+GOOD_TARGETS = {
+    "json": ['{"attr2": 1}', '{"attr0": -1, "attr3": 0.5}'],
+    "map": [[("attr2", 1.0)], [("attr0", -1.0), ("attr3", 0.5)]],
+    "structs": [[{"name": "attr2", "weight": 1.0}], [{"name": "attr4", "weight": -2.0}]],
+}
+BAD_TARGETS = {
+    "json": [
+        "{",
+        "[1, 2]",
+        '{"nope": 1}',
+        '{"attr1": 0}',
+        '{"attr1": "x"}',
+        '{"attr1": NaN}',
+        "{}",
+        '"attr1"',
+    ],
+    "map": [[("nope", 1.0)], [("attr1", math.nan)], [("attr1", 0.0)], [], [("attr1", math.inf)]],
+    "structs": [
+        [{"name": "nope", "weight": 1.0}],
+        [{"name": "attr1", "weight": math.nan}],
+        [{"name": "attr1", "weight": 0.0}],
+        [{"name": None, "weight": 1.0}],
+        [{"name": "attr1", "weight": None}],
+        [None],
+        [],
+    ],
+}
+BAD_STEPS = [-1, -(2**31), MAX_ROW_STEPS + 1, 2**31 - 1]  # an int64 column also gets 2**40
+BAD_STOP = [0.0, 1.0, 1.5, -0.5, math.inf, -math.inf]
+GOOD_STOP = [math.nan, 0.3, 0.9]
+# Faults a row may be written with; each is applicable to some files only (see _applicable).
+FAULTS = (
+    "nan", "inf", "huge", "short", "long", "null_z", "null_value", "null_id",
+    "bad_label", "bad_steps", "bad_stop", "bad_targets",
+)  # fmt: skip
+
+
+@dataclass
+class FileSpec:
+    """One manifest file of an example, as the oracle knows it."""
+
+    z_kind: str
+    id_type: pa.DataType
+    row_group_size: int
+    columns: dict[str, list] = field(default_factory=dict)  # column name -> python values
+    types: dict[str, pa.DataType] = field(default_factory=dict)
+    rejected: list[bool] = field(default_factory=list)  # the oracle's verdict, row by row
+
+
+@dataclass
+class Example:
+    files: list[FileSpec]
+    conditional: bool
+    targets: tuple[str, ...]  # the job's --target (empty: rows bring their own)
+    steps: int
+    unit_rows: int
+    batch_size: int
+    read_rows: int
+    rows_per_shard: int
+    crash: tuple[str, int]  # (what fails, at which call) in the interrupted run
+
+
+def _applicable(fault: str, spec: FileSpec, conditional: bool) -> bool:
+    variable = spec.z_kind != "fixed32"
+    return {
+        "huge": spec.z_kind in ("list64", "large64"),
+        "short": variable,
+        "long": variable,
+        "bad_label": conditional,
+        "bad_steps": "steps" in spec.columns,
+        "bad_stop": "stop_at_prob" in spec.columns,
+        "bad_targets": "targets" in spec.columns,
+    }.get(fault, True)
+
+
+@st.composite
+def examples(draw) -> Example:
+    conditional = draw(st.booleans())
+    string_ids = draw(st.booleans())
+    target_kind = draw(st.sampled_from(sorted(TARGET_TYPES)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_files = draw(st.integers(1, 3))
+    files: list[FileSpec] = []
+    ids_so_far: list = []  # every id written so far, in job order (files are named in job order)
+    serial = 0
+    for _ in range(n_files):
+        n = draw(st.integers(1, 16))
+        spec = FileSpec(
+            z_kind=draw(st.sampled_from(sorted(Z_TYPES))),
+            id_type=pa.string() if string_ids else draw(st.sampled_from([pa.int32(), pa.int64()])),
+            row_group_size=draw(st.integers(1, n)),
+        )
+        has = {name: draw(st.booleans()) for name in ("steps", "stop_at_prob", "targets", "note")}
+        for name in ("id", KEY, "z") + (("label",) if conditional else ()):
+            spec.columns[name] = []
+        for name in ("steps", "stop_at_prob", "targets", "note"):
+            if has[name]:
+                spec.columns[name] = []
+        spec.types = {
+            "id": spec.id_type, KEY: pa.int64(), "z": Z_TYPES[spec.z_kind], "label": pa.int64(),
+            "steps": draw(st.sampled_from([pa.int32(), pa.int64()])),
+            "stop_at_prob": draw(st.sampled_from([pa.float32(), pa.float64()])),
+            "targets": TARGET_TYPES[target_kind], "note": pa.string(),
+        }  # fmt: skip
+        for _ in range(n):
+            fault = draw(st.sampled_from(("ok",) * 12 + FAULTS))
+            if not _applicable(fault, spec, conditional):
+                fault = "ok"
+            duplicate = bool(ids_so_far) and draw(st.integers(0, 9)) == 0
+            z = rng.standard_normal(Z_DIM).tolist()
+            if fault in ("nan", "inf", "huge"):
+                z[int(rng.integers(Z_DIM))] = {"nan": math.nan, "inf": -math.inf, "huge": 1e39}[fault]
+            elif fault in ("short", "long"):
+                z = z[:-1] if fault == "short" else z + [0.5]
+            elif fault == "null_value":
+                z[int(rng.integers(Z_DIM))] = None
+            row_id = f"r{serial}" if string_ids else 10 * serial + 7
+            if duplicate:
+                row_id = ids_so_far[int(rng.integers(len(ids_so_far)))]
+            if fault == "null_id":
+                row_id = None
+            spec.columns["id"].append(row_id)
+            spec.columns[KEY].append(serial)
+            spec.columns["z"].append(None if fault == "null_z" else z)
+            if conditional:
+                spec.columns["label"].append(
+                    draw(st.sampled_from([None, -1, N_LABELS]))
+                    if fault == "bad_label"
+                    else int(rng.integers(N_LABELS))
+                )
+            own_targets = None
+            if "steps" in spec.columns:
+                spec.columns["steps"].append(
+                    draw(st.sampled_from(BAD_STEPS + ([2**40] if spec.types["steps"] == pa.int64() else [])))
+                    if fault == "bad_steps"
+                    else draw(st.sampled_from([None, 0, 1, 2]))
+                )
+            if "stop_at_prob" in spec.columns:
+                spec.columns["stop_at_prob"].append(
+                    draw(st.sampled_from(BAD_STOP))
+                    if fault == "bad_stop"
+                    else draw(st.sampled_from([None, *GOOD_STOP]))
+                )
+            if "targets" in spec.columns:
+                pool = (
+                    BAD_TARGETS
+                    if fault == "bad_targets"
+                    else {k: [None, *v] for k, v in GOOD_TARGETS.items()}
+                )
+                own_targets = draw(st.sampled_from(pool[target_kind]))
+                spec.columns["targets"].append(own_targets)
+            if "note" in spec.columns:
+                spec.columns["note"].append(None if rng.integers(4) == 0 else f"n{serial}")
+            # The oracle: a faulty row, a later copy of a named id, or a row with no targets at all.
+            later_copy = row_id is not None and row_id in ids_so_far
+            spec.rejected.append((fault, later_copy, own_targets))  # settled once the job's target is known
+            if row_id is not None:
+                ids_so_far.append(row_id)
+            serial += 1
+        files.append(spec)
+    any_targets_column = any("targets" in f.columns for f in files)
+    targets = ("attr1",) if not any_targets_column or draw(st.booleans()) else ()
+    for spec in files:
+        spec.rejected = [
+            fault != "ok" or later or (not targets and own is None) for fault, later, own in spec.rejected
+        ]
+    n_units_max = sum(spec_units(f, 1) for f in files)
+    return Example(
+        files=files, conditional=conditional, targets=targets, steps=draw(st.integers(1, 2)),
+        unit_rows=draw(st.integers(1, 12)), batch_size=draw(st.integers(1, 6)), read_rows=draw(st.integers(1, 8)),
+        rows_per_shard=draw(st.integers(1, 8)),
+        crash=(draw(st.sampled_from(["marker", "shard"])), draw(st.integers(1, max(1, n_units_max)))),
+    )  # fmt: skip
+
+
+def spec_units(spec: FileSpec, unit_rows: int) -> int:
+    """Units of a file: its row groups cut into chunks of unit_rows rows."""
+    n = len(spec.columns[KEY])
+    groups = [min(spec.row_group_size, n - s) for s in range(0, n, spec.row_group_size)]
+    return sum(-(-g // unit_rows) for g in groups)
+
+
+def _write(example: Example, data: Path) -> list[Path]:
+    data.mkdir(parents=True)
+    paths = []
+    for i, spec in enumerate(example.files):
+        columns = {name: pa.array(values, spec.types[name]) for name, values in spec.columns.items()}
+        path = data / f"f{i}.parquet"
+        pq.write_table(pa.table(columns), path, row_group_size=spec.row_group_size)
+        paths.append(path)
+    return paths
+
+
+def _config(example: Example, data: Path, out: Path, models):
+    return job_config(
+        data, out, models, targets=example.targets, ascent={"steps": example.steps},
+        batch_size=example.batch_size, unit_rows=example.unit_rows, read_rows=example.read_rows,
+        output={"rows_per_shard": example.rows_per_shard},
+    )  # fmt: skip
+
+
+def _crash(example: Example, config, monkeypatch) -> bool:
+    """Run ``config`` with the n-th marker (or shard) write failing as a crash would; False if the job
+    finished before the n-th call (nothing was interrupted)."""
+    target, name = (
+        (folder_module.JobFolder, "commit")
+        if example.crash[0] == "marker"
+        else (commit_module, "write_parquet_atomic")
+    )
+    real = getattr(target, name)
+    calls = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == example.crash[1]:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, crashing)
+    try:
+        run_job(config)
+    except RuntimeError as exc:
+        assert str(exc) == "simulated crash", exc  # any other error is a real fault of the job
+        return True
+    finally:
+        monkeypatch.setattr(target, name, real)
+    return False
+
+
+def _bits(value):
+    """A row value with every float as its exact bits (Arrow's equality has NaN != NaN)."""
+    if isinstance(value, float):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_bits(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _bits(v) for k, v in value.items()}
+    return value
+
+
+def _rows(table: pa.Table | None, *keys: str):
+    """(schema, rows sorted by ``keys``, floats as bits): what two job outputs must agree on."""
+    if table is None:
+        return None
+    return table.schema, _bits(table.sort_by([(k, "ascending") for k in keys]).to_pylist())
+
+
+def _check_exactly_once(example: Example, paths: list[Path], out: Path) -> None:
+    """Every input row once in parts/ or rejects/, rejected exactly when the oracle says so."""
+    parts, rejects = read_parts(out), read_rejects(out)
+    keys_by_file = {str(p.resolve()): spec.columns[KEY] for p, spec in zip(paths, example.files, strict=True)}
+    edited = parts.column(KEY).to_pylist() if parts is not None else []
+    rejected = []
+    if rejects is not None:
+        for source, row in zip(
+            rejects.column("source").to_pylist(), rejects.column("row").to_pylist(), strict=True
+        ):
+            rejected.append(keys_by_file[source][row])
+    assert sorted(edited + rejected) == list(range(sum(len(f.columns[KEY]) for f in example.files)))
+    expected = {
+        k for spec in example.files for k, bad in zip(spec.columns[KEY], spec.rejected, strict=True) if bad
+    }
+    assert set(rejected) == expected, (sorted(set(rejected) - expected), sorted(expected - set(rejected)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and (summary["edited"], summary["rejected"]) == (len(edited), len(rejected))
+
+
+@pytest.fixture(scope="module")
+def fuzz_models(tmp_path_factory):
+    """{conditional: (generator, classifier)}: jobkit's tiny models, unconditional and conditional."""
+    root = tmp_path_factory.mktemp("fuzz-models")
+    cond = GeneratorSpec(kind="course_conditional_generator", z_dim=Z_DIM, n_classes=N_LABELS, hidden_dim=4)
+    assert TINY_GENERATOR.z_dim == Z_DIM and len(ATTRS) == 5
+    return {False: tiny_models(root / "plain"), True: tiny_models(root / "cond", cond)}
+
+
+@given(example=examples())
+def test_every_row_once_and_a_crashed_job_resumes_to_the_same_result(fuzz_models, example):
+    models = fuzz_models[example.conditional]
+    with tempfile.TemporaryDirectory(prefix="zsteer-fuzz-") as tmp, pytest.MonkeyPatch.context() as mp:
+        root = Path(tmp)
+        paths = _write(example, root / "data")
+        whole = root / "whole"
+        assert run_job(_config(example, root / "data", whole, models)).status == "complete"
+        _check_exactly_once(example, paths, whole)
+
+        crashed = root / "crashed"
+        _crash(example, _config(example, root / "data", crashed, models), mp)
+        assert run_job(_config(example, root / "data", crashed, models)).status == "complete"
+        _check_exactly_once(example, paths, crashed)
+        assert _rows(read_parts(crashed), KEY) == _rows(read_parts(whole), KEY)
+        assert _rows(read_rejects(crashed), "source", "row") == _rows(read_rejects(whole), "source", "row")
