@@ -120,6 +120,8 @@ def test_ascent_raises_the_target_and_a_row_is_the_same_at_any_batch_size(import
     )
     for other in edits[1:]:
         assert torch.equal(other.z_edited, first.z_edited) and torch.equal(other.images, first.images)
+    auto = make_engine(gen, cls, ascent, EngineConfig(compile="auto"))
+    assert auto.engine.compile == "off", "auto never compiles the per-row graph calls (batch_size copies)"
 
 
 @pytest.mark.parametrize("gname", ["residual", "embedding"])
