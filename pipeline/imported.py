@@ -28,7 +28,7 @@ from zsteer.core.errors import CheckpointError
 
 from .attributes import read_utf8
 from .loaded import LoadedModel, file_fingerprint
-from .program_file import load_program, program_module
+from .program_file import first_line, load_program, program_module
 
 # Suffix of an imported model's program; its sidecar is the same name with .json.
 PROGRAM_SUFFIX = ".pt2"
@@ -43,6 +43,11 @@ NON_DIFFERENTIABLE = (
 )  # fmt: skip
 # Rows of the probe batch the load-time checks run (>= 2: see ascent_loop.MIN_ROWS).
 PROBE_ROWS = 2
+
+
+def spec_dict(spec) -> dict:
+    """A spec as JSON-able data (tuples as lists), for the sidecar and job.json."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class ImportedGeneratorSpec:
         return self.image_shape[0]
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return spec_dict(self)
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ class ImportedClassifierSpec:
         return self.input_shape[0]
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return spec_dict(self)
 
 
 class _FixedMode(nn.Module):
@@ -349,8 +354,8 @@ def load_imported_generator(path: str | Path, **overrides) -> LoadedModel:
         with torch.no_grad():
             images = module(z_in)
     except Exception as exc:  # the graph's own shape checks raise many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: the generator graph fails on a probe batch ({first[:160]})") from None
+        first = first_line(exc)
+        raise CheckpointError(f"{path}: the generator graph fails on a probe batch ({first})") from None
     if tuple(images.shape) != (PROBE_ROWS, *spec.image_shape):
         raise CheckpointError(
             f"{path}: the generator draws {list(images.shape[1:])} per row, its sidecar says image_shape "
@@ -386,9 +391,9 @@ def load_imported_classifier(
         with torch.no_grad():
             logits = module(images)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise CheckpointError(
-            f"{path}: the classifier graph fails on images of its input_shape {list(spec.input_shape)} ({first[:160]})"
+            f"{path}: the classifier graph fails on images of its input_shape {list(spec.input_shape)} ({first})"
         ) from None
     if logits.dim() != 2 or logits.shape[0] != PROBE_ROWS:
         raise CheckpointError(

@@ -34,6 +34,7 @@ from .imported import (
     write_sidecar,
 )
 from .loaded import LoadedModel
+from .program_file import first_line
 
 # Rows of the batch the program is traced with (torch.export specialises a sample size of 0 or 1) and of
 # the batches it is compared on afterwards.
@@ -117,9 +118,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise CheckpointError(
-            f"{path}: not a state_dict zsteer can read without unpickling code ({first[:160]})"
+            f"{path}: not a state_dict zsteer can read without unpickling code ({first})"
         ) from None
     if isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), dict):
         state = next(iter(state.values()))  # {"gen": state_dict} and the like
@@ -137,10 +138,8 @@ def build_module(config: ImportConfig) -> nn.Module:
         try:
             module.load_state_dict(read_weights(config.weights))
         except RuntimeError as exc:
-            first = (str(exc).strip().splitlines() or ["mismatch"])[0]
-            raise CheckpointError(
-                f"{config.weights}: does not fit {config.factory} ({first[:200]})"
-            ) from None
+            first = first_line(exc)
+            raise CheckpointError(f"{config.weights}: does not fit {config.factory} ({first})") from None
     return module.eval()
 
 
@@ -170,8 +169,8 @@ def export_module(
             warnings.simplefilter("ignore")
             program = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
     except Exception as exc:  # torch.export raises many types; the user needs the first line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ZsteerError(f"torch.export could not trace {type(module).__name__}: {first[:300]}") from None
+        first = first_line(exc)
+        raise ZsteerError(f"torch.export could not trace {type(module).__name__}: {first}") from None
     exported = program.module()
     for rows in CHECK_ROWS:
         inputs = _sample_inputs(card, rows, seed=rows)

@@ -63,6 +63,12 @@ _GUARD = re.compile(r"^[\sA-Za-z0-9_+\-*/%()<>=!]*$")
 _GUARD_ACCESS = re.compile(r"L\['[A-Za-z_][A-Za-z0-9_]*'\]\.size\(\)\[\d+\]")
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name if it has none), cut to ``limit``."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def check_program_file(path: Path) -> None:
     """Refuse, in one line, a ``.pt2`` file whose loading could run code from it (module docstring)."""
     try:
@@ -180,9 +186,9 @@ def _check_sample_inputs(path: Path, data: bytes) -> None:
             warnings.simplefilter("ignore")
             torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # the safe unpickler refuses any global it does not know
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise CheckpointError(
-            f"{path}: refused: its sample inputs are not plain tensors ({first[:120]}); torch would unpickle them"
+            f"{path}: refused: its sample inputs are not plain tensors ({first}); torch would unpickle them"
         ) from None
 
 
@@ -197,8 +203,8 @@ def load_program(path: str | Path) -> torch.export.ExportedProgram:
             warnings.simplefilter("ignore")
             return torch.export.load(str(path))
     except Exception as exc:  # the deserializer raises many types; the user needs one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: not a loadable torch.export program ({first[:200]})") from None
+        first = first_line(exc)
+        raise CheckpointError(f"{path}: not a loadable torch.export program ({first})") from None
 
 
 def program_module(program: torch.export.ExportedProgram) -> nn.Module:
