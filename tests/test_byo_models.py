@@ -333,6 +333,25 @@ def test_a_direction_edit_on_imported_models_is_exactly_once_and_batch_invariant
     manifest = write_manifest(
         tmp_path / "to.parquet", {"id": np.arange(n), "z": latents(n, seed=5, z_dim=Z_DIM), "id_to": id_to}
     )
+    on_ort = tmp_path / "onnxruntime"  # a forward-only method runs any imported graph on onnxruntime
+    run_job(
+        job_config(
+            manifest,
+            on_ort,
+            models,
+            targets=(),
+            method=method,
+            unit_rows=4,
+            backend=BackendConfig("onnxruntime"),
+        )
+    )
+    ort = read_parts(on_ort).sort_by([("id", "ascending"), ("alpha", "ascending")])
+    np.testing.assert_allclose(
+        np.array(ort.column("logits_after").to_pylist()),
+        np.array(crashed.column("logits_after").to_pylist()),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     frames = tmp_path / "frames"
     run_job(job_config(manifest, frames, models, targets=(), method=InterpolateMethod(frames=3), unit_rows=4))
     table = read_parts(frames).sort_by([("id", "ascending"), ("frame", "ascending")])
@@ -381,3 +400,21 @@ def test_the_resnet_judge_trains_on_the_demo_data_and_imports_as_a_judge(tmp_pat
     assert judge.attributes == DEMO_ATTRIBUTES and judge.spec.input_shape == (3, 64, 64)
     log = json.loads((tmp_path / "judge.training.json").read_text())
     assert set(log["accuracy"]) == set(DEMO_ATTRIBUTES) and log["steps"] == 2
+
+
+def test_zsteer_import_loads_weights_as_data_and_refuses_a_pickle_that_runs_code(tmp_path):
+    trained = pooled_classifier()
+    torch.save({"model": trained.state_dict()}, tmp_path / "cls.pth")
+    out = tmp_path / "cls.pt2"
+    args = ["import", "--module", "byokit:PooledClassifier", "--kind", "classifier", "--input-shape", "3,20,20",
+            "--input-range", "0,1", "--attributes", ",".join(ATTRIBUTES), "--out", str(out),
+            "--path", str(Path(__file__).parent)]  # fmt: skip
+    runner = CliRunner()
+    result = runner.invoke(main, [*args, "--weights", str(tmp_path / "cls.pth")])
+    assert result.exit_code == 0, result.output
+    images = torch.rand(3, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(load_classifier(out).module(images * 2 - 1), trained(images))
+    torch.save({"model": Path("not a tensor")}, tmp_path / "evil.pth")  # a pickled object, not weights
+    refused = runner.invoke(main, [*args, "--weights", str(tmp_path / "evil.pth")])
+    assert refused.exit_code == 2 and "without unpickling code" in refused.output
