@@ -26,7 +26,7 @@ be rejected as a duplicate.
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 
+from .folder import write_bytes_atomic
 from .manifest import ID, ManifestPlan, is_unchanged
 
 # Rows per spill partition: 16 bytes each, so about 64 MiB of pairs sorted at a time.
@@ -90,13 +91,10 @@ class DuplicateIndex:
         return pos >> ROW_BITS, pos & ((1 << ROW_BITS) - 1)
 
     def save(self, path: Path) -> None:
-        """Write the index under a temporary name and rename it into place."""
-        tmp = path.with_name(".tmp-" + path.name)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, keys=self.keys, first=self.first)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        """Write the index under a temporary name and rename it into place (an error names the file)."""
+        buffer = io.BytesIO()  # the index holds only repeated ids: small
+        np.savez(buffer, keys=self.keys, first=self.first)
+        write_bytes_atomic(path, buffer.getvalue())
 
     @staticmethod
     def load(path: Path) -> DuplicateIndex:
