@@ -214,13 +214,3 @@ def program_module(program: torch.export.ExportedProgram) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
-
-
-def program_ops(program_or_module) -> list[str]:
-    """``aten.op.overload`` names of the graph's calls, in order (for refusals and checks)."""
-    graph = program_or_module.graph
-    return [
-        str(node.target) if not hasattr(node.target, "name") else f"aten.{node.target.name().split('::')[-1]}"
-        for node in graph.nodes
-        if node.op == "call_function"
-    ]
