@@ -248,7 +248,27 @@ def _load(path: Path, role: str, default_spec, build, overrides: dict):
             f"({_first_line(exc)})"
         ) from None
     _load_into(module, state, path, role)
-    return _freeze(module), spec, config
+    module = _freeze(module)
+    _check_output(module, spec, path, role)
+    return module, spec, config
+
+
+@torch.no_grad()
+def _check_output(module: nn.Module, spec, path: Path, role: str) -> None:
+    """One forward of two seeded rows must give finite values: weights that are each finite can still
+    make every row NaN (a BatchNorm running_var below 0, activations that overflow), which a job would
+    only show as rows ending non_finite. A few milliseconds for the course models."""
+    g = torch.Generator().manual_seed(0)
+    if role == "generator":
+        x = torch.randn(2, module.input_dim, generator=g)  # [2, z_dim + n_classes]
+    else:
+        x = torch.rand(2, spec.im_chan, spec.image_size, spec.image_size, generator=g) * 2 - 1  # [-1, 1]
+    if not bool(torch.isfinite(module(x)).all()):
+        raise CheckpointError(
+            f"{path}: the {role} gives NaN or Inf for a test input although each weight is finite (a "
+            "BatchNorm running_var below 0, or weights so large the activations overflow); the weights "
+            "are damaged"
+        )
 
 
 def load_generator(path: str | Path, **overrides) -> LoadedModel:

@@ -102,3 +102,20 @@ def test_settings_past_float32_are_refused_in_one_line(tmp_path, job_models, fla
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert f"{flags[0][2:]} must be" in result.stderr and "float32" in result.stderr
+
+
+@pytest.mark.parametrize("role", ["generator", "classifier"])
+def test_finite_weights_that_still_give_nan_are_refused_at_load(tmp_path, job_models, role):
+    """A BatchNorm running_var below 0: every weight is finite, every output NaN."""
+    source = job_models[0] if role == "generator" else job_models[1]
+    state = load_file(source)
+    name = next(k for k in sorted(state) if k.endswith("running_var"))
+    state[name] = -state[name]
+    path = tmp_path / f"{role}.safetensors"
+    save_file(state, path)
+    path.with_suffix(".json").write_text(source.with_suffix(".json").read_text())
+    load = load_generator if role == "generator" else load_classifier
+    with pytest.raises(
+        CheckpointError, match=rf"{role}\.safetensors: the {role} gives NaN or Inf for a test input"
+    ):
+        load(path)
