@@ -41,8 +41,12 @@ class SerializedEditor:
         self.editor = editor
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="zsteer-compute")
 
+    def submit(self, batch: EditBatch, render: bool = True) -> Future:
+        """The batch's EditResult as a future (a caller that must do something while it waits)."""
+        return self._thread.submit(self.editor.edit_batch, batch, render)
+
     def edit_batch(self, batch: EditBatch, render: bool = True) -> EditResult:
-        return self._thread.submit(self.editor.edit_batch, batch, render).result()
+        return self.submit(batch, render).result()
 
     def render(self, z, labels=None):
         return self._thread.submit(self.editor.render, z, labels).result()

@@ -30,6 +30,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,36 @@ class UnitDone:
     encoder_peak_mb: float = 0.0
 
 
+class _TaskEditor:
+    """The actor's shared editor as one unit task sees it, with a ``cancelled()`` that works on any thread.
+
+    Ray answers ``is_canceled()`` on the task's own thread only (elsewhere it is always False), but the
+    ascent asks between its steps on the compute thread. So the task thread waits for each batch in
+    slices of POLL_SECONDS, reading Ray's flag into an Event that both threads read.
+    """
+
+    def __init__(self, editor: SerializedEditor, context):
+        self.editor, self.context = editor, context
+        self.thread = threading.current_thread()
+        self.flag = threading.Event()
+
+    def cancelled(self) -> bool:
+        if threading.current_thread() is self.thread and self.context.is_canceled():
+            self.flag.set()
+        return self.flag.is_set()
+
+    def edit_batch(self, batch, render: bool = True):
+        future = self.editor.submit(batch, render)
+        while True:
+            try:
+                return future.result(timeout=POLL_SECONDS)
+            except FutureTimeout:
+                self.cancelled()
+
+    def render(self, z, labels=None):
+        return self.editor.render(z, labels)
+
+
 class UnitWorker:
     """The body of one Ray actor (made remote by ``RayExecutor``, so importing this needs no ray)."""
 
@@ -112,11 +143,11 @@ class UnitWorker:
 
         if not hasattr(self.local, "reader"):
             self.local.reader = UnitReader(self.plan.manifest, self.plan.read_rows)
-        context = ray.get_runtime_context()
+        editor = _TaskEditor(self.editor, ray.get_runtime_context())
         try:
             output = process_unit(
-                self.plan, unit, self.editor, reader=self.local.reader, encode=self.encoder.submit,
-                cancelled=context.is_canceled,
+                self.plan, unit, editor, reader=self.local.reader, encode=self.encoder.submit,
+                cancelled=editor.cancelled,
             )  # fmt: skip
         except UnitCancelled:
             return None

@@ -1,7 +1,8 @@
-"""Helpers of the Ray executor tests (no tests here): an editor factory that kills its worker process.
+"""Helpers of the Ray executor tests (no tests here): an editor factory that kills its worker process
+(or fails a unit, or says when editing has begun) at the n-th batch.
 
 Ray workers cannot import the tests' modules, so the tests register this module to be pickled by value
-(``ray.cloudpickle.register_pickle_by_value``) and ship ``DieAtBatch`` to the actors inside the job's
+(``ray.cloudpickle.register_pickle_by_value``) and ship ``ActAtBatch`` to the actors inside the job's
 editor factory.
 """
 
@@ -14,45 +15,40 @@ from zsteer.pipeline.config import AscentConfig, EngineConfig
 
 
 @dataclass(frozen=True)
-class DieAtBatch:
-    """An editor factory (job_config's settings) whose editor ends its process with ``os._exit`` (or
-    raises, with ``crash=False``: the job fails as on any error) as its ``batch``-th batch starts, once
+class ActAtBatch:
+    """An editor factory (job_config's settings) whose editor acts as its ``batch``-th batch starts, once
     in the whole job: the first worker to get there creates ``flag`` (O_EXCL), so the restarted worker
-    and the others edit normally."""
+    and the others edit normally. ``action``: "exit" ends the worker process (``os._exit``, as on a lost
+    node), "raise" fails the unit (the job stops as on any error), "mark" only creates ``flag``."""
 
     flag: str
     batch: int
-    exit: bool = True
+    action: str = "exit"
     ascent: AscentConfig = AscentConfig(steps=3, lr=0.5)
     engine: EngineConfig = EngineConfig(batch_size=16)
 
     def __call__(self, generator, classifier):
         from zsteer.pipeline.engine import make_engine
 
-        return _Dying(make_engine(generator, classifier, self.ascent, self.engine), self)
+        return _Acting(make_engine(generator, classifier, self.ascent, self.engine), self)
 
 
-class _Dying:
-    def __init__(self, engine, factory: DieAtBatch):
-        self.engine, self.flag, self.batch, self.exit, self.calls = (
-            engine,
-            factory.flag,
-            factory.batch,
-            factory.exit,
-            0,
-        )
+class _Acting:
+    def __init__(self, engine, factory: ActAtBatch):
+        self.engine, self.factory, self.calls = engine, factory, 0
 
     def edit_batch(self, batch, render=True):
         self.calls += 1
-        if self.calls == self.batch:
+        if self.calls == self.factory.batch:
             try:
-                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.close(os.open(self.factory.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
-                pass  # a worker died here already
+                pass  # a worker acted here already
             else:
-                if self.exit:
+                if self.factory.action == "exit":
                     os._exit(1)  # the worker process dies mid-unit, as on a lost node
-                raise RuntimeError("simulated crash")
+                if self.factory.action == "raise":
+                    raise RuntimeError("simulated crash")
         return self.engine.edit_batch(batch, render)
 
     def render(self, z, labels=None):

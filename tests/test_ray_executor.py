@@ -24,6 +24,7 @@ from jobkit import crash_at_commit, job_config, latents, read_parts, read_reject
 
 from zsteer.core.errors import ZsteerError
 from zsteer.jobs.runner import run_job
+from zsteer.pipeline.config import AscentConfig, EngineConfig
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
 
@@ -139,10 +140,47 @@ def test_a_worker_killed_mid_unit_is_restarted_and_its_unit_retried(
     flag = tmp_path / "died"
     out = tmp_path / "job"
     # Units of 25 rows in batches of 16: the 3rd batch of a worker is in the middle of its 2nd unit.
-    result = run_job(_ray(data, out, job_models), editor_factory=raykit.DieAtBatch(str(flag), batch=3))
+    result = run_job(_ray(data, out, job_models), editor_factory=raykit.ActAtBatch(str(flag), batch=3))
     assert flag.exists(), "no worker died: the test did not test anything"
     assert result.status == "complete"
     _assert_same_output(out, local_job)
+
+
+def test_a_stop_reaches_a_unit_between_the_steps_of_its_batch(
+    cluster, data, job_models, tmp_path, monkeypatch
+):
+    """SIGINT / SIGTERM on the driver: each unit in flight stops between two steps (Ray tells only the
+    task's own thread; the worker relays it to the compute thread), nothing half done is committed."""
+    import threading
+
+    from zsteer.jobs import runner
+    from zsteer.jobs.signals import StopFlag
+
+    editing = tmp_path / "editing"
+
+    class StopWhenEditing(StopFlag):  # the signal, sent once a worker is inside its first batch
+        def __enter__(self):
+            def send():
+                while not editing.exists():
+                    time.sleep(0.05)
+                time.sleep(0.5)
+                self.stop(signal.SIGTERM)
+
+            threading.Thread(target=send, daemon=True).start()
+            return super().__enter__()
+
+    monkeypatch.setattr(runner, "StopFlag", StopWhenEditing)
+    out = tmp_path / "job"
+    # A unit is one batch of 1,000,000 steps (hours): only a stop between steps ends this run.
+    ascent = AscentConfig(steps=1_000_000, lr=0.001)
+    config = _ray(data, out, job_models, batch_size=32, ascent={"steps": ascent.steps, "lr": ascent.lr})
+    factory = raykit.ActAtBatch(
+        str(editing), batch=1, action="mark", ascent=ascent, engine=EngineConfig(batch_size=32)
+    )
+    result = run_job(config, editor_factory=factory)
+    assert editing.exists()
+    assert result.status == "interrupted" and result.signum == signal.SIGTERM
+    assert result.summary["units_done"] == 0 and not list((out / "commits").iterdir())
 
 
 def test_a_local_job_is_finished_by_ray_and_a_ray_job_by_local(
@@ -153,7 +191,7 @@ def test_a_local_job_is_finished_by_ray_and_a_ray_job_by_local(
     run_job(_ray(data, out, job_models))
     _assert_same_output(out, local_job)
     out2 = tmp_path / "job2"
-    crashing = raykit.DieAtBatch(str(tmp_path / "failed"), batch=9, exit=False)  # 5 units committed
+    crashing = raykit.ActAtBatch(str(tmp_path / "failed"), batch=9, action="raise")  # 5 units committed
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_job(_ray(data, out2, job_models, workers=1), editor_factory=crashing)
     assert 0 < len(list((out2 / "commits").iterdir())) < 20
@@ -168,8 +206,6 @@ def test_what_a_ray_run_cannot_honour_is_refused_before_anything_is_written(
     out = tmp_path / "job"
     with pytest.raises(ZsteerError, match=r"--num-workers 3 .* room for 2 worker"):
         run_job(_ray(data, out, job_models, workers=3))
-    from zsteer.pipeline.config import EngineConfig
-
     for device, gpus, match in (
         ("cuda", 0, "give each worker a GPU"),
         ("cuda:1", 1, "use --device cuda"),
