@@ -191,8 +191,12 @@ All three are the course (C1W4B) architectures of `zsteer.pipeline.models`, stor
   BatchNorm replaced by spectral normalisation (with BatchNorm the discriminator won within a few hundred
   steps); non-saturating loss, Adam 2e-4 betas (0.5, 0.999), course weight init except the generator's last
   layer (std 0.5/sqrt(fan-in): the course's 0.02 leaves a narrow generator's images grey for thousands of
-  steps). The saved weights are an exponential moving average of the generator's (decay in the log), with
-  BatchNorm running statistics recomputed over 8192 fresh latents.
+  steps). The discriminator sees a random 58x58 crop of every real and generated image (its own per
+  image): 58 is the size its unpadded convolutions (kernel 4, strides 2, 2, 3, 2) tile whole. Fed whole
+  64x64 images, it never saw their last 6 rows and columns, so the generator got no gradient there and
+  drew a noisy checkerboard border along the right and bottom edges (the earlier weights had it). The saved
+  weights are an exponential moving average of the generator's (decay in the log), with BatchNorm
+  running statistics recomputed over 8192 fresh latents.
 - `classifier`: the model to steer with; one logit per attribute, BCE-with-logits, Adam 1e-3 betas
   (0.5, 0.999), cosine decay.
 - `judge`: the same recipe at another width, another seed and other batches; use it only to score edits.
@@ -222,8 +226,8 @@ Classifier/judge agreement on generator samples: {agreement}.
 ## Limits
 
 - Cartoons, not faces: edits that work here say the machinery works, not that it will on CelebA.
-- The generator is small and briefly trained (CPU): its images are blurrier than the data, with noisy
-  stripes along the right and bottom borders (the last transposed convolution), and fuzzy hats and mouths.
+- The generator is small and briefly trained (CPU): its images are blurrier than the data, with fuzzy
+  hats and mouths.
   Smiling is its weakest attribute (fewest samples, lowest classifier/judge agreement).
 - The judge was trained on the same procedural distribution as the classifier, so it shares its blind
   spots there.

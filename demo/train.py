@@ -45,6 +45,8 @@ from .procedural import ATTRIBUTES, make_batch
 # Disjoint ranges of data seeds, so no model sees another's batches or the evaluation images.
 DATA_SEEDS = {"classifier": 1_000_000, "judge": 2_000_000, "gan": 3_000_000, "eval": 9_000_000}
 LOG_NAME = "training_log.json"
+# The crops' random draws use seed + this, apart from the latents' draws (seed) and BatchNorm's (seed + 7).
+CROP_SEED_OFFSET = 11
 
 
 @dataclass
@@ -103,6 +105,28 @@ def build_discriminator(hidden_dim: int) -> nn.Module:
 
 def _rng(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+# The side of the square the discriminator sees whole. Its unpadded convolutions (kernel 4, strides
+# 2, 2, 3, 2) read only pixels 0..57 of a 64x64 image: the last 6 rows and columns never reached its
+# logit, so the generator got no gradient there and drew a noisy checkerboard border on the right and
+# bottom edges. 58 is the size the four layers tile exactly (58 -> 28 -> 13 -> 4 -> 1).
+DISCRIMINATOR_VIEW = 58
+
+
+def random_crops(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random ``size`` x ``size`` crop per image (differentiable): [B, C, H, W] -> [B, C, size, size].
+
+    Fed to the discriminator, every pixel of the generator's image is seen in some crop of most batches
+    (translation augmentation, as DiffAugment does for real and fake alike).
+    """
+    b, c, h, w = images.shape
+    dy = torch.randint(0, h - size + 1, (b,), generator=generator)  # [B]
+    dx = torch.randint(0, w - size + 1, (b,), generator=generator)  # [B]
+    span = torch.arange(size)
+    rows = (dy[:, None] + span)[:, None, :, None]  # [B, 1, size, 1]
+    cols = (dx[:, None] + span)[:, None, None, :]  # [B, 1, 1, size]
+    return images[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
 
 
 def train_classifier(
@@ -217,17 +241,22 @@ def train_gan(cfg: GanConfig, state_dir: Path | None = None, log_every: int = 50
         z = torch.randn(cfg.batch, cfg.z_dim, generator=_rng(cfg.seed, step))  # [B, z_dim]
         fake = g(z)
 
+        # The discriminator sees random crops it covers whole (DISCRIMINATOR_VIEW), so no pixel is blind.
+        crops = _rng(cfg.seed + CROP_SEED_OFFSET, step)
+        real = random_crops(real, DISCRIMINATOR_VIEW, crops)  # [B, 3, 58, 58]
+        fake_seen = random_crops(fake, DISCRIMINATOR_VIEW, crops)  # [B, 3, 58, 58]
+
         # Discriminator: real and fake in separate forward passes, as in the course (BatchNorm sees one kind).
         loss_d = 0.5 * (
             F.binary_cross_entropy_with_logits(d(real), ones)
-            + F.binary_cross_entropy_with_logits(d(fake.detach()), zeros)
+            + F.binary_cross_entropy_with_logits(d(fake_seen.detach()), zeros)
         )
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
 
         # Generator: non-saturating loss, -log D(G(z)).
-        loss_g = F.binary_cross_entropy_with_logits(d(fake), ones)
+        loss_g = F.binary_cross_entropy_with_logits(d(fake_seen), ones)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -264,7 +293,7 @@ def train_gan(cfg: GanConfig, state_dir: Path | None = None, log_every: int = 50
         "lr": cfg.lr,
         "seed": cfg.seed,
         "hidden_dim": cfg.g_hidden,
-        "discriminator": "course classifier, 1 logit, spectral norm, no BatchNorm",
+        "discriminator": "course classifier, 1 logit, spectral norm, no BatchNorm, random 58x58 crops",
         "discriminator_hidden_dim": cfg.d_hidden,
         "ema": cfg.ema,
         "seconds": round(seconds, 1),

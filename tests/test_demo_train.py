@@ -8,10 +8,12 @@ import torch
 
 from zsteer.demo.procedural import ATTRIBUTES
 from zsteer.demo.train import (
+    DISCRIMINATOR_VIEW,
     ClassifierConfig,
     GanConfig,
     build_discriminator,
     main,
+    random_crops,
     train_classifier,
     train_gan,
 )
@@ -49,6 +51,32 @@ def test_discriminator_has_no_batchnorm():
     d = build_discriminator(4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
     assert d(torch.zeros(3, 3, 64, 64)).shape == (3, 1)
+
+
+def _pixels_seen(d: torch.nn.Module, size: int) -> torch.Tensor:
+    """[size, size] bool: the input pixels the discriminator's logit depends on."""
+    x = torch.randn(1, 3, size, size, requires_grad=True)
+    d(x).sum().backward()
+    return x.grad.abs().sum((0, 1)) > 0
+
+
+def test_discriminator_sees_every_pixel_of_its_crops_and_crops_cover_the_image():
+    d = build_discriminator(4)
+    assert _pixels_seen(d, DISCRIMINATOR_VIEW).all()
+    # On the whole 64x64 image the last rows and columns never reach the logit: the checkerboard border.
+    assert not _pixels_seen(d, 64)[-1].any() and not _pixels_seen(d, 64)[:, -1].any()
+    images = torch.arange(64.0 * 64).view(1, 1, 64, 64).expand(512, 1, 64, 64)
+    crops = random_crops(images, DISCRIMINATOR_VIEW, torch.Generator().manual_seed(0))
+    assert crops.shape == (512, 1, DISCRIMINATOR_VIEW, DISCRIMINATOR_VIEW)
+    seen = torch.zeros(64 * 64, dtype=torch.bool)
+    seen[crops.long().flatten()] = True
+    assert seen.all()  # every pixel is in some crop of a batch
+    # Each crop is a contiguous window of the image.
+    top_left = crops[:, 0, 0, 0].long()
+    row, col = top_left // 64, top_left % 64
+    for k in range(0, 512, 97):
+        window = images[k, 0, row[k] : row[k] + DISCRIMINATOR_VIEW, col[k] : col[k] + DISCRIMINATOR_VIEW]
+        assert torch.equal(crops[k, 0], window)
 
 
 def test_gan_resume_matches_uninterrupted(tmp_path):
