@@ -228,3 +228,31 @@ def test_sheet_draws_strips_as_rows(strip_job, tmp_path):
     alpha1 = sheet[y : y + 64, pad + 3 * (64 + pad) : pad + 3 * (64 + pad) + 64]
     np.testing.assert_array_equal(before, alpha0)
     assert not np.array_equal(before, alpha1)
+
+
+def test_cli_report_on_the_demo_models_defaults_to_the_demo_judge_and_shows_the_data_correlation(tmp_path):
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(6, dtype=np.int64), "z": latents(6, z_dim=64)}
+    )
+    runner = CliRunner()
+    edit = [
+        "edit",
+        "-m",
+        str(manifest),
+        "-o",
+        str(tmp_path / "job"),
+        "-t",
+        "Smiling",
+        "--steps",
+        "2",
+        "--lr",
+        "0.5",
+    ]
+    assert runner.invoke(main, [*edit, "--normalize", "--images", "none"]).exit_code == 0
+    result = runner.invoke(main, ["report", str(tmp_path / "job"), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["judge"]["path"].endswith("judge.safetensors")
+    smiling, mouth = 0, 1  # the procedural data set plants MouthOpen with Smiling
+    assert report["demo_correlation"]["data"][smiling][mouth] > 0.4
+    assert "Attribute correlation" in (tmp_path / "r" / "report.md").read_text()
