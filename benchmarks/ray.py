@@ -47,6 +47,15 @@ ATTRIBUTE, make_models = _job.ATTRIBUTE, _job.make_models
 ZSTEER = str(Path(sys.executable).with_name("zsteer"))
 
 
+def sample(rows: int, seed: int, path: Path) -> Path:
+    """A manifest of ``rows`` latents (`zsteer sample`, row groups of 8192)."""
+    subprocess.run(
+        [ZSTEER, "sample", "--n", str(rows), "--seed", str(seed), "--out", str(path)],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return path
+
+
 def run_variant(cmd: list[str], out: Path) -> dict:
     """Run one `zsteer edit`; its wall time, time to the first commit marker, and its summary.json."""
     shutil.rmtree(out, ignore_errors=True)
@@ -120,11 +129,7 @@ def memory(args, tmp: Path, models) -> None:
         f"{'rows':>9} {'variant':>12} {'wall s':>8} {'rows/s':>10} {'first unit s':>12} {'driver peak MB':>15}"
     )
     for rows in args.memory_rows:
-        manifest = tmp / f"mem{rows}.parquet"
-        subprocess.run(
-            [ZSTEER, "sample", "--n", str(rows), "--seed", "2", "--out", str(manifest)],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        manifest = sample(rows, 2, tmp / f"mem{rows}.parquet")
         for executor in ("local", "ray"):
             out = tmp / f"mem-{rows}-{executor}"
             cmd = [sys.executable, __file__, "--memory-child", str(manifest), str(out), *map(str, models),
@@ -173,11 +178,7 @@ def main() -> None:
             f"{'first unit s':>12} {'driver peak MB':>15}"
         )
         for rows in args.rows:
-            manifest = tmp / f"m{rows}.parquet"
-            subprocess.run(
-                [ZSTEER, "sample", "--n", str(rows), "--seed", "1", "--out", str(manifest)],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            manifest = sample(rows, 1, tmp / f"m{rows}.parquet")
             base = [
                 ZSTEER, "edit", "-m", str(manifest), "--generator", str(models[0]), "--classifier",
                 str(models[1]), "-t", ATTRIBUTE, "--steps", str(args.steps), "--batch-size", str(args.batch_size),

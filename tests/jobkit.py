@@ -7,6 +7,7 @@ thousand rows to seconds, and their edits move z, so comparisons are not noise a
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,34 @@ def write_manifest(path: Path, columns: dict, row_group_size: int | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group_size or max(table.num_rows, 1))
     return path
+
+
+def planted_manifests(folder: Path, sizes: dict[str, int], bad: dict, row_group_size: int) -> Path:
+    """Manifests ``folder/NAME.parquet`` (ids numbered on across the files in order, a ``tag`` column
+    "NAMEi") with bad rows planted: ``bad`` maps (NAME, row) to "NaN", "length", "null id",
+    "duplicate" (id 5 again) or "null z". Returns ``folder``."""
+    schema = pa.schema([("id", pa.int64()), ("z", pa.list_(pa.float32())), ("tag", pa.string())])
+    start = 0
+    for name, n in sizes.items():
+        z = [list(map(float, row)) for row in latents(n, seed=start)]
+        ids: list = list(range(start, start + n))
+        for (file, row), fault in bad.items():
+            if file != name:
+                continue
+            if fault == "NaN":
+                z[row][3] = math.nan
+            elif fault == "length":
+                z[row] = z[row][:-1]
+            elif fault == "null id":
+                ids[row] = None
+            elif fault == "duplicate":
+                ids[row] = 5
+            else:
+                z[row] = None
+        cols = {"id": ids, "z": z, "tag": [f"{name}{i}" for i in range(n)]}
+        write_manifest(folder / f"{name}.parquet", cols, row_group_size=row_group_size, schema=schema)
+        start += n
+    return folder
 
 
 def job_config(manifests, out: Path, models: tuple[Path, Path], **kw) -> JobConfig:

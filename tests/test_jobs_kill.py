@@ -12,7 +12,6 @@ a unit (one shard per unit). The resumed rows must be the uninterrupted run's, b
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from jobkit import job_config, latents, one_thread, read_parts, read_rejects, tiny_models, write_manifest
+from jobkit import job_config, latents, one_thread, planted_manifests, read_parts, read_rejects, tiny_models
 
 from zsteer.jobs.runner import run_job
 
@@ -48,25 +47,7 @@ BAD = {  # (file, row) -> what is wrong with it
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
     models = tiny_models(root / "models")
-    schema = pa.schema([("id", pa.int64()), ("z", pa.list_(pa.float32())), ("tag", pa.string())])
-    for name, start, n in (("a", 0, N_A), ("b", N_A, N_B)):
-        z = [list(map(float, row)) for row in latents(n, seed=start)]
-        ids: list = list(range(start, start + n))
-        for (file, row), fault in BAD.items():
-            if file != name:
-                continue
-            if fault == "NaN":
-                z[row][3] = math.nan
-            elif fault == "length":
-                z[row] = z[row][:-1]
-            elif fault == "null id":
-                ids[row] = None
-            elif fault == "duplicate":
-                ids[row] = 5
-            else:
-                z[row] = None
-        cols = {"id": ids, "z": z, "tag": [f"{name}{i}" for i in range(n)]}
-        write_manifest(root / "data" / f"{name}.parquet", cols, row_group_size=50, schema=schema)
+    planted_manifests(root / "data", {"a": N_A, "b": N_B}, BAD, row_group_size=50)
     return root, models
 
 

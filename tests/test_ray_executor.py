@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import raykit
-from jobkit import crash_at_commit, job_config, latents, read_parts, read_rejects, write_manifest
+from jobkit import crash_at_commit, job_config, planted_manifests, read_parts, read_rejects
 
 from zsteer.core.errors import ZsteerError
 from zsteer.jobs.runner import run_job
@@ -54,29 +53,11 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, job_models):
+def data(tmp_path_factory):
     """Two manifests with planted bad rows (one of each kind the validator rejects)."""
-    root = tmp_path_factory.mktemp("ray")
-    schema = pa.schema([("id", pa.int64()), ("z", pa.list_(pa.float32())), ("tag", pa.string())])
-    for name, start, n in (("a", 0, N_A), ("b", N_A, N_B)):
-        z = [list(map(float, row)) for row in latents(n, seed=start)]
-        ids: list = list(range(start, start + n))
-        for (file, row), fault in BAD.items():
-            if file != name:
-                continue
-            if fault == "NaN":
-                z[row][3] = math.nan
-            elif fault == "length":
-                z[row] = z[row][:-1]
-            elif fault == "null id":
-                ids[row] = None
-            elif fault == "duplicate":
-                ids[row] = 5
-            else:
-                z[row] = None
-        cols = {"id": ids, "z": z, "tag": [f"{name}{i}" for i in range(n)]}
-        write_manifest(root / "data" / f"{name}.parquet", cols, row_group_size=50, schema=schema)
-    return root / "data"
+    return planted_manifests(
+        tmp_path_factory.mktemp("ray") / "data", {"a": N_A, "b": N_B}, BAD, row_group_size=50
+    )
 
 
 def _config(data, out, models, **kw):
