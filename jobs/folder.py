@@ -256,6 +256,11 @@ class JobFolder:
 
     def make(self) -> None:
         for path in (self.parts, self.rejects, self.commits):
+            if path.is_symlink():  # files there that no marker names are deleted: never follow a link
+                raise ZsteerError(
+                    f"{path}: a link to {os.readlink(path)}, where the job keeps only its own files (it "
+                    "deletes the ones no marker names); make it a folder of the job and run the same command again"
+                )
             if path.exists() and not path.is_dir():
                 raise ZsteerError(
                     f"{path}: expected a folder of the job, found a file (the job folder was edited); "

@@ -258,6 +258,10 @@ def test_a_marker_of_a_unit_this_job_does_not_have_is_withdrawn(tmp_path, manife
             "a folder where the job",
         ),
         (
+            lambda out: (shutil.rmtree(out / "rejects"), (out / "rejects").symlink_to(out.parent)),
+            "rejects: a link to",
+        ),
+        (
             lambda out: (shutil.rmtree(out / "rejects"), (out / "rejects").write_text("x")),
             "rejects: expected a folder",
         ),
