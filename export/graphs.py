@@ -18,6 +18,7 @@ from zsteer.core.errors import ExportError
 from zsteer.core.status import ACTIVE, STEPS_DONE
 from zsteer.kernels.ascent_update import ascent_update_torch
 from zsteer.kernels.objective import objective_torch
+from zsteer.pipeline.imported import is_imported
 from zsteer.pipeline.network import EditNet
 
 from .vjp import BilinearResize, VJPStack
@@ -199,6 +200,12 @@ class AscentStepGraph(nn.Module):
 
 def build_edit_vjp(generator, classifier) -> tuple[EditNet, EditVJP]:
     """(EditNet, EditVJP) for two LoadedModels; layer and shape problems become one-line ExportErrors."""
+    for model in (generator, classifier):
+        if is_imported(model):
+            raise ExportError(
+                f"{model.path}: zsteer export writes the course models' graphs; an imported .pt2 runs on "
+                "onnxruntime with its graphs exported in memory (--backend onnxruntime, without --onnx-dir)"
+            )
     try:
         net = EditNet(generator, classifier, fold=True, channels_last=False)
     except (TypeError, ValueError) as exc:
