@@ -39,6 +39,7 @@ from jobkit import crash_at_commit, job_config, latents, read_parts, write_manif
 
 from zsteer.cli.main import main
 from zsteer.core.errors import CheckpointError, ExportError, ZsteerError
+from zsteer.export.onnx_export import export_models
 from zsteer.jobs.backends import BackendConfig, backend_factory
 from zsteer.jobs.runner import run_job
 from zsteer.pipeline.checkpoints import load_classifier, load_generator
@@ -374,6 +375,8 @@ def test_onnxruntime_renders_any_imported_graph_and_refuses_its_ascent_naming_th
         ExportError, match=r"generator node 'embedding' \(aten\.embedding\) has no hand-written"
     ):
         onnx(gen, cls, AscentConfig(steps=2), EngineConfig(), BackendConfig("onnxruntime"))
+    with pytest.raises(ExportError, match="zsteer export writes the course models' graphs"):
+        export_models(gen, cls, Path("unused"))
 
 
 def test_onnxruntime_ascent_on_an_imported_layer_stack_matches_torch(tmp_path):
