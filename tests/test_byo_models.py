@@ -294,69 +294,58 @@ def test_the_cards_are_what_the_sidecars_hold():
 # ---- D's methods on imported models: directions and interpolation ---------------------------------------
 
 
+@pytest.mark.parametrize("gname", ["residual", "embedding"])
 def test_a_direction_edit_on_imported_models_is_exactly_once_and_batch_invariant(
-    imported, tmp_path, monkeypatch
+    imported, tmp_path, monkeypatch, gname
 ):
     from zsteer.jobs.direction_method import DirectionMethod
     from zsteer.jobs.interpolate_method import InterpolateMethod
     from zsteer.pipeline.direction_file import save_directions
     from zsteer.pipeline.direction_fit import FitConfig, fit_directions
 
-    gen, cls = load_generator(imported["residual"]), load_classifier(imported["pooled"])
+    gen, cls = load_generator(imported[gname]), load_classifier(imported["pooled"])
     found = fit_directions(gen, cls, FitConfig(method="gradient", n_samples=32, attributes=("smile", "hat")))
     path = save_directions(found, tmp_path / "dirs")
     with pytest.raises(ValueError, match="sefa factorises the course generator's first layer"):
         fit_directions(gen, cls, FitConfig(method="sefa"))
     n = 12
-    manifest = write_manifest(
-        tmp_path / "m.parquet", {"id": np.arange(n), "z": latents(n, seed=5, z_dim=Z_DIM)}
-    )
-    models = (imported["residual"], imported["pooled"])
+    columns = {"id": np.arange(n), "z": latents(n, seed=5, z_dim=Z_DIM)}
+    if gen.spec.n_classes:
+        columns["label"] = np.arange(n) % N_CLASSES
+    columns["id_to"] = [(i + 5) % n for i in range(n)]  # for the interpolation: another row's z
+    manifest = write_manifest(tmp_path / "m.parquet", columns)
+    models = (imported[gname], imported["pooled"])
     method = DirectionMethod(directions=path, direction="smile", alphas=(-1.0, 2.0))
 
-    def config(out, batch_size=4):
+    def config(out, batch_size=4, **kw):
         return job_config(
-            manifest, out, models, targets=(), method=method, unit_rows=4, batch_size=batch_size
+            manifest, out, models, targets=(), method=method, unit_rows=4, batch_size=batch_size, **kw
         )
+
+    def table(out):
+        return read_parts(out).sort_by([("id", "ascending"), ("alpha", "ascending")])
 
     out = tmp_path / "crashed"
     crash_at_commit(monkeypatch, 2, config(out))
     assert run_job(config(out)).status == "complete"
-    crashed = read_parts(out).sort_by([("id", "ascending"), ("alpha", "ascending")])
+    crashed = table(out)
     assert crashed.num_rows == 2 * n
     logits = np.array(crashed.column("logits_after").to_pylist())[:, 0].reshape(n, 2)
     assert logits[:, 1].mean() > logits[:, 0].mean(), "along the mean smile gradient, smile rises on average"
-    other = tmp_path / "batch1"
-    run_job(config(other, batch_size=1))
-    assert read_parts(other).sort_by([("id", "ascending"), ("alpha", "ascending")]).equals(crashed)
+    run_job(config(tmp_path / "batch1", batch_size=1))
+    assert table(tmp_path / "batch1").equals(crashed)
 
-    id_to = [(i + 5) % n for i in range(n)]  # each row interpolates to another row's z
-    manifest = write_manifest(
-        tmp_path / "to.parquet", {"id": np.arange(n), "z": latents(n, seed=5, z_dim=Z_DIM), "id_to": id_to}
-    )
-    on_ort = tmp_path / "onnxruntime"  # a forward-only method runs any imported graph on onnxruntime
-    run_job(
-        job_config(
-            manifest,
-            on_ort,
-            models,
-            targets=(),
-            method=method,
-            unit_rows=4,
-            backend=BackendConfig("onnxruntime"),
-        )
-    )
-    ort = read_parts(on_ort).sort_by([("id", "ascending"), ("alpha", "ascending")])
+    run_job(config(tmp_path / "ort", backend=BackendConfig("onnxruntime")))  # forward-only: any graph
     np.testing.assert_allclose(
-        np.array(ort.column("logits_after").to_pylist()),
+        np.array(table(tmp_path / "ort").column("logits_after").to_pylist()),
         np.array(crashed.column("logits_after").to_pylist()),
         rtol=1e-5,
         atol=1e-5,
     )
     frames = tmp_path / "frames"
     run_job(job_config(manifest, frames, models, targets=(), method=InterpolateMethod(frames=3), unit_rows=4))
-    table = read_parts(frames).sort_by([("id", "ascending"), ("frame", "ascending")])
-    assert table.num_rows == 3 * n and len(set(table.column("id").to_pylist())) == n
+    frames_table = read_parts(frames)
+    assert frames_table.num_rows == 3 * n and len(set(frames_table.column("id").to_pylist())) == n
 
 
 # ---- onnxruntime: forward-only for any graph, ascent for the stacks the hand-written gradient covers ------
