@@ -147,6 +147,12 @@ def _axis(flag: str, dest: str, what: str, default: str):
     help="The last three windows' throughputs must be within this fraction of their mean.",
 )
 @click.option(
+    "--interleave",
+    is_flag=True,
+    help="Cells take turns window by window (all editors held at once), so that load from elsewhere on a "
+    "shared machine falls on every cell alike: use it when comparing cells.",
+)
+@click.option(
     "--quick", is_flag=True, help="A ~30 s look: short warm-up and windows, one stage pass, short peak."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latents every cell edits.")
@@ -260,7 +266,7 @@ def bench(**opt):  # fmt: skip
             seed=opt["seed"], job_rows=opt["job_rows"], job_batches=3 if quick else 8, workers=opt["workers"],
             impl=opt["impl"], onnx_dir=opt["onnx_dir"],
             peak_seconds=opt["peak_seconds"] if opt["peak_seconds"] is not None else (0.2 if quick else 0.5),
-            stage_iterations=1 if quick else 3,
+            stage_iterations=1 if quick else 3, interleave=opt["interleave"],
         )  # fmt: skip
     except ValueError as exc:
         raise ZsteerError(f"invalid settings: {exc}") from None

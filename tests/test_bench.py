@@ -213,6 +213,28 @@ def test_bad_reports_and_settings_are_one_line_errors(tmp_path):
         BenchCell(mode="cluster")
 
 
+def test_interleaved_cells_take_turns_window_by_window(job_models):
+    control = RunControl(warmup_seconds=0, min_seconds=0, min_iterations=1, tolerance=0.99, max_windows=3)
+    messages = []
+    doc = run_bench(
+        BenchConfig(cells=matrix(batch_size=(4, 8), steps=(1,), threads=(1,)), models=ModelSource(*job_models),
+                    control=control, peak_seconds=0, stage_iterations=0, interleave=True),
+        messages.append,
+    )  # fmt: skip
+    windows = [m.split(":")[0].split()[3] + m.split(":")[1] for m in messages if ": window" in m]
+    assert windows == [
+        "b4 window 1",
+        "b8 window 1",
+        "b4 window 2",
+        "b8 window 2",
+        "b4 window 3",
+        "b8 window 3",
+    ]
+    assert [len(e["result"]["window_rates"]) for e in doc["cells"]] == [3, 3] and doc["settings"][
+        "interleave"
+    ]
+
+
 def test_a_method_from_the_registry_is_benchmarked_like_ascent(job_models):
     register_method(IdentityMethod)
     try:

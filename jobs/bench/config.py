@@ -127,6 +127,9 @@ class BenchConfig:
     peak_seconds: float = 0.5
     # Timed iterations of the per-stage pass (engine mode), run after the throughput windows.
     stage_iterations: int = 3
+    # Cells take turns window by window instead of one after the other, so that load from elsewhere on a
+    # shared machine falls on every cell alike and their ratios hold (peak RSS is then the run's).
+    interleave: bool = False
 
     def __post_init__(self):
         if not self.cells:

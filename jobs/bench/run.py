@@ -54,7 +54,7 @@ from .config import COMPILED, BenchCell, BenchConfig
 from .environment import environment
 from .roofline import ascent_flops_per_latent, counted_flops_per_latent, matmul_peak, peak_dtypes
 from .stages import StageTimer, instrument
-from .timing import CudaClock, Measurement, clock_for, measure
+from .timing import CudaClock, Measurement, Meter, clock_for
 
 FORMAT = "zsteer-bench/1"
 # Per-row fields of an EditBatch and the dtype the ascent loop gives each on the device.
@@ -206,63 +206,108 @@ class _Bench:
         except (TypeError, ValueError, AttributeError, RuntimeError):
             return None
 
-    # ---- cells --------------------------------------------------------------------------------------
+    def open(self, cell: BenchCell) -> _CellRun:
+        """The cell with its editor built (and its matmul peak measured), ready to start."""
+        return _CellRun(self, cell)
 
-    def run_cell(self, cell: BenchCell) -> dict:
-        method = make_method(cell.method, cell.steps)
-        engine, backend = runtime_configs(cell, self.config)
-        clock = clock_for(cell.device)
-        cuda = isinstance(clock, CudaClock)
-        with _threads(cell.threads), _quiet():
-            peaks = self.peak(cell)
+
+class _CellRun:
+    """One cell in progress: its editor, the function its windows time, and how its report is finished.
+
+    ``start`` (first call and warm-up), ``window`` (one measurement window) and ``finish`` (stages,
+    memory, roofline) run inside the cell's own thread count; ``run_bench`` calls them one cell after the
+    other, or window by window across cells (interleaved).
+    """
+
+    def __init__(self, bench: _Bench, cell: BenchCell):
+        self.bench, self.cell, self.config = bench, cell, bench.config
+        self.method = make_method(cell.method, cell.steps)
+        self.engine, self.backend = runtime_configs(cell, self.config)
+        self.clock = clock_for(cell.device)
+        self.cuda = isinstance(self.clock, CudaClock)
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.summaries: list[dict] = []  # job mode: each run's summary.json
+        with self.scope():
+            self.peaks = bench.peak(cell)
             _reset_peak_rss()
-            if cuda:
+            if self.cuda:
                 torch.cuda.reset_peak_memory_stats(cell.device)
             start = time.perf_counter()
-            editor = method.make_editor(self.generator, self.classifier, engine, backend)
-            setup = time.perf_counter() - start
-            on_window = self._on_window(cell)
+            self.editor = self.method.make_editor(
+                bench.generator, bench.classifier, self.engine, self.backend
+            )
+            self.setup = time.perf_counter() - start
             if cell.mode == "engine":
-                result = self._engine(cell, method, editor, clock, on_window)
+                self.meter = self._engine_meter()
             else:
-                result = self._job(cell, method, engine, backend, clock, on_window)
-            result["setup_seconds"] = round(setup, 3) if cell.mode == "engine" else None
+                self.meter = self._job_meter()
+
+    @contextlib.contextmanager
+    def scope(self):
+        with _threads(self.cell.threads), _quiet():
+            yield
+
+    def start(self) -> None:
+        with self.scope():
+            self.meter.start()
+
+    def window(self) -> None:
+        with self.scope():
+            rate = self.meter.window()
+        self.bench.progress(f"{_label(self.cell)}: window {len(self.meter.windows)}: {rate:.1f} latents/s")
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def finish(self) -> dict:
+        cell, editor = self.cell, self.editor
+        with self.scope():
+            m = self.meter.result()
+            if cell.mode == "engine":
+                result = _summary(m, cell, images=cell.images == "png", stage_ms=self._stages())
+                result["setup_seconds"] = round(self.setup, 3)
+            else:
+                result = self._job_result(m)
+                result["setup_seconds"] = None  # a job builds its editor inside each run
             result["peak_rss_mb"] = max(peak_rss_mb(), result.pop("encoder_peak_rss_mb", 0.0))
             result["peak_cuda_mb"] = (
-                round(torch.cuda.max_memory_allocated(cell.device) / 2**20, 1) if cuda else None
+                round(torch.cuda.max_memory_allocated(cell.device) / 2**20, 1) if self.cuda else None
             )
             result["threads"] = torch.get_num_threads()
             result["iobinding"] = getattr(editor, "iobinding", None)
             result["compiled"] = getattr(editor, "compiled", None)
             result["kernels"] = dict(getattr(editor, "kernel_impls", {}) or {}) or None
-            result["steps_applied"] = method.default_steps
-            flops = self.flops(cell, method, editor)
-        return _with_roofline(result, flops, peaks)
+            result["steps_applied"] = self.method.default_steps
+            flops = self.bench.flops(cell, self.method, editor)
+        return _with_roofline(result, flops, self.peaks)
 
-    def _on_window(self, cell: BenchCell):
-        def report(k: int, rate: float) -> None:
-            self.progress(f"{_label(cell)}: window {k}: {rate:.1f} latents/s")
+    # ---- engine mode --------------------------------------------------------------------------------
 
-        return report
-
-    def _engine(self, cell: BenchCell, method: EditMethod, editor, clock, on_window) -> dict:
-        batch = seeded_batch(
-            cell.batch_size, self.generator, self.classifier, self.targets, self.config.seed, method
+    def _engine_meter(self) -> Meter:
+        b, cell = self.bench, self.cell
+        self.batch = seeded_batch(
+            cell.batch_size, b.generator, b.classifier, b.targets, self.config.seed, self.method
         )
         render = cell.images == "png"
-        m = measure(lambda: editor.edit_batch(batch, render), cell.batch_size, self.config.control, clock,
-                    on_window=on_window)  # fmt: skip
-        stages = self._stages(cell, method, editor, batch, clock)
-        return _summary(m, cell, images=render, stage_ms=stages)
+        return Meter(lambda: self.editor.edit_batch(self.batch, render), cell.batch_size, self.config.control,
+                     self.clock)  # fmt: skip
 
-    def _stages(self, cell: BenchCell, method: EditMethod, editor, batch: EditBatch, clock) -> dict:
+    def _stages(self) -> dict:
         """ms per batch of each stage, over ``stage_iterations`` instrumented edits (apart from the windows)."""
-        n = self.config.stage_iterations
+        n, cell, editor, batch, method = (
+            self.config.stage_iterations,
+            self.cell,
+            self.editor,
+            self.batch,
+            self.method,
+        )
         if n == 0:
             return {}
-        timer = StageTimer(sync=clock.sync if isinstance(clock, CudaClock) else None)
+        timer = StageTimer(sync=self.clock.sync if self.cuda else None)
         device = getattr(editor, "device", torch.device(cell.device))
-        z_dim, n_attr = self.generator.spec.z_dim, len(self.classifier.attributes)
+        z_dim, n_attr = self.bench.generator.spec.z_dim, len(self.bench.classifier.attributes)
         schema = pa.schema(method.output_fields(z_dim, n_attr) + [pa.field("image", pa.binary())])
         with tempfile.TemporaryDirectory(prefix="zsteer-bench-") as tmp, instrument(editor, timer):
             for i in range(n):
@@ -283,50 +328,59 @@ class _Bench:
                     )
         return {name: round(s / n * 1e3, 3) for name, s in timer.seconds.items()}
 
-    def _job(self, cell, method, engine, backend, clock, on_window) -> dict:
-        rows = self.config.job_rows or self.config.job_batches * cell.batch_size
-        spec = self.generator.spec
-        summaries: list[dict] = []
-        with tempfile.TemporaryDirectory(prefix="zsteer-bench-job-") as tmp:
-            root = Path(tmp)
-            manifest = write_sample(
-                SampleConfig(n=rows, seed=self.config.seed, out=root / "manifest.parquet", z_dim=spec.z_dim,
-                             labels=spec.n_classes or None)
-            )  # fmt: skip
-            runs = itertools.count()
-            out: list[Path] = [root / "run"]
+    # ---- job mode -----------------------------------------------------------------------------------
 
-            def prepare() -> None:  # untimed: the previous run's folder goes, a fresh one is named
-                shutil.rmtree(out[0], ignore_errors=True)
-                out[0] = root / f"run{next(runs)}"
+    @property
+    def job_rows(self) -> int:
+        return self.config.job_rows or self.config.job_batches * self.cell.batch_size
 
-            def job() -> None:
-                config = JobConfig(
-                    manifests=(str(manifest),),
-                    output=OutputConfig(out=out[0], images=cell.images, workers=self.config.workers),
-                    models=self.config.models,
-                    edit=EditSpec(targets=tuple(f"{n}={w}" for n, w in self.targets.targets)),
-                    method=method, engine=engine, backend=backend, progress_seconds=math.inf,
-                    handle_signals=False,
-                )  # fmt: skip
-                with contextlib.redirect_stderr(io.StringIO()):  # a job draws a bar on a terminal
-                    summaries.append(run_job(config).summary)
+    def _job_meter(self) -> Meter:
+        cell, bench, spec = self.cell, self.bench, self.bench.generator.spec
+        self._tmp = tempfile.TemporaryDirectory(prefix="zsteer-bench-job-")
+        root = Path(self._tmp.name)
+        manifest = write_sample(
+            SampleConfig(n=self.job_rows, seed=self.config.seed, out=root / "manifest.parquet", z_dim=spec.z_dim,
+                         labels=spec.n_classes or None)
+        )  # fmt: skip
+        runs = itertools.count()
+        out: list[Path] = [root / "run"]
 
-            m = measure(job, rows, self.config.control, clock, prepare=prepare, on_window=on_window)
+        def prepare() -> None:  # untimed: the previous run's folder goes, a fresh one is named
             shutil.rmtree(out[0], ignore_errors=True)
-        measured = summaries[-m.iterations :]
+            out[0] = root / f"run{next(runs)}"
+
+        def job() -> None:
+            config = JobConfig(
+                manifests=(str(manifest),),
+                output=OutputConfig(out=out[0], images=cell.images, workers=self.config.workers),
+                models=self.config.models,
+                edit=EditSpec(targets=tuple(f"{n}={w}" for n, w in bench.targets.targets)),
+                method=self.method, engine=self.engine, backend=self.backend, progress_seconds=math.inf,
+                handle_signals=False,
+            )  # fmt: skip
+            with contextlib.redirect_stderr(io.StringIO()):  # a job draws a bar on a terminal
+                self.summaries.append(run_job(config).summary)
+
+        return Meter(job, self.job_rows, self.config.control, self.clock, prepare)
+
+    def _job_result(self, m: Measurement) -> dict:
+        rows, cell = self.job_rows, self.cell
+        measured = self.summaries[-m.iterations :]
         if not all(s["edited"] for s in measured):
             raise ZsteerError(
                 f"--method {cell.method}: the job edited no row of a plain `zsteer sample` manifest "
                 "(every row rejected); the method needs columns of its own to be benchmarked"
             )
-        batches = len(measured) * math.ceil(rows / cell.batch_size)
+        per_run = math.ceil(rows / cell.batch_size)
+        batches = len(measured) * per_run
         seconds = {
             _JOB_STAGES[k]: sum(s["runs"][-1]["stage_seconds"].get(k, 0.0) for s in measured)
             for k in _JOB_STAGES
         }
-        result = _summary(m, cell, images=cell.images == "png", stage_ms={
-            k: round(v / batches * 1e3, 3) for k, v in seconds.items()}, batches_per_iteration=math.ceil(rows / cell.batch_size))  # fmt: skip
+        stages = {k: round(v / batches * 1e3, 3) for k, v in seconds.items()}
+        result = _summary(
+            m, cell, images=cell.images == "png", stage_ms=stages, batches_per_iteration=per_run
+        )
         result["job_rows"] = rows
         result["encoder_peak_rss_mb"] = max(s["runs"][-1].get("encoder_peak_rss_mb", 0.0) for s in measured)
         return result
@@ -367,6 +421,48 @@ def _with_roofline(result: dict, flops: float | None, peaks: dict) -> dict:
     return result
 
 
+_ERRORS = (ZsteerError, ImportError, RuntimeError, ValueError, OSError)
+
+
+def _error(exc: BaseException) -> dict:
+    return {"error": " ".join(str(exc).split()) or type(exc).__name__}
+
+
+def _run_cells(bench: _Bench, cells: tuple[BenchCell, ...]) -> list[tuple[BenchCell, dict]]:
+    """Measure ``cells`` taking turns window by window (one cell: simply one after the other)."""
+    runs: dict[BenchCell, _CellRun] = {}
+    results: dict[BenchCell, dict] = {}
+    try:
+        for cell in cells:
+            bench.progress(f"{_label(cell)}: starting")
+            try:
+                runs[cell] = bench.open(cell)
+                runs[cell].start()
+            except _ERRORS as exc:
+                results[cell] = _error(exc)
+                bench.progress(f"{_label(cell)}: done")
+        while any(not run.meter.finished for cell, run in runs.items() if cell not in results):
+            for cell, run in runs.items():
+                if cell in results or run.meter.finished:
+                    continue
+                try:
+                    run.window()
+                except _ERRORS as exc:
+                    results[cell] = _error(exc)
+                    bench.progress(f"{_label(cell)}: done")
+        for cell, run in runs.items():
+            if cell not in results:
+                try:
+                    results[cell] = run.finish()
+                except _ERRORS as exc:
+                    results[cell] = _error(exc)
+                bench.progress(f"{_label(cell)}: done")
+    finally:
+        for run in runs.values():
+            run.close()
+    return [(cell, results[cell]) for cell in cells]
+
+
 def run_bench(config: BenchConfig, progress: Progress | None = None) -> dict:
     """Measure every cell of ``config``; the report (``report.py`` writes it as JSON, CSV, Markdown).
 
@@ -374,15 +470,10 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> dict:
     others still run.
     """
     bench = _Bench(config, progress)
-    cells = []
-    for cell in config.cells:
-        bench.progress(f"{_label(cell)}: starting")
-        try:
-            result = bench.run_cell(cell)
-        except (ZsteerError, ImportError, RuntimeError, ValueError) as exc:
-            result = {"error": " ".join(str(exc).split()) or type(exc).__name__}
-        cells.append({"cell": cell.settings(), "result": result})
-        bench.progress(f"{_label(cell)}: done")
+    results = [_run_cells(bench, config.cells)] if config.interleave else [
+        _run_cells(bench, (cell,)) for cell in config.cells
+    ]  # fmt: skip
+    cells = [{"cell": c.settings(), "result": r} for part in results for c, r in part]
     control = asdict(config.control)
     return {
         "format": FORMAT,
@@ -401,6 +492,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> dict:
             "onnx_dir": None if config.onnx_dir is None else str(config.onnx_dir),
             "peak_seconds": config.peak_seconds,
             "stage_iterations": config.stage_iterations,
+            "interleave": config.interleave,
         },
         "matmul_peak": bench.peaks,
         "cells": cells,

@@ -141,6 +141,51 @@ class Measurement:
         return percentiles(t for w in self.measured for t in w.latencies)
 
 
+class Meter:
+    """``measure`` one step at a time, so that several cells can take turns window by window (``run_bench``
+    with ``interleave``: load from elsewhere on a shared machine then falls on every cell alike)."""
+
+    def __init__(self, fn, units: int, control: RunControl, clock: Clock | None = None, prepare=None):
+        self.fn, self.units, self.control = fn, units, control
+        self.clock, self.prepare = clock or WallClock(), prepare
+        self.first: float | None = None
+        self.warmup_iterations = 0
+        self.windows: list[Window] = []
+        self.stable = False
+
+    def _timed(self) -> float:
+        if self.prepare is not None:
+            self.prepare()
+        return self.clock.time(self.fn)
+
+    def start(self) -> None:
+        """The first call alone, then the warm-up."""
+        self.first = self._timed()
+        warm = 0.0
+        while warm < self.control.warmup_seconds:
+            warm += self._timed()
+            self.warmup_iterations += 1
+
+    @property
+    def finished(self) -> bool:
+        return self.stable or len(self.windows) >= self.control.max_windows
+
+    def window(self) -> float:
+        """One measurement window; its rate (units per second)."""
+        latencies: list[float] = []
+        while sum(latencies) < self.control.min_seconds or len(latencies) < self.control.min_iterations:
+            latencies.append(self._timed())
+        self.windows.append(Window(tuple(latencies), self.units))
+        c = self.control
+        self.stable = windows_agree([w.rate for w in self.windows], c.tolerance, c.agree)
+        return self.windows[-1].rate
+
+    def result(self) -> Measurement:
+        return Measurement(
+            self.first, self.warmup_iterations, tuple(self.windows), self.stable, self.control.agree
+        )
+
+
 def measure(
     fn: Callable[[], object],
     units: int,
@@ -155,28 +200,10 @@ def measure(
     ``prepare()``: untimed set-up before every call (a fresh output folder); ``on_window(k, rate)``:
     called after each window (progress).
     """
-    clock = clock or WallClock()
-
-    def timed() -> float:
-        if prepare is not None:
-            prepare()
-        return clock.time(fn)
-
-    first = timed()
-    warm, warm_iterations = 0.0, 0
-    while warm < control.warmup_seconds:
-        warm += timed()
-        warm_iterations += 1
-    windows: list[Window] = []
-    while True:
-        latencies: list[float] = []
-        while sum(latencies) < control.min_seconds or len(latencies) < control.min_iterations:
-            latencies.append(timed())
-        windows.append(Window(tuple(latencies), units))
+    meter = Meter(fn, units, control, clock, prepare)
+    meter.start()
+    while not meter.finished:
+        rate = meter.window()
         if on_window is not None:
-            on_window(len(windows), windows[-1].rate)
-        rates = [w.rate for w in windows]
-        if windows_agree(rates, control.tolerance, control.agree):
-            return Measurement(first, warm_iterations, tuple(windows), True, control.agree)
-        if len(windows) >= control.max_windows:
-            return Measurement(first, warm_iterations, tuple(windows), False, control.agree)
+            on_window(len(meter.windows), rate)
+    return meter.result()
