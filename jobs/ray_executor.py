@@ -117,13 +117,13 @@ class _TaskEditor:
 class UnitWorker:
     """The body of one Ray actor (made remote by ``RayExecutor``, so importing this needs no ray)."""
 
-    def __init__(self, plan: UnitPlan, make_editor, spec: WorkerSpec):
+    def __init__(self, plan: UnitPlan, make_editor, spec: WorkerSpec, progress=None):
         import torch
 
         from .encode import Encoder
 
         torch.set_num_threads(spec.torch_threads)  # the actor owns its process: its CPU share, no more
-        self.plan, self.spec = plan, spec
+        self.plan, self.spec, self.progress = plan, spec, progress  # progress: a ProgressSink actor
         self.folder = JobFolder(Path(spec.out))
         if not self.folder.job_json.exists():
             raise ZsteerError(
@@ -144,10 +144,18 @@ class UnitWorker:
         if not hasattr(self.local, "reader"):
             self.local.reader = UnitReader(self.plan.manifest, self.plan.read_rows)
         editor = _TaskEditor(self.editor, ray.get_runtime_context())
+        rows = 0
+
+        def on_rows(n: int) -> None:  # rows of this attempt so far, to the driver's bar (not awaited)
+            nonlocal rows
+            rows += n
+            if self.progress is not None:
+                self.progress.report.remote(unit.key, rows)
+
         try:
             output = process_unit(
                 self.plan, unit, editor, reader=self.local.reader, encode=self.encoder.submit,
-                cancelled=editor.cancelled,
+                cancelled=editor.cancelled, on_rows=on_rows,
             )  # fmt: skip
         except UnitCancelled:
             return None
@@ -156,6 +164,43 @@ class UnitWorker:
         seconds = {stage: output.seconds[stage] for stage in ("read", "compute", "encode")}
         seconds["write"] = time.perf_counter() - start
         return UnitDone(commit, self.spec.name, socket.gethostname(), seconds, output.encoder_peak_mb)
+
+
+class ProgressSink:
+    """Rows done so far by each unit in flight, as its worker reports them between batches: a small
+    actor on no CPU, which the driver empties every POLL_SECONDS for its progress bar."""
+
+    def __init__(self):
+        self.rows: dict[str, int] = {}
+
+    def report(self, key: str, rows: int) -> None:
+        self.rows[key] = rows
+
+    def take(self) -> dict[str, int]:
+        rows, self.rows = self.rows, {}
+        return rows
+
+
+class UnitProgress:
+    """The driver's bar: committed rows plus the rows that units in flight reported. A retried unit
+    reports from 0 again and a commit replaces what its unit reported, so no row is counted twice."""
+
+    def __init__(self, progress):
+        self.progress = progress  # jobs.progress.Progress
+        self.shown: dict[str, int] = {}  # unit key -> rows of it on the bar
+
+    def start(self, key: str) -> None:
+        self.shown[key] = 0
+
+    def reported(self, rows: dict[str, int]) -> None:
+        for key, n in rows.items():
+            if key in self.shown:  # a report that comes after its unit ended is stale
+                self.progress.update(n - self.shown[key])
+                self.shown[key] = n
+
+    def end(self, key: str, rows: int) -> None:
+        """The unit committed ``rows`` rows (0: dropped, to be done again by a later run)."""
+        self.progress.update(rows - self.shown.pop(key, 0))
 
 
 class WorkerStats:
@@ -258,8 +303,10 @@ class RayExecutor:
                 raise ZsteerError(
                     f"--executor ray: the job's editor cannot be sent to workers ({exc})"
                 ) from None
-            actors = self._start(ray, work, n_workers, *shipped)
-            self._feed(ray, work, actors)
+            sink = ray.remote(ProgressSink).options(num_cpus=0).remote()
+            actors = self._start(ray, work, n_workers, *shipped, sink)
+            actors.append(sink)  # ended with the workers
+            self._feed(ray, work, actors[:-1], sink)
         finally:
             for actor in actors:
                 ray.kill(actor, no_restart=True)
@@ -281,7 +328,7 @@ class RayExecutor:
             )
         return max(1, min(wanted, n_units))
 
-    def _start(self, ray, work: JobWork, n_workers: int, plan, make_editor) -> list:
+    def _start(self, ray, work: JobWork, n_workers: int, plan, make_editor, sink) -> list:
         """Start the actors; fail in one line if they are not all up within ``start_timeout``."""
         remote = ray.remote(UnitWorker).options(
             num_cpus=self.cpus_per_worker,
@@ -294,7 +341,7 @@ class RayExecutor:
         # Encoder processes beyond the actor's CPUs would take other actors' cores: within its share only.
         png_workers = min(work.png_workers, threads - 1)
         actors = [
-            remote.remote(plan, make_editor, WorkerSpec(str(work.folder.root), work.rows_per_shard, png_workers, threads, f"worker-{i}"))
+            remote.remote(plan, make_editor, WorkerSpec(str(work.folder.root), work.rows_per_shard, png_workers, threads, f"worker-{i}"), sink)
             for i in range(n_workers)
         ]  # fmt: skip
         ready = [actor.ready.remote() for actor in actors]
@@ -312,15 +359,13 @@ class RayExecutor:
                 )
         return actors
 
-    def _feed(self, ray, work: JobWork, actors: list) -> None:
+    def _feed(self, ray, work: JobWork, actors: list, sink) -> None:
         """Hand units to actors, at most UNITS_PER_WORKER each in flight; report commits as they come."""
         todo = iter(work.units)
-        running: dict = {}  # ObjectRef -> actor
+        running: dict = {}  # ObjectRef -> (actor index, Unit)
         load = dict.fromkeys(range(len(actors)), 0)
-        owner: dict = {}  # ObjectRef -> actor index
-        units: dict = {}  # ObjectRef -> Unit
-        workers = WorkerStats()
-        stopping = False
+        workers, bar = WorkerStats(), UnitProgress(work.progress)
+        stopping, polled = False, time.monotonic()
         try:
             while True:
                 if not stopping and work.stopped():
@@ -333,19 +378,22 @@ class RayExecutor:
                     if unit is None:
                         break
                     i = min(free, key=load.get)
-                    ref = actors[i].run_unit.remote(unit)
-                    running[ref], owner[ref], units[ref] = actors[i], i, unit
+                    running[actors[i].run_unit.remote(unit)] = i, unit
+                    bar.start(unit.key)
                     load[i] += 1
                 if not running:
                     break
                 done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+                if time.monotonic() - polled >= POLL_SECONDS:
+                    bar.reported(_take(ray, sink))
+                    polled = time.monotonic()
                 for ref in done:
-                    del running[ref]
-                    load[owner.pop(ref)] -= 1
-                    unit = units.pop(ref)
+                    i, unit = running.pop(ref)
+                    load[i] -= 1
                     result = _get(ray, ref, cancelled_ok=stopping)
                     if result is None:  # cancelled: committed only if it was past its last batch
                         commit = _committed(work.folder, unit)
+                        bar.end(unit.key, commit.rows if commit is not None else 0)
                         if commit is not None:
                             work.on_commit(commit)
                         continue
@@ -354,7 +402,7 @@ class RayExecutor:
                         work.stats.add(stage, seconds)
                     work.stats.encoder_peak(result.encoder_peak_mb)
                     work.stats.count(edited=result.commit.edited, rejected=result.commit.rejected)
-                    work.progress.update(result.commit.rows)
+                    bar.end(unit.key, result.commit.rows)
                     work.on_commit(result.commit)
         except BaseException:
             for ref in running:
@@ -374,6 +422,15 @@ def _init(ray, address: str | None) -> None:
     finally:
         if main and previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _take(ray, sink) -> dict[str, int]:
+    """The rows the units in flight reported since the last call; nothing if the sink does not answer
+    (the bar then moves at each commit only: progress never stops a job)."""
+    try:
+        return ray.get(sink.take.remote(), timeout=10 * POLL_SECONDS)
+    except Exception:  # noqa: BLE001 (a lost or slow sink: any of Ray's errors)
+        return {}
 
 
 def _committed(folder: JobFolder, unit: Unit) -> Commit | None:

@@ -8,6 +8,7 @@ at a time, so a cluster that cannot place the actors fails the test instead of h
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -94,12 +95,24 @@ def _assert_same_output(out: Path, reference: Path) -> None:
 
 
 def test_ray_job_writes_the_local_rows_and_rejects_bit_for_bit(
-    cluster, data, job_models, local_job, tmp_path
+    cluster, data, job_models, local_job, tmp_path, monkeypatch
 ):
+    from zsteer.jobs import runner
+    from zsteer.jobs.progress import Progress
+
+    updates = []
+
+    class Recorded(Progress):
+        def update(self, rows):
+            updates.append(rows)
+            super().update(rows)
+
+    monkeypatch.setattr(runner, "Progress", Recorded)
     out = tmp_path / "job"
     result = run_job(_ray(data, out, job_models))
     assert result.status == "complete"
     _assert_same_output(out, local_job)
+    assert sum(updates) == N_A + N_B  # the bar ends at the total (how it moves: the test below)
     reasons = sorted(read_rejects(out).column("reason").to_pylist())
     assert reasons == sorted(read_rejects(local_job).column("reason").to_pylist())
     run = result.summary["runs"][-1]
@@ -113,6 +126,25 @@ def test_ray_job_writes_the_local_rows_and_rejects_bit_for_bit(
     again = run_job(_ray(data, out, job_models))
     assert again.status == "complete" and again.summary["units_done"] == 20
     _assert_same_output(out, local_job)
+
+
+def test_the_bar_counts_each_row_once_across_reports_retries_and_commits():
+    """Workers report each unit's rows so far between batches; a retried unit reports from 0 again."""
+    from zsteer.jobs.progress import Progress
+    from zsteer.jobs.ray_executor import UnitProgress
+
+    progress = Progress(total=100, done=0, every_seconds=3600, stream=io.StringIO())
+    bar = UnitProgress(progress)
+    bar.start("0:0:0"), bar.start("0:0:1")
+    bar.reported({"0:0:0": 16, "0:0:1": 16})
+    assert progress.done == 32
+    bar.reported({"0:0:0": 8})  # its worker died; the retried attempt is at its first batch
+    assert progress.done == 24
+    bar.end("0:0:0", 25)  # committed
+    bar.reported({"0:0:0": 25, "0:0:1": 25})  # a late report of a committed unit is ignored
+    assert progress.done == 25 + 25
+    bar.end("0:0:1", 0)  # dropped by a stop
+    assert progress.done == 25
 
 
 def test_a_worker_killed_mid_unit_is_restarted_and_its_unit_retried(
