@@ -167,6 +167,7 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
     with FolderLock(folder.root):
         old = folder.read_job()
         if old is not None:
+            _check_inputs_there(folder, old.get("identity"), prep.identity)
             diff = differences(old.get("identity", {}), prep.identity)
             if diff:
                 shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
@@ -195,6 +196,22 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
             return JobResult(folder.root, "complete", None, summary)
         plan = unit_plan(config, prep, _duplicates(folder, prep.plan))
         return _run(config, prep, plan, commits, todo, len(units), previous, editor_factory)
+
+
+def _check_inputs_there(folder: JobFolder, old, new: dict) -> None:
+    """An input the job started with that is gone is said as such, with what to do, rather than as a
+    list of its recorded size, time and footer against nothing."""
+    before = old.get("inputs") if isinstance(old, dict) else None
+    if not isinstance(before, dict):
+        return
+    missing = [path for path in before if path not in new["inputs"] and not Path(path).exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ZsteerError(
+            f"{missing[0]}: an input of the job in {folder.root} is missing{more} (moved or deleted); the "
+            "rows of its units come from it: put it back at that path to resume, or start a new job with "
+            "another --out"
+        )
 
 
 def _intact(folder: JobFolder, commits: list, unit_rows: dict[str, int]) -> list:

@@ -253,3 +253,17 @@ def test_a_manifest_overwritten_while_its_ids_are_scanned_stops_the_job(
     with pytest.raises(ZsteerError, match=r"m\.parquet: changed while its ids were read"):
         run_job(_config(manifest, out, job_models))
     assert not (out / "duplicates.npz").exists()
+
+
+def test_an_input_gone_before_a_resume_is_said_as_missing_with_the_next_step(tmp_path, job_models):
+    data = tmp_path / "data"
+    write_manifest(data / "a.parquet", {"id": np.arange(40), "z": latents(40)}, 20)
+    b = write_manifest(data / "b.parquet", {"id": np.arange(40, 80), "z": latents(40, 1)}, 20)
+    out = tmp_path / "job"
+    assert run_job(_config(data, out, job_models)).status == "complete"
+    b.unlink()
+    with pytest.raises(ZsteerError) as info:
+        run_job(_config(data, out, job_models))
+    message = str(info.value)
+    assert message.startswith(f"{b.resolve()}: an input of the job in {out} is missing (moved or deleted)")
+    assert "put it back at that path to resume" in message and "\n" not in message
