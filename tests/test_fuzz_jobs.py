@@ -10,8 +10,9 @@ shards, steps, with or without a job-wide target) are random as well. For each e
 - the job completes without an exception (no traceback: faults are rejects, not crashes);
 - every input row is exactly once in parts/ or rejects/, and a row is rejected exactly when the
   example made it faulty (the oracle below knows why each row was written as it was);
-- a run that crashes at a random commit marker or shard write and is then resumed ends with the same
-  parts and rejects as an uninterrupted run, bit for bit.
+- a run that crashes at a random point (a commit marker, a shard, the duplicate index, the summary) and
+  is then resumed, with other batch / read / shard sizes, ends with the same parts and rejects as an
+  uninterrupted run, bit for bit.
 
 Profiles (tests/conftest.py): "ci", the default, runs a CI-sized, derandomized number of examples;
 ``pytest tests/test_fuzz_jobs.py --hypothesis-profile long`` runs many more, with fresh randomness and a
@@ -30,12 +31,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from jobkit import ATTRS, TINY_GENERATOR, Z_DIM, job_config, read_parts, read_rejects, tiny_models
+from jobkit import ATTRS, TINY_GENERATOR, Z_DIM, job_config, latents, read_parts, read_rejects, tiny_models
 
+from zsteer.core.errors import ZsteerError
 from zsteer.jobs import commit as commit_module
+from zsteer.jobs import duplicates as duplicates_module
 from zsteer.jobs import folder as folder_module
+from zsteer.jobs import runner as runner_module
 from zsteer.jobs.manifest import MAX_ROW_STEPS
 from zsteer.jobs.runner import run_job
 from zsteer.pipeline.models import GeneratorSpec
@@ -100,7 +104,7 @@ class FileSpec:
 
     z_kind: str
     id_type: pa.DataType
-    row_group_size: int
+    row_groups: list[int]  # rows per row group, in order; empty row groups too
     columns: dict[str, list] = field(default_factory=dict)  # column name -> python values
     types: dict[str, pa.DataType] = field(default_factory=dict)
     rejected: list[bool] = field(default_factory=list)  # the oracle's verdict, row by row
@@ -116,7 +120,8 @@ class Example:
     batch_size: int
     read_rows: int
     rows_per_shard: int
-    crash: tuple[str, int]  # (what fails, at which call) in the interrupted run
+    crash: tuple[str, int]  # (what fails, at which call: CRASH_POINTS) in the interrupted run
+    resume_speed: tuple[int, int, int]  # batch_size, read_rows, rows_per_shard of the resumed run
 
 
 def _applicable(fault: str, spec: FileSpec, conditional: bool) -> bool:
@@ -135,7 +140,8 @@ def _applicable(fault: str, spec: FileSpec, conditional: bool) -> bool:
 @st.composite
 def examples(draw) -> Example:
     conditional = draw(st.booleans())
-    string_ids = draw(st.booleans())
+    id_kind = draw(st.sampled_from(["small", "int32_edge", "int64_edge", "string"]))
+    id_prefix = draw(st.text(max_size=3))  # string ids: any unicode before the serial number
     target_kind = draw(st.sampled_from(sorted(TARGET_TYPES)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n_files = draw(st.integers(1, 3))
@@ -146,8 +152,9 @@ def examples(draw) -> Example:
         n = draw(st.integers(1, 16))
         spec = FileSpec(
             z_kind=draw(st.sampled_from(sorted(Z_TYPES))),
-            id_type=pa.string() if string_ids else draw(st.sampled_from([pa.int32(), pa.int64()])),
-            row_group_size=draw(st.integers(1, n)),
+            id_type={"string": pa.string(), "int64_edge": pa.int64()}.get(id_kind)
+            or draw(st.sampled_from([pa.int32(), pa.int64()])),
+            row_groups=draw(_row_groups(n)),
         )
         has = {name: draw(st.booleans()) for name in ("steps", "stop_at_prob", "targets", "note")}
         for name in ("id", KEY, "z") + (("label",) if conditional else ()):
@@ -156,10 +163,10 @@ def examples(draw) -> Example:
             if has[name]:
                 spec.columns[name] = []
         spec.types = {
-            "id": spec.id_type, KEY: pa.int64(), "z": Z_TYPES[spec.z_kind], "label": pa.int64(),
+            "id": spec.id_type, KEY: pa.int64(), "z": Z_TYPES[spec.z_kind], "label": draw(st.sampled_from([pa.int8(), pa.uint8(), pa.int32(), pa.int64()])),
             "steps": draw(st.sampled_from([pa.int32(), pa.int64()])),
             "stop_at_prob": draw(st.sampled_from([pa.float32(), pa.float64()])),
-            "targets": TARGET_TYPES[target_kind], "note": pa.string(),
+            "targets": TARGET_TYPES[target_kind], "note": draw(st.sampled_from([pa.string(), pa.large_string(), pa.dictionary(pa.int8(), pa.string())])),
         }  # fmt: skip
         for _ in range(n):
             fault = draw(st.sampled_from(("ok",) * 12 + FAULTS))
@@ -173,7 +180,7 @@ def examples(draw) -> Example:
                 z = z[:-1] if fault == "short" else z + [0.5]
             elif fault == "null_value":
                 z[int(rng.integers(Z_DIM))] = None
-            row_id = f"r{serial}" if string_ids else 10 * serial + 7
+            row_id = _id(id_kind, id_prefix, serial)
             if duplicate:
                 row_id = ids_so_far[int(rng.integers(len(ids_so_far)))]
             if fault == "null_id":
@@ -183,7 +190,16 @@ def examples(draw) -> Example:
             spec.columns["z"].append(None if fault == "null_z" else z)
             if conditional:
                 spec.columns["label"].append(
-                    draw(st.sampled_from([None, -1, N_LABELS]))
+                    draw(
+                        st.sampled_from(
+                            [
+                                None,
+                                N_LABELS,
+                                127,
+                                -1 if pa.types.is_signed_integer(spec.types["label"]) else 255,
+                            ]
+                        )
+                    )
                     if fault == "bad_label"
                     else int(rng.integers(N_LABELS))
                 )
@@ -228,44 +244,88 @@ def examples(draw) -> Example:
         files=files, conditional=conditional, targets=targets, steps=draw(st.integers(1, 2)),
         unit_rows=draw(st.integers(1, 12)), batch_size=draw(st.integers(1, 6)), read_rows=draw(st.integers(1, 8)),
         rows_per_shard=draw(st.integers(1, 8)),
-        crash=(draw(st.sampled_from(["marker", "shard"])), draw(st.integers(1, max(1, n_units_max)))),
+        crash=(draw(st.sampled_from(sorted(CRASH_POINTS))), draw(st.integers(1, max(1, n_units_max)))),
+        resume_speed=(draw(st.integers(1, 6)), draw(st.integers(1, 8)), draw(st.integers(1, 8))),
     )  # fmt: skip
 
 
 def spec_units(spec: FileSpec, unit_rows: int) -> int:
     """Units of a file: its row groups cut into chunks of unit_rows rows."""
-    n = len(spec.columns[KEY])
-    groups = [min(spec.row_group_size, n - s) for s in range(0, n, spec.row_group_size)]
-    return sum(-(-g // unit_rows) for g in groups)
+    return sum(-(-g // unit_rows) for g in spec.row_groups)
+
+
+@st.composite
+def _row_groups(draw, n: int) -> list[int]:
+    """n rows cut into row groups of random sizes, now and then with empty row groups among them."""
+    sizes, left = [], n
+    while left:
+        sizes.append(draw(st.integers(1, left)))
+        left -= sizes[-1]
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):
+        sizes.insert(draw(st.integers(0, len(sizes))), 0)
+    return sizes
+
+
+def _id(kind: str, prefix: str, serial: int):
+    """The id of row ``serial``: unique; small ints, ints at either end of int32 / int64, or strings."""
+    if kind == "string":
+        return f"{prefix}{serial}"
+    if kind == "small":
+        return 10 * serial + 7
+    bits = 32 if kind == "int32_edge" else 64
+    half = serial // 2
+    return -(2 ** (bits - 1)) + half if serial % 2 == 0 else 2 ** (bits - 1) - 1 - half
 
 
 def _write(example: Example, data: Path) -> list[Path]:
     data.mkdir(parents=True)
     paths = []
     for i, spec in enumerate(example.files):
-        columns = {name: pa.array(values, spec.types[name]) for name, values in spec.columns.items()}
-        path = data / f"f{i}.parquet"
-        pq.write_table(pa.table(columns), path, row_group_size=spec.row_group_size)
+        columns = {}
+        for name, values in spec.columns.items():
+            t = spec.types[name]
+            columns[name] = (
+                pa.array(values, t.value_type).dictionary_encode()
+                if pa.types.is_dictionary(t)
+                else pa.array(values, t)
+            )
+        table, path, start = pa.table(columns), data / f"f{i}.parquet", 0
+        with pq.ParquetWriter(path, table.schema) as writer:
+            for size in spec.row_groups:
+                writer.write_table(table.slice(start, size), row_group_size=max(size, 1))
+                start += size
         paths.append(path)
     return paths
 
 
-def _config(example: Example, data: Path, out: Path, models):
+def _config(example: Example, data: Path, out: Path, models, speed: tuple[int, int, int] | None = None):
+    """The example's job; ``speed`` (batch_size, read_rows, rows_per_shard) changes no result."""
+    batch_size, read_rows, rows_per_shard = speed or (
+        example.batch_size,
+        example.read_rows,
+        example.rows_per_shard,
+    )
     return job_config(
         data, out, models, targets=example.targets, ascent={"steps": example.steps},
-        batch_size=example.batch_size, unit_rows=example.unit_rows, read_rows=example.read_rows,
-        output={"rows_per_shard": example.rows_per_shard},
+        batch_size=batch_size, unit_rows=example.unit_rows, read_rows=read_rows,
+        output={"rows_per_shard": rows_per_shard},
     )  # fmt: skip
 
 
+# Where a run may crash: the n-th call of these (a unit's marker, a shard of parts/ or rejects/, the
+# duplicate index, summary.json after the last commit) raises, as if the process died there.
+CRASH_POINTS = {
+    "marker": (folder_module.JobFolder, "commit"),
+    "shard": (commit_module, "write_parquet_atomic"),
+    "duplicates": (duplicates_module.DuplicateIndex, "save"),
+    "summary": (runner_module, "write_summary"),
+}
+
+
 def _crash(example: Example, config, monkeypatch) -> bool:
-    """Run ``config`` with the n-th marker (or shard) write failing as a crash would; False if the job
-    finished before the n-th call (nothing was interrupted)."""
-    target, name = (
-        (folder_module.JobFolder, "commit")
-        if example.crash[0] == "marker"
-        else (commit_module, "write_parquet_atomic")
-    )
+    """Run ``config`` with the n-th call of the example's crash point failing as a crash would; False if
+    the job finished before the n-th call (nothing was interrupted)."""
+    target, name = CRASH_POINTS[example.crash[0]]
     real = getattr(target, name)
     calls = {"n": 0}
 
@@ -345,7 +405,104 @@ def test_every_row_once_and_a_crashed_job_resumes_to_the_same_result(fuzz_models
 
         crashed = root / "crashed"
         _crash(example, _config(example, root / "data", crashed, models), mp)
-        assert run_job(_config(example, root / "data", crashed, models)).status == "complete"
+        resumed = run_job(_config(example, root / "data", crashed, models, example.resume_speed))
+        assert resumed.status == "complete"
         _check_exactly_once(example, paths, crashed)
         assert _rows(read_parts(crashed), KEY) == _rows(read_parts(whole), KEY)
         assert _rows(read_rejects(crashed), "source", "row") == _rows(read_rejects(whole), "source", "row")
+
+
+# -- whole-file faults: one line naming the file, before anything is written --------------------------
+
+
+def _set(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
+    """``table`` with column ``name`` replaced by (or, if absent, extended with) ``column``."""
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, column)
+    return table.append_column(name, column)
+
+
+def _z_list(table: pa.Table, values: np.ndarray) -> pa.Array:
+    """A variable list column of ``values`` [n, k] (of any numpy dtype)."""
+    n, k = values.shape
+    return pa.ListArray.from_arrays(
+        pa.array(np.arange(n + 1, dtype=np.int32) * k), pa.array(values.reshape(-1))
+    )
+
+
+def _n(table: pa.Table) -> int:
+    return table.num_rows
+
+
+# fault -> a function of the faulty file's table (id int64, z fixed float32, note string), or of its bytes.
+TABLE_FAULTS = {
+    "no_rows": lambda t: t.slice(0, 0),
+    "no_z": lambda t: t.drop_columns(["z"]),
+    "no_id": lambda t: t.drop_columns(["id"]),
+    "z_length": lambda t: _set(
+        t,
+        "z",
+        pa.FixedSizeListArray.from_arrays(pa.array(latents(_n(t), 9, Z_DIM + 1).reshape(-1)), Z_DIM + 1),
+    ),
+    "z_ints": lambda t: _set(t, "z", _z_list(t, np.ones((_n(t), Z_DIM), np.int64))),
+    "z_float16": lambda t: _set(t, "z", _z_list(t, latents(_n(t)).astype(np.float16))),
+    "id_float": lambda t: _set(t, "id", t.column("id").cast(pa.float64())),
+    "id_uint64": lambda t: _set(t, "id", t.column("id").cast(pa.uint64())),
+    "id_strings": lambda t: _set(t, "id", t.column("id").cast(pa.string())),  # the others' ids are integers
+    "note_ints": lambda t: _set(t, "note", pa.array(range(_n(t)))),  # strings in the other files
+    "note_floats": lambda t: _set(t, "note", pa.array(np.arange(_n(t)) / 2)),
+    "output_name": lambda t: t.rename_columns(["z_edited" if c == "note" else c for c in t.column_names]),
+    "steps_floats": lambda t: _set(t, "steps", pa.array(np.ones(_n(t)))),
+    "stop_ints": lambda t: _set(t, "stop_at_prob", pa.array(np.ones(_n(t), np.int64))),
+    "targets_ints": lambda t: _set(t, "targets", pa.array(np.ones(_n(t), np.int64))),
+    "no_label": lambda t: t.drop_columns(["label"]),  # the generator is conditional
+    "label_strings": lambda t: _set(t, "label", pa.array(["0"] * _n(t))),
+}
+BYTE_FAULTS = {
+    "empty": lambda raw: b"",
+    "garbage": lambda raw: bytes(range(256)) * 3,
+    "truncated": lambda raw: raw[: len(raw) // 2],
+    "no_magic": lambda raw: raw[:-4],
+}
+CONFLICTS = ("id_strings", "note_ints", "note_floats")  # faults only next to another file
+LABEL_FAULTS = ("no_label", "label_strings")  # faults only for a conditional generator
+
+
+def _good_table(first_id: int, rows: int, conditional: bool) -> pa.Table:
+    columns = {
+        "id": pa.array(range(first_id, first_id + rows), pa.int64()),
+        "z": pa.FixedSizeListArray.from_arrays(pa.array(latents(rows, seed=first_id).reshape(-1)), Z_DIM),
+        "note": pa.array([f"g{j}" for j in range(rows)]),
+    }
+    if conditional:
+        columns["label"] = pa.array([0] * rows)
+    return pa.table(columns)
+
+
+@settings(max_examples=4 * settings().max_examples)  # no row is edited: cheap, so more examples
+@given(
+    fault=st.sampled_from(sorted(TABLE_FAULTS | BYTE_FAULTS)),
+    good_files=st.integers(0, 2),
+    rows=st.integers(1, 5),
+    conditional=st.booleans(),
+)
+def test_a_faulty_file_is_one_line_naming_it_before_anything_is_written(
+    fuzz_models, fault, good_files, rows, conditional
+):
+    good_files = max(good_files, fault in CONFLICTS)
+    conditional = conditional or fault in LABEL_FAULTS
+    with tempfile.TemporaryDirectory(prefix="zsteer-fuzz-") as tmp:
+        data, out = Path(tmp) / "data", Path(tmp) / "job"
+        data.mkdir()
+        for i in range(good_files):
+            pq.write_table(_good_table(100 * i, rows, conditional), data / f"a{i}.parquet")
+        bad = data / "b.parquet"  # sorted last: a conflict is found in it
+        table = _good_table(1000, rows, conditional)
+        pq.write_table(TABLE_FAULTS[fault](table) if fault in TABLE_FAULTS else table, bad)
+        if fault in BYTE_FAULTS:
+            bad.write_bytes(BYTE_FAULTS[fault](bad.read_bytes()))
+        with pytest.raises(ZsteerError) as info:
+            run_job(job_config(data, out, fuzz_models[conditional]))
+        text = str(info.value)
+        assert text.startswith(f"{bad.resolve()}: ") and "\n" not in text, text
+        assert not out.exists()
