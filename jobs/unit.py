@@ -13,6 +13,7 @@ so neither the batch a row lands in nor the executor changes a bit of it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
+from zsteer.core.errors import ZsteerError
 from zsteer.core.status import count_stop_reasons
 from zsteer.pipeline.editor import EditBatch, EditCancelled, Editor
 
@@ -28,8 +30,10 @@ from .duplicates import DuplicateIndex
 from .encode import DeferredPNGs
 from .manifest import ManifestPlan, ModelShape
 from .method import EditMethod, replaced_columns
-from .reader import UnitReader
+from .reader import Piece, UnitReader
 from .rows import RowChunk, RowDefaults, RowValidator, Unit, reject_schema
+
+log = logging.getLogger("zsteer.jobs")
 
 
 class UnitCancelled(Exception):
@@ -92,9 +96,37 @@ def _read_unit(plan: UnitPlan, unit: Unit, reader: UnitReader) -> tuple[list[Row
         if piece.fault is not None:
             chunks.append(validator.unreadable(piece.unit, piece.offset, piece.n_rows, piece.fault))
         else:
-            chunks.append(validator.validate(piece.unit, piece.offset, piece.batch, piece.last))
+            chunks += _validate(validator, piece)
     reader.confirm(unit)  # the file is still the planned one: what was read may be committed
     return chunks, time.perf_counter() - start
+
+
+def _validate(validator: RowValidator, piece: Piece) -> list[RowChunk]:
+    """The piece validated; if validation itself raises (a value no check foresaw), the piece's rows are
+    validated one by one and each row that still raises is rejected with the error: such a row would
+    otherwise stop the job at the same place on every resume, and the job could never finish."""
+    try:
+        return [validator.validate(piece.unit, piece.offset, piece.batch, piece.last)]
+    except (OSError, ZsteerError):
+        raise
+    except Exception as exc:
+        log.warning(
+            "%s: validating rows %d-%d raised %s; rows that raise alone are rejected with it",
+            validator.plan.files[piece.unit.file].path, piece.offset, piece.offset + piece.n_rows - 1,
+            type(exc).__name__,
+        )  # fmt: skip
+    chunks = []
+    for i in range(piece.n_rows):
+        last = piece.last and i == piece.n_rows - 1
+        try:
+            chunks.append(validator.validate(piece.unit, piece.offset + i, piece.batch.slice(i, 1), last))
+        except (OSError, ZsteerError):
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            reason = f"the row could not be validated ({type(exc).__name__}: {first})"
+            chunks.append(validator.unreadable(piece.unit, piece.offset + i, 1, reason))
+    return chunks
 
 
 def _rows_to_edit(chunks: list[RowChunk]) -> tuple[pa.Table, EditBatch]:

@@ -267,3 +267,28 @@ def test_an_input_gone_before_a_resume_is_said_as_missing_with_the_next_step(tmp
     message = str(info.value)
     assert message.startswith(f"{b.resolve()}: an input of the job in {out} is missing (moved or deleted)")
     assert "put it back at that path to resume" in message and "\n" not in message
+
+
+def test_a_row_whose_validation_raises_is_rejected_alone_and_the_job_finishes(
+    tmp_path, job_models, monkeypatch
+):
+    """A value no check foresaw makes validation raise: without a net the job would stop at the same row
+    on every resume. Only that row is rejected, with the error; the rows around it are edited."""
+    from zsteer.jobs import rows
+
+    z = latents(30)
+    z[11, 2] = 7.25  # the value the planted fault trips on
+    manifest = write_manifest(tmp_path / "m.parquet", {"id": np.arange(30), "z": z})
+    real = rows._check_z
+
+    def tripping(column, z_dim, reasons):
+        block = real(column, z_dim, reasons)
+        if (block == np.float32(7.25)).any():
+            raise RuntimeError("unforeseen value")
+        return block
+
+    monkeypatch.setattr(rows, "_check_z", tripping)
+    out = tmp_path / "job"
+    assert run_job(_config(manifest, out, job_models)).status == "complete"
+    assert reasons_by_row(out) == {11: "the row could not be validated (RuntimeError: unforeseen value)"}
+    assert sorted(read_parts(out).column("id").to_pylist()) == sorted(set(range(30)) - {11})
