@@ -107,7 +107,7 @@ def _validate(validator: RowValidator, piece: Piece) -> list[RowChunk]:
     otherwise stop the job at the same place on every resume, and the job could never finish."""
     try:
         return [validator.validate(piece.unit, piece.offset, piece.batch, piece.last)]
-    except (OSError, ZsteerError):
+    except (OSError, ZsteerError, MemoryError):  # the system's faults, not the row's: never rejects
         raise
     except Exception as exc:
         log.warning(
@@ -120,7 +120,7 @@ def _validate(validator: RowValidator, piece: Piece) -> list[RowChunk]:
         last = piece.last and i == piece.n_rows - 1
         try:
             chunks.append(validator.validate(piece.unit, piece.offset + i, piece.batch.slice(i, 1), last))
-        except (OSError, ZsteerError):
+        except (OSError, ZsteerError, MemoryError):  # the system's faults, not the row's: never rejects
             raise
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
