@@ -6,7 +6,7 @@ The bound is the machine's measured fp32 matmul peak divided by the FLOPs of one
 and input-gradient of generator and classifier, counted by torch's FlopCounterMode): both from
 ``zsteer.jobs.bench.roofline``, and every variant is timed by the bench's timing core (first call apart,
 warm-up, windows until three agree), so these figures and `zsteer bench`'s are measured the same way.
-All variants run in one process, one after the other, so their ratios are comparable on a noisy machine.
+All variants run in one process, taking turns window by window, so their ratios hold on a noisy machine.
 The glibc allocator is told to keep large blocks (docs/NOTES.md, "glibc allocator settings"): the script
 re-executes itself with those variables. `zsteer bench` measures the zsteer rows of this table too; this
 script adds the notebook's loop beside them.
@@ -32,7 +32,7 @@ def main() -> None:
 
     from zsteer.jobs.bench.config import RunControl
     from zsteer.jobs.bench.roofline import ascent_flops_per_latent, matmul_peak
-    from zsteer.jobs.bench.timing import measure
+    from zsteer.jobs.bench.timing import Meter, measure_interleaved
     from zsteer.pipeline.attributes import CELEBA40
     from zsteer.pipeline.checkpoints import LoadedModel
     from zsteer.pipeline.engine import (
@@ -52,14 +52,6 @@ def main() -> None:
     smiling = CELEBA40.index("Smiling")
 
     control = RunControl(warmup_seconds=1.0, min_seconds=args.seconds, min_iterations=3)
-    unstable: list[str] = []
-
-    def timed(fn, rows_per_call: int, name: str = "") -> float:
-        """Latents/s of ``fn`` by the bench's timing core."""
-        m = measure(fn, rows_per_call, control)
-        if not m.stable:
-            unstable.append(name)
-        return m.throughput
 
     def notebook(n: int):
         """The notebook's loop: parameter grads on, eager modules, z.grad accumulated."""
@@ -91,11 +83,16 @@ def main() -> None:
     matmul_rate = matmul_peak("cpu", torch.float32, 1.0)["gflops"] * 1e9
     bound = matmul_rate / flops_per_latent
 
-    rows = [("notebook loop, batch 8", timed(lambda: notebook(8), 8, "notebook"))]
+    variants = {"notebook loop, batch 8": (lambda: notebook(8), 8)}
     for n in (8, 128):
-        rows.append((f"zsteer eager, batch {n}", timed(zsteer_edit(n, "off"), n, f"eager {n}")))
+        variants[f"zsteer eager, batch {n}"] = (zsteer_edit(n, "off"), n)
     if args.compile:
-        rows.append(("zsteer compiled, batch 128", timed(zsteer_edit(128, "on"), 128, "compiled")))
+        variants["zsteer compiled, batch 128"] = (zsteer_edit(128, "on"), 128)
+    # The variants take turns window by window (the bench's --interleave), so their ratios hold on a
+    # shared machine.
+    measured = measure_interleaved({name: Meter(fn, n, control) for name, (fn, n) in variants.items()})
+    rows = [(name, m.throughput) for name, m in measured.items()]
+    unstable = [name for name, m in measured.items() if not m.stable]
 
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps}-step edit")
     print(f"fp32 matmul: {matmul_rate / 1e9:.1f} GFLOP/s; edit: {flops_per_latent / 1e9:.2f} GFLOP/latent")

@@ -28,7 +28,7 @@ from zsteer.jobs.bench.report import (
 from zsteer.jobs.bench.roofline import matmul_peak
 from zsteer.jobs.bench.run import run_bench
 from zsteer.jobs.bench.stages import StageTimer, instrument
-from zsteer.jobs.bench.timing import measure, percentiles, windows_agree
+from zsteer.jobs.bench.timing import Meter, measure, measure_interleaved, percentiles, windows_agree
 from zsteer.jobs.method import register_method, unregister_method
 from zsteer.pipeline.config import AscentConfig, EngineConfig
 from zsteer.pipeline.engine import make_engine
@@ -82,6 +82,19 @@ def test_measure_reports_a_cell_unstable_after_max_windows_and_keeps_windows_lon
     long = measure(lambda: None, 1, RunControl(warmup_seconds=0, min_seconds=3.0, min_iterations=1),
                    ScriptedClock([1.0]))  # fmt: skip
     assert all(len(w.latencies) == 3 for w in long.windows)  # min_seconds, not min_iterations, bound
+
+
+def test_interleaved_meters_take_turns_and_each_keeps_its_own_rule():
+    calls = []
+    control = RunControl(warmup_seconds=0, min_seconds=0, min_iterations=1, max_windows=4)
+    meters = {
+        "steady": Meter(lambda: calls.append("s"), 1, control, ScriptedClock([1.0])),
+        "noisy": Meter(lambda: calls.append("n"), 1, control, ScriptedClock([1.0] + [1.0, 3.0] * 4)),
+    }
+    found = measure_interleaved(meters)
+    assert calls == ["s", "n"] + ["s", "n"] * 3 + ["n"]  # first calls, then one window each in turn
+    assert found["steady"].stable and len(found["steady"].windows) == 3
+    assert not found["noisy"].stable and len(found["noisy"].windows) == 4
 
 
 def test_stage_timer_is_exclusive_and_instrument_puts_the_engine_back(unit_gain_models):

@@ -207,3 +207,15 @@ def measure(
         if on_window is not None:
             on_window(len(meter.windows), rate)
     return meter.result()
+
+
+def measure_interleaved(meters: dict[str, Meter]) -> dict[str, Measurement]:
+    """Several meters started one after the other, then taking turns window by window until each is
+    finished: load from elsewhere on a shared machine falls on all of them alike, so their ratios hold."""
+    for meter in meters.values():
+        meter.start()
+    while not all(m.finished for m in meters.values()):
+        for meter in meters.values():
+            if not meter.finished:
+                meter.window()
+    return {name: meter.result() for name, meter in meters.items()}
