@@ -419,6 +419,12 @@ def _init(ray, address: str | None) -> None:
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:  # no cluster there, a malformed address
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ZsteerError(
+            f"--ray-address {address}: {first} (start one with `ray start --head`, or leave --ray-address "
+            "out for a local Ray instance)"
+        ) from None
     finally:
         if main and previous is not None:
             signal.signal(signal.SIGTERM, previous)

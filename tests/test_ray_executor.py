@@ -248,6 +248,19 @@ def test_a_worker_that_cannot_see_the_job_folder_stops_the_run_in_one_line(clust
     ray.kill(actor)
 
 
+def test_no_cluster_at_the_ray_address_is_one_line():
+    from zsteer.jobs.ray_executor import _init
+
+    class NoCluster:
+        def init(self, **kw):
+            raise ConnectionError("Could not find any running Ray instance.\nPlease specify ...")
+
+    with pytest.raises(
+        ZsteerError, match=r"^--ray-address auto: Could not find any running Ray instance\. \(start"
+    ):
+        _init(NoCluster(), "auto")
+
+
 def test_executor_ray_without_ray_installed_is_one_line_naming_the_extra(
     tmp_path, job_models, data, monkeypatch
 ):
