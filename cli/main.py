@@ -26,7 +26,8 @@ from .malloc import MALLOC_ENV, reexec_with_malloc_settings
 from .paths import check_out_parent
 
 ERROR_EXIT = 2
-REEXEC_COMMANDS = ("edit", "demo", "bench")  # the commands that run the engine for long enough to gain from it
+# The commands that run the engine for long enough to gain from the allocator settings (cli/malloc.py).
+REEXEC_COMMANDS = ("edit", "demo", "bench")
 # name -> "module:attribute" of commands imported only when used (their modules import torch).
 LAZY_COMMANDS = {
     "edit": "zsteer.cli.edit:edit",
