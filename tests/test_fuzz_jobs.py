@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from jobkit import ATTRS, TINY_GENERATOR, Z_DIM, job_config, latents, read_parts, read_rejects, tiny_models
 
@@ -108,6 +108,7 @@ class FileSpec:
     columns: dict[str, list] = field(default_factory=dict)  # column name -> python values
     types: dict[str, pa.DataType] = field(default_factory=dict)
     rejected: list[bool] = field(default_factory=list)  # the oracle's verdict, row by row
+    damaged: set[int] = field(default_factory=set)  # keys of the rows of a row group with a flipped bit
 
 
 @dataclass
@@ -122,6 +123,9 @@ class Example:
     rows_per_shard: int
     crash: tuple[str, int]  # (what fails, at which call: CRASH_POINTS) in the interrupted run
     resume_speed: tuple[int, int, int]  # batch_size, read_rows, rows_per_shard of the resumed run
+    # A bit flipped in one column chunk of a non-empty row group: (file, row group, column, where in
+    # the chunk as a fraction, bit), or None.
+    flip: tuple[int, int, int, float, int] | None = None
 
 
 def _applicable(fault: str, spec: FileSpec, conditional: bool) -> bool:
@@ -169,7 +173,7 @@ def examples(draw) -> Example:
             "targets": TARGET_TYPES[target_kind], "note": draw(st.sampled_from([pa.string(), pa.large_string(), pa.dictionary(pa.int8(), pa.string())])),
         }  # fmt: skip
         for _ in range(n):
-            fault = draw(st.sampled_from(("ok",) * 12 + FAULTS))
+            fault = draw(st.sampled_from(("ok",) * 2 * len(FAULTS) + FAULTS))  # a third of the rows faulty
             if not _applicable(fault, spec, conditional):
                 fault = "ok"
             duplicate = bool(ids_so_far) and draw(st.integers(0, 9)) == 0
@@ -239,13 +243,18 @@ def examples(draw) -> Example:
         spec.rejected = [
             fault != "ok" or later or (not targets and own is None) for fault, later, own in spec.rejected
         ]
-    n_units_max = sum(spec_units(f, 1) for f in files)
+    unit_rows = draw(st.integers(1, 12))
+    n_units = sum(spec_units(f, unit_rows) for f in files)  # markers written; shards are as many or more
     return Example(
         files=files, conditional=conditional, targets=targets, steps=draw(st.integers(1, 2)),
-        unit_rows=draw(st.integers(1, 12)), batch_size=draw(st.integers(1, 6)), read_rows=draw(st.integers(1, 8)),
+        unit_rows=unit_rows, batch_size=draw(st.integers(1, 6)), read_rows=draw(st.integers(1, 8)),
         rows_per_shard=draw(st.integers(1, 8)),
-        crash=(draw(st.sampled_from(sorted(CRASH_POINTS))), draw(st.integers(1, max(1, n_units_max)))),
+        crash=(draw(st.sampled_from(list(CRASH_POINTS))), draw(st.integers(1, n_units))),
         resume_speed=(draw(st.integers(1, 6)), draw(st.integers(1, 8)), draw(st.integers(1, 8))),
+        flip=draw(st.tuples(
+            st.integers(0, len(files) - 1), st.integers(0, 99), st.integers(0, 99), st.floats(0, 1, exclude_max=True),
+            st.integers(0, 7),
+        )) if draw(st.integers(0, 3)) == 3 else None,
     )  # fmt: skip
 
 
@@ -290,12 +299,28 @@ def _write(example: Example, data: Path) -> list[Path]:
                 else pa.array(values, t)
             )
         table, path, start = pa.table(columns), data / f"f{i}.parquet", 0
-        with pq.ParquetWriter(path, table.schema) as writer:
+        with pq.ParquetWriter(path, table.schema, write_page_checksum=True) as writer:
             for size in spec.row_groups:
                 writer.write_table(table.slice(start, size), row_group_size=max(size, 1))
                 start += size
+        if example.flip is not None and example.flip[0] == i:
+            _flip_bit(path, spec, example.flip[1:])
         paths.append(path)
     return paths
+
+
+def _flip_bit(path: Path, spec: FileSpec, flip: tuple[int, int, float, int]) -> None:
+    """Flip one bit of one column chunk of a non-empty row group (pages, headers: not the footer)."""
+    meta = pq.ParquetFile(path).metadata
+    groups = [g for g in range(meta.num_row_groups) if meta.row_group(g).num_rows]
+    group = groups[flip[0] % len(groups)]
+    chunk = meta.row_group(group).column(flip[1] % meta.num_columns)
+    start = min(o for o in (chunk.dictionary_page_offset, chunk.data_page_offset) if o is not None)
+    raw = bytearray(path.read_bytes())
+    raw[start + int(flip[2] * chunk.total_compressed_size)] ^= 1 << flip[3]
+    path.write_bytes(bytes(raw))
+    first = sum(spec.row_groups[:group])
+    spec.damaged = set(spec.columns[KEY][first : first + spec.row_groups[group]])
 
 
 def _config(example: Example, data: Path, out: Path, models, speed: tuple[int, int, int] | None = None):
@@ -313,7 +338,9 @@ def _config(example: Example, data: Path, out: Path, models, speed: tuple[int, i
 
 
 # Where a run may crash: the n-th call of these (a unit's marker, a shard of parts/ or rejects/, the
-# duplicate index, summary.json after the last commit) raises, as if the process died there.
+# duplicate index, summary.json after the last commit) raises, as if the process died there. The last two
+# are written once a run.
+ONCE = ("duplicates", "summary")
 CRASH_POINTS = {
     "marker": (folder_module.JobFolder, "commit"),
     "shard": (commit_module, "write_parquet_atomic"),
@@ -331,7 +358,7 @@ def _crash(example: Example, config, monkeypatch) -> bool:
 
     def crashing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == example.crash[1]:
+        if calls["n"] == (1 if example.crash[0] in ONCE else example.crash[1]):
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
@@ -376,10 +403,23 @@ def _check_exactly_once(example: Example, paths: list[Path], out: Path) -> None:
         ):
             rejected.append(keys_by_file[source][row])
     assert sorted(edited + rejected) == list(range(sum(len(f.columns[KEY]) for f in example.files)))
-    expected = {
-        k for spec in example.files for k, bad in zip(spec.columns[KEY], spec.rejected, strict=True) if bad
-    }
-    assert set(rejected) == expected, (sorted(set(rejected) - expected), sorted(expected - set(rejected)))
+    unreadable = [
+        k
+        for k, r in zip(rejected, rejects.column("reason").to_pylist() if rejects else [], strict=True)
+        if r.startswith("row group unreadable")
+    ]
+    damaged = {k for spec in example.files for k in spec.damaged}
+    assert set(unreadable) <= damaged, "rows of an intact row group were rejected as unreadable"
+    event(f"bit flipped: {example.flip is not None}, rows unreadable: {bool(unreadable)}")
+    event(f"rows rejected: {'none' if not rejected else 'all' if not edited else 'some'}")
+    if example.flip is None:  # a damaged page may also be read as other values (a valid z, another id)
+        expected = {
+            k
+            for spec in example.files
+            for k, bad in zip(spec.columns[KEY], spec.rejected, strict=True)
+            if bad
+        }
+        assert set(rejected) == expected, (sorted(set(rejected) - expected), sorted(expected - set(rejected)))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and (summary["edited"], summary["rejected"]) == (len(edited), len(rejected))
 
@@ -404,8 +444,16 @@ def test_every_row_once_and_a_crashed_job_resumes_to_the_same_result(fuzz_models
         _check_exactly_once(example, paths, whole)
 
         crashed = root / "crashed"
-        _crash(example, _config(example, root / "data", crashed, models), mp)
-        resumed = run_job(_config(example, root / "data", crashed, models, example.resume_speed))
+        crashed_at = (
+            example.crash[0]
+            if _crash(example, _config(example, root / "data", crashed, models), mp)
+            else "none"
+        )
+        event(f"crashed at: {crashed_at}")
+        speed = example.resume_speed
+        if example.flip is not None:  # where a damaged page stops a row group depends on the reads
+            speed = (speed[0], example.read_rows, speed[2])
+        resumed = run_job(_config(example, root / "data", crashed, models, speed))
         assert resumed.status == "complete"
         _check_exactly_once(example, paths, crashed)
         assert _rows(read_parts(crashed), KEY) == _rows(read_parts(whole), KEY)
