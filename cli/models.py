@@ -36,9 +36,10 @@ def model_options(fn):
     """--generator, --classifier, --attributes and the shape flags of bare course .pth files."""
     options = [
         click.option("--generator", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Generator weights (.safetensors + .json, or the course's .pth). Default: demo."),
+                     help="Generator weights (.safetensors + .json, the course's .pth, or a .pt2 + .json "
+                     "written by `zsteer import`). Default: demo."),
         click.option("--classifier", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Classifier weights. Default: the embedded demo classifier."),
+                     help="Classifier weights (as --generator). Default: the embedded demo classifier."),
         click.option("--attributes", help="Classifier output names: a file (JSON list or one per line) or "
                      "'celeba40'. Default: the classifier's own, else celeba40."),
         click.option("--z-dim", type=click.IntRange(min=1), help="Generator z length (bare .pth files)."),
