@@ -263,19 +263,17 @@ def check_file(
             raise _fail(path, f"no column 'label': the generator is conditional ({shape.n_labels} classes)")
         if not pa.types.is_integer(schema.field(LABEL).type):
             raise _fail(path, f"column 'label' must be integers, found {schema.field(LABEL).type}")
-    if TARGETS in names and TARGETS in row_columns and not targets_column_ok(schema.field(TARGETS).type):
+    # An override column of type null (all null: a writer that saw no values) is no override at all.
+    overrides = [n for n in names if n in row_columns and not pa.types.is_null(schema.field(n).type)]
+    if TARGETS in overrides and not targets_column_ok(schema.field(TARGETS).type):
         raise _fail(
             path,
             f"column 'targets' must be map<string, number>, list<struct<name, weight>> or JSON strings, "
             f"found {schema.field(TARGETS).type}",
         )
-    if STEPS in names and STEPS in row_columns and not pa.types.is_integer(schema.field(STEPS).type):
+    if STEPS in overrides and not pa.types.is_integer(schema.field(STEPS).type):
         raise _fail(path, f"column 'steps' must be integers, found {schema.field(STEPS).type}")
-    if (
-        STOP_AT_PROB in names
-        and STOP_AT_PROB in row_columns
-        and not pa.types.is_floating(schema.field(STOP_AT_PROB).type)
-    ):
+    if STOP_AT_PROB in overrides and not pa.types.is_floating(schema.field(STOP_AT_PROB).type):
         raise _fail(path, f"column 'stop_at_prob' must be floats, found {schema.field(STOP_AT_PROB).type}")
     clash = [n for n in names if n in output_names]
     if clash:
@@ -396,6 +394,11 @@ def _conflict(
     return _fail(file.path, f"column {field.name!r} {detail}")
 
 
+def _has_overrides(carried: pa.Schema, name: str, row_columns: tuple[str, ...]) -> bool:
+    """Whether the job reads override column ``name``: the method reads it, and some file has values."""
+    return name in row_columns and name in carried.names and not pa.types.is_null(carried.field(name).type)
+
+
 def plan_manifest(
     paths: list[Path],
     shape: ModelShape,
@@ -409,8 +412,8 @@ def plan_manifest(
     return ManifestPlan(
         files=tuple(files),
         carried=carried,
-        has_targets=TARGETS in carried.names and TARGETS in row_columns,
-        has_steps=STEPS in carried.names and STEPS in row_columns,
-        has_stop_at_prob=STOP_AT_PROB in carried.names and STOP_AT_PROB in row_columns,
+        has_targets=_has_overrides(carried, TARGETS, row_columns),
+        has_steps=_has_overrides(carried, STEPS, row_columns),
+        has_stop_at_prob=_has_overrides(carried, STOP_AT_PROB, row_columns),
         uses_labels=shape.n_labels > 0,
     )

@@ -273,3 +273,23 @@ def test_widened_types_hold_every_value_of_both(a, b):
         column = pa.array(values, t)
         if t != wide:  # as ManifestPlan.conform (pyarrow 26 breaks list<null> cast to itself)
             assert column.cast(wide).to_pylist() == column.to_pylist()
+
+
+def test_override_columns_of_type_null_are_no_overrides(tmp_path, job_models):
+    """A writer that saw only nulls stores a column as type null: such a file has no overrides."""
+    data = tmp_path / "data"
+    nulls = {name: pa.nulls(2) for name in ("steps", "stop_at_prob", "targets")}
+    _write(data / "a.parquet", {"id": pa.array([0, 1]), "z": _z(slice(0, 2), "fixed32"), **nulls})
+    _write(
+        data / "b.parquet",
+        {"id": pa.array([2, 3]), "z": _z(slice(2, 4), "list64"), "steps": pa.array([0, None], pa.int32()),
+         "targets": pa.nulls(2)},
+    )  # fmt: skip
+    out = tmp_path / "job"
+    run_job(job_config(data, out, job_models))  # --steps 3, --target attr1
+    parts = read_parts(out).sort_by("id")
+    assert parts.column("steps_taken").to_pylist() == [3, 3, 0, 3]
+    assert parts.schema.field("steps").type == pa.int32() and parts.schema.field("targets").type == pa.null()
+    assert parts.schema.field("stop_at_prob").type == pa.null()
+    with pytest.raises(ZsteerError, match="--target: give at least one attribute"):  # no row has targets
+        run_job(job_config(data, tmp_path / "no-targets", job_models, targets=()))
