@@ -91,6 +91,13 @@ BAD_TARGETS = {
 BAD_STEPS = [-1, -(2**31), MAX_ROW_STEPS + 1, 2**31 - 1]  # an int64 column also gets 2**40
 BAD_STOP = [0.0, 1.0, 1.5, -0.5, math.inf, -math.inf]
 GOOD_STOP = [math.nan, 0.3, 0.9]
+# The id types a file may store each kind of id in (_id): files of one job may differ.
+ID_TYPES = {
+    "small": [pa.int16(), pa.uint16(), pa.int32(), pa.uint32(), pa.int64()],
+    "int32_edge": [pa.int32(), pa.int64()],
+    "int64_edge": [pa.int64()],
+    "string": [pa.string(), pa.large_string()],
+}
 # Faults a row may be written with; each is applicable to some files only (see _applicable).
 FAULTS = (
     "nan", "inf", "huge", "short", "long", "null_z", "null_value", "null_id",
@@ -116,7 +123,8 @@ class Example:
     files: list[FileSpec]
     conditional: bool
     targets: tuple[str, ...]  # the job's --target (empty: rows bring their own)
-    steps: int
+    ascent: dict  # AscentConfig settings: steps (1-3), and now and then a stop probability, a max shift
+    preserve: tuple[str, ...] | None  # --preserve, or None (every non-target)
     unit_rows: int
     batch_size: int
     read_rows: int
@@ -156,8 +164,7 @@ def examples(draw) -> Example:
         n = draw(st.integers(1, 16))
         spec = FileSpec(
             z_kind=draw(st.sampled_from(sorted(Z_TYPES))),
-            id_type={"string": pa.string(), "int64_edge": pa.int64()}.get(id_kind)
-            or draw(st.sampled_from([pa.int32(), pa.int64()])),
+            id_type=draw(st.sampled_from(ID_TYPES[id_kind])),
             row_groups=draw(_row_groups(n)),
         )
         has = {name: draw(st.booleans()) for name in ("steps", "stop_at_prob", "targets", "note")}
@@ -246,7 +253,12 @@ def examples(draw) -> Example:
     unit_rows = draw(st.integers(1, 12))
     n_units = sum(spec_units(f, unit_rows) for f in files)  # markers written; shards are as many or more
     return Example(
-        files=files, conditional=conditional, targets=targets, steps=draw(st.integers(1, 2)),
+        files=files, conditional=conditional, targets=targets,
+        ascent={
+            "steps": draw(st.integers(1, 3)), "penalty": draw(st.sampled_from([0.1, 0.0, 1.0])),
+            "stop_at_prob": draw(st.sampled_from([None, 0.5, 0.9])), "max_shift": draw(st.sampled_from([None, 0.3])),
+        },
+        preserve=draw(st.none() | st.lists(st.sampled_from(ATTRS), min_size=1, max_size=3, unique=True).map(tuple)),
         unit_rows=unit_rows, batch_size=draw(st.integers(1, 6)), read_rows=draw(st.integers(1, 8)),
         rows_per_shard=draw(st.integers(1, 8)),
         crash=(draw(st.sampled_from(list(CRASH_POINTS))), draw(st.integers(1, n_units))),
@@ -331,7 +343,7 @@ def _config(example: Example, data: Path, out: Path, models, speed: tuple[int, i
         example.rows_per_shard,
     )
     return job_config(
-        data, out, models, targets=example.targets, ascent={"steps": example.steps},
+        data, out, models, targets=example.targets, ascent=example.ascent, preserve=example.preserve,
         batch_size=batch_size, unit_rows=example.unit_rows, read_rows=read_rows,
         output={"rows_per_shard": rows_per_shard},
     )  # fmt: skip
@@ -412,6 +424,8 @@ def _check_exactly_once(example: Example, paths: list[Path], out: Path) -> None:
     assert set(unreadable) <= damaged, "rows of an intact row group were rejected as unreadable"
     event(f"bit flipped: {example.flip is not None}, rows unreadable: {bool(unreadable)}")
     event(f"rows rejected: {'none' if not rejected else 'all' if not edited else 'some'}")
+    if parts is not None:
+        event(f"stop reasons: {', '.join(sorted(set(parts.column('stop_reason').to_pylist())))}")
     if example.flip is None:  # a damaged page may also be read as other values (a valid z, another id)
         expected = {
             k
