@@ -80,11 +80,18 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Identity fields added after jobs were already being written, whose value an older job.json lacks but
+# had all the same: "columns" (the unified carried schema) is what every file shared, since a job whose
+# files' schemas differed was refused before. A job.json without them resumes.
+LATER_FIELDS = ("columns",)
+
+
 def differences(old: dict, new: dict) -> list[str]:
-    """'field: old -> new' for each leaf that differs (lists compare whole)."""
+    """'field: old -> new' for each leaf that differs (lists compare whole); a LATER_FIELDS field that
+    ``old`` lacks is not compared."""
     a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
     return [
         f"{key}: {_short(a.get(key))} -> {_short(b.get(key))}"
         for key in sorted(set(a) | set(b))
-        if a.get(key) != b.get(key)
+        if a.get(key) != b.get(key) and not (key in LATER_FIELDS and key not in a)
     ]

@@ -293,3 +293,25 @@ def test_override_columns_of_type_null_are_no_overrides(tmp_path, job_models):
     assert parts.schema.field("stop_at_prob").type == pa.null()
     with pytest.raises(ZsteerError, match="--target: give at least one attribute"):  # no row has targets
         run_job(job_config(data, tmp_path / "no-targets", job_models, targets=()))
+
+
+def test_the_unified_schema_is_identity_and_a_job_json_from_before_it_resumes(tmp_path, job_models):
+    data = tmp_path / "data"
+    _write(
+        data / "a.parquet", {"id": pa.array([0, 1]), "z": _z(slice(0, 2), "fixed32"), "n": pa.array([1, 2])}
+    )
+    out = tmp_path / "job"
+    config = job_config(data, out, job_models, unit_rows=1)
+    run_job(config)
+    doc = json.loads((out / "job.json").read_text())
+    assert doc["identity"]["columns"] == [["id", "int64"], ["n", "int64"]]
+    del doc["identity"]["columns"]  # as written before the field existed: the schema was the files' one
+    (out / "job.json").write_text(json.dumps(doc))
+    (out / "commits" / "commit-000000-000000-000001.json").unlink()
+    assert run_job(config).status == "complete"
+    assert read_parts(out).sort_by("id").column("n").to_pylist() == [1, 2]
+    # Another schema is another job: a resume that would write shards of another schema is refused.
+    doc["identity"]["columns"] = [["id", "int64"], ["n", "int32"]]
+    (out / "job.json").write_text(json.dumps(doc))
+    with pytest.raises(ZsteerError, match=r"other settings \(columns: "):
+        run_job(config)
