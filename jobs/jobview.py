@@ -52,6 +52,15 @@ class JobView:
         name = self.direction_settings.get("direction")
         return name if isinstance(name, str) else None
 
+    @property
+    def strip_column(self) -> str | None:
+        """The column that tells apart the output rows of one input row in a strip job: ``alpha`` for a
+        direction strip (``--alphas``), ``frame`` for an interpolation; None when each input row has one
+        output row (a direction job also writes ``alpha`` then: the strength each row got)."""
+        if self.direction_settings.get("alphas"):
+            return "alpha"
+        return "frame" if self.doc.get("identity", {}).get("method") == "interpolate" else None
+
     def committed_parts(self) -> list[Path]:
         """The parts/ shards of committed units, in job order (a unit in progress is not read)."""
         return [self.folder.parts / name for commit in self.folder.load_commits() for name in commit.parts]

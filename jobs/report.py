@@ -39,7 +39,7 @@ from zsteer.pipeline.loading import demo_model_paths
 
 from .folder import JobFolder, write_bytes_atomic, write_json_atomic
 from .jobview import JobView, ManifestLatents, open_job
-from .sheet import STRIP_COLUMNS, render_latents
+from .sheet import render_latents
 
 log = logging.getLogger("zsteer.report")
 REPORT_JSON, REPORT_CSV, REPORT_MD = "report.json", "report.csv", "report.md"
@@ -139,11 +139,11 @@ def judge_probabilities(judge: LoadedModel, images: np.ndarray) -> np.ndarray:
 
 def judged_rows(view: JobView, judge: LoadedModel, batch: int) -> Iterator[tuple]:
     """(p_before [n, A], p_after [n, A], latent shift [n], strip values [n] or None) of the job's committed
-    rows, ``batch`` at a time; the strip values are a strip job's ``alpha`` or ``frame`` column."""
+    rows, ``batch`` at a time; the strip values are a strip job's ``alpha`` or ``frame`` (JobView.strip_column)."""
     latents = ManifestLatents(view.inputs)
     for shard in view.committed_parts():
         reader = pq.ParquetFile(shard)
-        strip = next((c for c in STRIP_COLUMNS if c in reader.schema_arrow.names), None)
+        strip = view.strip_column if view.strip_column in reader.schema_arrow.names else None
         columns = ["id", "z_edited", *([strip] if strip else [])]
         for record in reader.iter_batches(batch_size=batch, columns=columns):
             ids = record.column("id").to_pylist()

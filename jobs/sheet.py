@@ -72,13 +72,6 @@ def starting_latents(inputs: list[str], ids: list) -> tuple[np.ndarray, np.ndarr
     return ManifestLatents(inputs).lookup(ids)
 
 
-STRIP_COLUMNS = ("alpha", "frame")  # a job writing one of these has several output rows per input row
-
-
-def _strip_key(columns: dict[str, list]) -> str | None:
-    return next((name for name in STRIP_COLUMNS if name in columns), None)
-
-
 def first_strips(parts: Path, n: int, key: str) -> dict[str, list]:
     """Columns of the output rows of the first ``n`` input ids of a strip job (all rows of each id)."""
     out: dict[str, list] = {}
@@ -122,8 +115,7 @@ def job_sheet(config: SheetConfig) -> Path:
     """
     view = open_job(config.job, hint="not a job folder zsteer can draw")
     parts = config.job / PARTS
-    columns = first_rows(parts, 1)
-    key = _strip_key(columns)
+    key = view.strip_column
     columns = first_strips(parts, config.rows, key) if key else first_rows(parts, config.rows)
     if not columns.get("id"):
         raise ZsteerError(f"{config.job}: the job has no edited rows yet")

@@ -4,6 +4,7 @@ same-classifier refusal, the files written; and `zsteer sheet`'s compact caption
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -185,7 +186,9 @@ def strip_job(judged_job, tmp_path_factory):
     strip = tmp_path_factory.mktemp("strip") / "strip"
     (strip / "parts").mkdir(parents=True)
     (strip / "commits").mkdir()
-    (strip / "job.json").write_text((job / "job.json").read_text())
+    doc = json.loads((job / "job.json").read_text())
+    doc["identity"]["direction"] = {"alphas": ALPHAS}  # what makes it a strip job (as --alphas records it)
+    (strip / "job.json").write_text(json.dumps(doc))
     order = ALPHAS[::-1] * 5
     ids = [100 + i for i in range(5) for _ in ALPHAS]
     rows = {
@@ -256,3 +259,16 @@ def test_cli_report_on_the_demo_models_defaults_to_the_demo_judge_and_shows_the_
     smiling, mouth = 0, 1  # the procedural data set plants MouthOpen with Smiling
     assert report["demo_correlation"]["data"][smiling][mouth] > 0.4
     assert "Attribute correlation" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_an_alpha_column_without_a_strip_is_one_entry(strip_job, judged_job, tmp_path):
+    """A direction job writes each row's alpha (--until-prob, --alpha): not a strip unless --alphas."""
+    _, _, judge = judged_job
+    plain = tmp_path / "plain"
+    shutil.copytree(strip_job, plain)
+    doc = json.loads((plain / "job.json").read_text())
+    doc["identity"]["direction"] = {"until_prob": 0.9}
+    (plain / "job.json").write_text(json.dumps(doc))
+    got = report_job(open_job(plain), judge, ReportConfig(jobs=(plain,), judge=judge.path, out=tmp_path))
+    assert len(got["targets"]) == 1 and got["targets"][0]["rows"] == 5 * len(ALPHAS)
+    assert "strip" not in got["targets"][0]
