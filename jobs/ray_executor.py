@@ -417,8 +417,12 @@ def _init(ray, address: str | None) -> None:
     would kill the driver mid-commit instead of letting the job stop after its batch (jobs/signals.py)."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
+    # Ray starts its workers at niceness 15; in a local instance the workers are this job, so they get
+    # the driver's priority, not less than any other process on the machine. A cluster's nodes keep
+    # their own setting (RAY_worker_niceness when `ray start` runs).
+    local = {"_system_config": {"worker_niceness": 0}} if address is None else {}
     try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, **local)
     except (ConnectionError, ValueError, RuntimeError) as exc:  # no cluster there, a malformed address
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ZsteerError(
