@@ -8,7 +8,7 @@ judged by the demo judge (`zsteer report`'s numbers: jobs/report.py), never by t
 
 - ascent, the demo's 12 unit steps of 0.5, with a penalty sweep (lambda 0, 0.5, 1, 2);
 - ascent with --stop-at-prob 0.9 (lambda 0), which stops each row once the classifier is convinced;
-- penalised ascent (lambda 0.5 and 1) with 24 steps and --stop-at-prob 0.99;
+- ascent (lambda 0, 0.25, 0.5, 1) with 24 steps and --stop-at-prob 0.99;
 - boundary (InterFaceGAN's linear SVM normal), gradient (mean normalised classifier gradient) and
   conditional boundary (made orthogonal to every other attribute's boundary), each with an alpha sweep;
 - direction --until-prob P along the boundary and the conditional boundary (P 0.9 and 0.99): per row
@@ -77,11 +77,11 @@ def settings_for(attribute: str, others: tuple[str, ...], files: dict[str, Path]
     out.append(Setting("ascent stop-at-prob", "ascent stop .9", AscentMethod(stop), (attribute,)))
     # Penalised ascent given twice the steps but stopped per row once the classifier is sure: the
     # penalty holds the other attributes while each row goes as far as it needs, and no further.
-    for lam in (0.5, 1.0):
+    for lam in (0.0, 0.25, 0.5, 1.0):
         longer = replace(DEMO_ASCENT, steps=24, penalty=lam, stop_at_prob=0.99)
         out.append(
             Setting(
-                "ascent penalty + stop-at-prob",
+                "ascent x24 stop-at-prob .99",
                 f"ascent l{lam:g} x24 stop .99",
                 AscentMethod(longer),
                 (attribute,),
@@ -192,8 +192,9 @@ def main(argv: list[str] | None = None) -> None:
                 "latent_shift": t["latent_shift"], "latents_per_second": summary.get("latents_per_second"),
             }  # fmt: skip
             rows.append(row)
+            success = "-" if t["success_rate"] is None else f"{t['success_rate']:.2f}"
             print(
-                f"{attribute:10} {setting.label:18} success {t['success_rate']:.2f} drift {t['mean_other_drift']:.3f} "
+                f"{attribute:10} {setting.label:18} success {success} drift {t['mean_other_drift']:.3f} "
                 f"flips {t['mean_other_flip_rate']:.3f} shift {t['latent_shift']:.2f} "
                 f"{row['latents_per_second']} latents/s",
                 flush=True,
