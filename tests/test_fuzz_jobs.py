@@ -3,8 +3,9 @@
 Each example is one to three Parquet files of random row counts, row-group sizes and layouts (z as
 fixed or variable lists of float32/float64, ids of either integer width or strings, override and carried
 columns in some files only), holding a random mix of valid rows and faulty ones: NaN/Inf, values
-beyond float32, wrong z lengths, null z / null values / null ids, duplicate ids within and across files,
-bad labels, bad per-row `targets` / `steps` / `stop_at_prob`. Job settings (units, batches, reads,
+beyond float32 or beyond MAX_ABS_Z, wrong z lengths, null z / null values / null ids, text that is not
+UTF-8 (ids, carried strings), duplicate ids within and across files, bad labels, bad per-row `targets` /
+`steps` / `stop_at_prob`, and now and then a bit flipped in a column chunk. Job settings (units, batches, reads,
 shards, steps, with or without a job-wide target) are random as well. For each example:
 
 - the job completes without an exception (no traceback: faults are rejects, not crashes);
@@ -41,6 +42,7 @@ from zsteer.jobs import duplicates as duplicates_module
 from zsteer.jobs import folder as folder_module
 from zsteer.jobs import runner as runner_module
 from zsteer.jobs.manifest import MAX_ROW_STEPS
+from zsteer.jobs.rows import MAX_ABS_Z
 from zsteer.jobs.runner import run_job
 from zsteer.pipeline.models import GeneratorSpec
 
@@ -100,8 +102,8 @@ ID_TYPES = {
 }
 # Faults a row may be written with; each is applicable to some files only (see _applicable).
 FAULTS = (
-    "nan", "inf", "huge", "short", "long", "null_z", "null_value", "null_id",
-    "bad_label", "bad_steps", "bad_stop", "bad_targets",
+    "nan", "inf", "huge", "big", "short", "long", "null_z", "null_value", "null_id", "bad_utf8_id",
+    "bad_utf8_note", "bad_label", "bad_steps", "bad_stop", "bad_targets",
 )  # fmt: skip
 
 
@@ -143,6 +145,8 @@ def _applicable(fault: str, spec: FileSpec, conditional: bool) -> bool:
         "short": variable,
         "long": variable,
         "bad_label": conditional,
+        "bad_utf8_id": pa.types.is_string(spec.id_type) or pa.types.is_large_string(spec.id_type),
+        "bad_utf8_note": "note" in spec.columns,
         "bad_steps": "steps" in spec.columns,
         "bad_stop": "stop_at_prob" in spec.columns,
         "bad_targets": "targets" in spec.columns,
@@ -185,8 +189,11 @@ def examples(draw) -> Example:
                 fault = "ok"
             duplicate = bool(ids_so_far) and draw(st.integers(0, 9)) == 0
             z = rng.standard_normal(Z_DIM).tolist()
-            if fault in ("nan", "inf", "huge"):
-                z[int(rng.integers(Z_DIM))] = {"nan": math.nan, "inf": -math.inf, "huge": 1e39}[fault]
+            if fault in ("nan", "inf", "huge", "big"):
+                far = float(rng.choice([-1, 1]) * 4 * MAX_ABS_Z)  # finite, but no latent of N(0, I)
+                z[int(rng.integers(Z_DIM))] = {"nan": math.nan, "inf": -math.inf, "huge": 1e39, "big": far}[
+                    fault
+                ]
             elif fault in ("short", "long"):
                 z = z[:-1] if fault == "short" else z + [0.5]
             elif fault == "null_value":
@@ -196,6 +203,8 @@ def examples(draw) -> Example:
                 row_id = ids_so_far[int(rng.integers(len(ids_so_far)))]
             if fault == "null_id":
                 row_id = None
+            elif fault == "bad_utf8_id":
+                row_id = b"\xff" + str(serial).encode()  # not UTF-8: the row is rejected
             spec.columns["id"].append(row_id)
             spec.columns[KEY].append(serial)
             spec.columns["z"].append(None if fault == "null_z" else z)
@@ -236,11 +245,14 @@ def examples(draw) -> Example:
                 own_targets = draw(st.sampled_from(pool[target_kind]))
                 spec.columns["targets"].append(own_targets)
             if "note" in spec.columns:
-                spec.columns["note"].append(None if rng.integers(4) == 0 else f"n{serial}")
+                note = (
+                    b"\xc3(" if fault == "bad_utf8_note" else None if rng.integers(4) == 0 else f"n{serial}"
+                )
+                spec.columns["note"].append(note)
             # The oracle: a faulty row, a later copy of a named id, or a row with no targets at all.
             later_copy = row_id is not None and row_id in ids_so_far
             spec.rejected.append((fault, later_copy, own_targets))  # settled once the job's target is known
-            if row_id is not None:
+            if isinstance(row_id, int | str):
                 ids_so_far.append(row_id)
             serial += 1
         files.append(spec)
@@ -304,12 +316,7 @@ def _write(example: Example, data: Path) -> list[Path]:
     for i, spec in enumerate(example.files):
         columns = {}
         for name, values in spec.columns.items():
-            t = spec.types[name]
-            columns[name] = (
-                pa.array(values, t.value_type).dictionary_encode()
-                if pa.types.is_dictionary(t)
-                else pa.array(values, t)
-            )
+            columns[name] = _array(values, spec.types[name])
         table, path, start = pa.table(columns), data / f"f{i}.parquet", 0
         with pq.ParquetWriter(path, table.schema, write_page_checksum=True) as writer:
             for size in spec.row_groups:
@@ -319,6 +326,16 @@ def _write(example: Example, data: Path) -> list[Path]:
             _flip_bit(path, spec, example.flip[1:])
         paths.append(path)
     return paths
+
+
+def _array(values: list, t: pa.DataType) -> pa.Array:
+    """``values`` as an Arrow array of type ``t``; text may hold bytes that are not UTF-8 (kept as they are)."""
+    if pa.types.is_dictionary(t):
+        return _array(values, t.value_type).dictionary_encode()
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        raw = pa.large_binary() if pa.types.is_large_string(t) else pa.binary()
+        return pa.array([v.encode() if isinstance(v, str) else v for v in values], raw).view(t)
+    return pa.array(values, t)
 
 
 def _flip_bit(path: Path, spec: FileSpec, flip: tuple[int, int, float, int]) -> None:
