@@ -99,7 +99,7 @@ def open_job(path: Path, hint: str = "not a job folder zsteer can read") -> JobV
         isinstance(t, list) and len(t) == 2 and isinstance(t[0], str) and isinstance(t[1], int | float)
         for t in raw_targets
     ):
-        raise ZsteerError(f"{where}: 'identity.targets' must hold [name, weight] pairs")
+        raise ZsteerError(f"{where}: 'identity.targets' expected a list of [name, weight] pairs")
     classifier = job_field(job, "identity.classifier", dict, where)
     names = classifier.get("attributes")
     generator = load_generator(gen_path, **gen_spec)
