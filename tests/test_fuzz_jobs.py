@@ -171,10 +171,10 @@ def examples(draw) -> Example:
             id_type=draw(st.sampled_from(ID_TYPES[id_kind])),
             row_groups=draw(_row_groups(n)),
         )
-        has = {name: draw(st.booleans()) for name in ("steps", "stop_at_prob", "targets", "note")}
+        has = {name: draw(st.booleans()) for name in ("steps", "stop_at_prob", "targets", "note", "tags")}
         for name in ("id", KEY, "z") + (("label",) if conditional else ()):
             spec.columns[name] = []
-        for name in ("steps", "stop_at_prob", "targets", "note"):
+        for name in ("steps", "stop_at_prob", "targets", "note", "tags"):
             if has[name]:
                 spec.columns[name] = []
         spec.types = {
@@ -182,6 +182,7 @@ def examples(draw) -> Example:
             "steps": draw(st.sampled_from([pa.int32(), pa.int64()])),
             "stop_at_prob": draw(st.sampled_from([pa.float32(), pa.float64()])),
             "targets": TARGET_TYPES[target_kind], "note": draw(st.sampled_from([pa.string(), pa.large_string(), pa.dictionary(pa.int8(), pa.string())])),
+            "tags": draw(st.sampled_from([pa.list_(pa.int16()), pa.large_list(pa.int64()), pa.list_(pa.int32(), 2)])),
         }  # fmt: skip
         for _ in range(n):
             fault = draw(st.sampled_from(("ok",) * 2 * len(FAULTS) + FAULTS))  # a third of the rows faulty
@@ -249,6 +250,10 @@ def examples(draw) -> Example:
                     b"\xc3(" if fault == "bad_utf8_note" else None if rng.integers(4) == 0 else f"n{serial}"
                 )
                 spec.columns["note"].append(note)
+            if "tags" in spec.columns:  # a carried list column, of another list kind in each file
+                spec.columns["tags"].append(
+                    None if rng.integers(4) == 0 else [serial % 100, int(rng.integers(100))]
+                )
             # The oracle: a faulty row, a later copy of a named id, or a row with no targets at all.
             later_copy = row_id is not None and row_id in ids_so_far
             spec.rejected.append((fault, later_copy, own_targets))  # settled once the job's target is known
