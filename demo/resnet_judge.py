@@ -1,6 +1,6 @@
 """A small ResNet judge for the demo, trained on the procedural data and shipped as an imported model.
 
-    python -m zsteer.demo.resnet_judge --out demo/weights/resnet_judge.pt2          # ~1-2 min, 1 thread
+    python -m zsteer.demo.resnet_judge --out demo/weights/resnet_judge.pt2          # ~3 min, 1 thread
 
 The demo's own judge has the steering classifier's architecture, so both can share blind spots; this one
 is another architecture (residual blocks with BatchNorm, global average pooling, a linear head) trained
@@ -70,7 +70,7 @@ class ResNetJudge(nn.Module):
 class JudgeTraining:
     """How the ResNet judge is trained (recorded beside it)."""
 
-    steps: int = 400  # Adam steps (cosine decay to zero)
+    steps: int = 1200  # Adam steps (cosine decay to zero); 400 left Smiling at 80% held-out accuracy
     batch: int = 64  # images per step
     lr: float = 2e-3  # peak learning rate
     width: int = 16  # channels of the first stage
