@@ -410,3 +410,12 @@ def test_zsteer_import_loads_weights_as_data_and_refuses_a_pickle_that_runs_code
     torch.save({"model": Path("not a tensor")}, tmp_path / "evil.pth")  # a pickled object, not weights
     refused = runner.invoke(main, [*args, "--weights", str(tmp_path / "evil.pth")])
     assert refused.exit_code == 2 and "without unpickling code" in refused.output
+
+
+def test_the_shipped_resnet_judge_loads_as_data_and_judges_the_demo_data():
+    from zsteer.demo import demo_paths
+    from zsteer.demo.resnet_judge import held_out_accuracy
+
+    judge = load_classifier(Path(demo_paths()["generator"]).with_name("resnet_judge.pt2"))
+    assert judge.spec.input_shape == (3, 64, 64)
+    assert held_out_accuracy(judge.module, 64).min() >= 0.9
