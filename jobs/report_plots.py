@@ -60,28 +60,40 @@ def dependency_heatmap(rows: list[dict], attributes: list[str], path: Path) -> P
     return path
 
 
-def pareto_plot(rows: list[dict], path: Path) -> Path:
-    """Success rate against mean other-attribute drift, one labelled point per (job, target); the
-    non-dominated points (higher success, lower drift) joined as the frontier."""
+def pareto_plot(rows: list[dict], path: Path, label_limit: int = 12) -> Path:
+    """Success rate against mean other-attribute drift, one point per (job, target), coloured by method;
+    the non-dominated points (higher success, lower drift) joined as the frontier. With more than
+    ``label_limit`` points only the frontier is labelled, so the labels stay readable."""
     figure, canvas = _pyplot()
-    fig = figure(figsize=(6.0, 4.2))
+    fig = figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
-    points = [(row["mean_other_drift"], row["success_rate"], row["label"]) for row in rows]
-    points = [(x, y, label) for x, y, label in points if y is not None]
-    for x, y, label in points:
-        ax.scatter([x], [y], s=28)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    targets = {row["target"] for row in rows}
+    # One target for all: the label need not repeat it.
+    name = (
+        (lambda row: row["label"].replace(f": {row['target']}", ""))
+        if len(targets) == 1
+        else (lambda row: row["label"])
+    )
+    points = [(row["mean_other_drift"], row["success_rate"], name(row), row["method"]) for row in rows]
+    points = [p for p in points if p[1] is not None]
     frontier = sorted(
         (p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q[:2] != p[:2] for q in points)),
         key=lambda p: p[0],
     )
+    for method in sorted({str(p[3]) for p in points}):
+        mine = [p for p in points if str(p[3]) == method]
+        ax.scatter([p[0] for p in mine], [p[1] for p in mine], s=26, label=method)
+    for x, y, label, _ in points if len(points) <= label_limit else frontier:
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     if len(frontier) > 1:
         ax.plot([p[0] for p in frontier], [p[1] for p in frontier], color="gray", lw=1, ls="--", zorder=0)
     ax.set_xlabel("mean other-attribute drift (judge |dp|)")
     ax.set_ylabel("success rate (judge)")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.04)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.set_title("Success vs drift, one point per job")
+    ax.legend(fontsize=7, loc="lower right")
+    title = f"{next(iter(targets))}: success vs drift" if len(targets) == 1 else "Success vs drift"
+    ax.set_title(title + (", frontier labelled" if len(points) > label_limit else ""))
     _save(fig, canvas, path)
     return path
