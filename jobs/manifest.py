@@ -234,7 +234,7 @@ def check_file(
     ``row_columns``: the per-row override columns the job's method reads (others are only carried);
     ``output_names``: the columns the job writes, which an input column may not shadow.
     """
-    schema, path = file.schema, file.path
+    schema, path = _decoded(file.schema), file.path
     names = schema.names
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -280,6 +280,16 @@ def check_file(
         raise _fail(path, f"column {clash[0]!r} has the name of an output column; rename it")
     fields = [pa.field(ID, out_id)] + [schema.field(n) for n in names if n not in (ID, Z)]
     return pa.schema(fields)
+
+
+def _decoded(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with each dictionary-encoded column as its values: the job reads them so
+    (ManifestPlan.conform decodes them). A row taken from a dictionary array keeps the whole dictionary,
+    so a check of one row's text would see every value, and a shard would carry values none of its rows
+    hold. Parquet dictionary-encodes the output's pages anyway."""
+    return pa.schema(
+        [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema]
+    )
 
 
 def _widen_int(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:

@@ -24,7 +24,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +52,7 @@ from zsteer.jobs.runner import run_job
 from zsteer.pipeline.models import GeneratorSpec
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+ZSTEER = str(Path(sys.executable).with_name("zsteer"))
 
 N_LABELS = 3
 KEY = "key"  # a carried column: each input row's serial number, how parts rows are traced to inputs
@@ -492,8 +498,80 @@ def test_every_row_once_and_a_crashed_job_resumes_to_the_same_result(fuzz_models
         resumed = run_job(_config(example, root / "data", crashed, models, speed))
         assert resumed.status == "complete"
         _check_exactly_once(example, paths, crashed)
-        assert _rows(read_parts(crashed), KEY) == _rows(read_parts(whole), KEY)
-        assert _rows(read_rejects(crashed), "source", "row") == _rows(read_rejects(whole), "source", "row")
+        _assert_same_output(crashed, whole)
+
+
+def _assert_same_output(out: Path, expected: Path) -> None:
+    assert _rows(read_parts(out), KEY) == _rows(read_parts(expected), KEY)
+    assert _rows(read_rejects(out), "source", "row") == _rows(read_rejects(expected), "source", "row")
+
+
+def _cli(example: Example, data: Path, out: Path, models) -> list[str]:
+    """`zsteer edit` with the example's settings (as _config)."""
+    a = example.ascent
+    cmd = [
+        ZSTEER, "edit", "-m", str(data), "--out", str(out), "--generator", str(models[0]),
+        "--classifier", str(models[1]), "--images", "none", "--workers", "0", "--lr", "0.5",
+        "--steps", str(a["steps"]), "--penalty", str(a["penalty"]), "--unit-rows", str(example.unit_rows),
+        "--read-rows", str(example.read_rows), "--batch-size", str(example.batch_size),
+        "--rows-per-shard", str(example.rows_per_shard),
+    ]  # fmt: skip
+    cmd += [f"--target={t}" for t in example.targets]
+    cmd += ["--preserve", ",".join(example.preserve)] if example.preserve else []
+    cmd += ["--stop-at-prob", str(a["stop_at_prob"])] if a["stop_at_prob"] else []
+    return cmd + (["--max-shift", str(a["max_shift"])] if a["max_shift"] else [])
+
+
+@settings(max_examples=max(2, settings().max_examples // 10))  # a process each: seconds an example
+@given(
+    example=examples(), after=st.sampled_from(["commits/commit-*.json", "job.json"]), delay=st.floats(0, 0.05)
+)
+def test_a_job_killed_by_sigkill_resumes_to_the_same_result(fuzz_models, example, after, delay):
+    """`zsteer edit` killed with SIGKILL ``delay`` seconds after its first file matching ``after`` (or
+    finished first: no traceback then), resumed: the output of an uninterrupted run."""
+    models = fuzz_models[example.conditional]
+    with tempfile.TemporaryDirectory(prefix="zsteer-fuzz-") as tmp:
+        root = Path(tmp)
+        paths = _write(example, root / "data")
+        whole, killed = root / "whole", root / "killed"
+        run_job(_config(example, root / "data", whole, models))
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(
+            _cli(example, root / "data", killed, models), stderr=subprocess.PIPE, text=True, env=env
+        )
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and not any(killed.glob(after)) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate()
+        assert proc.returncode in (0, -signal.SIGKILL), stderr
+        assert "Traceback" not in stderr, stderr
+        markers = (
+            len(list((killed / "commits").glob("commit-*.json"))) if (killed / "commits").exists() else 0
+        )
+        units = sum(spec_units(f, example.unit_rows) for f in example.files)
+        event(f"killed with {'no' if not markers else 'all' if markers == units else 'some'} units committed")
+        assert run_job(_config(example, root / "data", killed, models)).status == "complete"
+        _check_exactly_once(example, paths, killed)
+        _assert_same_output(killed, whole)
+
+
+# -- what the fuzzers found, kept as plain tests ------------------------------------------------------
+
+
+def test_text_that_is_not_utf8_in_a_dictionary_column_rejects_only_its_own_row(tmp_path, fuzz_models):
+    """Found by the fuzzer: a per-row check took each row of a dictionary column with the whole
+    dictionary, so one bad value rejected every row of the batch."""
+    note = pa.array([b"ok", b"\xc3(", b"fine"], pa.binary()).view(pa.string()).dictionary_encode()
+    z = pa.FixedSizeListArray.from_arrays(pa.array(latents(3).reshape(-1)), Z_DIM)
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": pa.array([1, 2, 3]), "z": z, "note": note}), path)
+    run_job(job_config(path, tmp_path / "job", fuzz_models[False]))
+    assert read_parts(tmp_path / "job").column("id").to_pylist() == [1, 3]
+    assert read_rejects(tmp_path / "job").column("reason").to_pylist() == [
+        "column 'note' holds text that is not valid UTF-8"
+    ]
 
 
 # -- whole-file faults: one line naming the file, before anything is written --------------------------

@@ -315,3 +315,23 @@ def test_the_unified_schema_is_identity_and_a_job_json_from_before_it_resumes(tm
     (out / "job.json").write_text(json.dumps(doc))
     with pytest.raises(ZsteerError, match=r"other settings \(columns: "):
         run_job(config)
+
+
+def test_dictionary_encoded_columns_are_read_and_carried_as_their_values(tmp_path, job_models):
+    """pandas categoricals and Parquet dictionary columns: ids, per-row targets and carried text."""
+    path = _write(
+        tmp_path / "m.parquet",
+        {"id": pa.array(["a", "b", "c"]).dictionary_encode(), "z": _z(slice(0, 3), "fixed32"),
+         "targets": pa.array(['{"attr3": 1}', None, '{"attr3": 1}']).dictionary_encode(),
+         "note": pa.array(["x", "x", None]).dictionary_encode()},
+        row_group_size=3,
+    )  # fmt: skip
+    out = tmp_path / "job"
+    run_job(job_config(path, out, job_models))
+    parts = read_parts(out).sort_by("id")
+    assert [parts.schema.field(n).type for n in ("id", "targets", "note")] == [pa.string()] * 3
+    assert parts.column("note").to_pylist() == ["x", "x", None]
+    own = np.argmax(
+        np.array(parts.column("logits_after").to_pylist()) - parts.column("logits_before").to_pylist(), 1
+    )
+    assert own.tolist() == [3, 1, 3]  # each row moved most along its own target (attr1 is the job's)
