@@ -1,19 +1,24 @@
 """Property-based fuzzing of whole jobs (issue 14, part 5): hypothesis builds manifests, the job runs.
 
 Each example is one to three Parquet files of random row counts, row-group sizes and layouts (z as
-fixed or variable lists of float32/float64, ids of either integer width or strings, override and carried
-columns in some files only), holding a random mix of valid rows and faulty ones: NaN/Inf, values
-beyond float32 or beyond MAX_ABS_Z, wrong z lengths, null z / null values / null ids, text that is not
-UTF-8 (ids, carried strings), duplicate ids within and across files, bad labels, bad per-row `targets` /
-`steps` / `stop_at_prob`, and now and then a bit flipped in a column chunk. Job settings (units, batches, reads,
-shards, steps, with or without a job-wide target) are random as well. For each example:
+fixed or variable lists of float32/float64, ids of any integer width or strings, override and carried
+columns in some files only, of other types, dictionary-encoded or of type null), holding a random mix of
+valid rows and faulty ones: NaN/Inf, values beyond float32 or beyond MAX_ABS_Z, wrong z lengths, null
+z / null values / null ids, text that is not UTF-8 (ids, carried strings), duplicate ids within and
+across files, bad labels, bad per-row `targets` / `steps` / `stop_at_prob`, and now and then a bit
+flipped in a column chunk. Job settings (units, batches, reads, shards, steps, stop probability, max
+shift, penalty, preserve, with or without a job-wide target) are random as well. For each example:
 
 - the job completes without an exception (no traceback: faults are rejects, not crashes);
 - every input row is exactly once in parts/ or rejects/, and a row is rejected exactly when the
   example made it faulty (the oracle below knows why each row was written as it was);
 - a run that crashes at a random point (a commit marker, a shard, the duplicate index, the summary) and
   is then resumed, with other batch / read / shard sizes, ends with the same parts and rejects as an
-  uninterrupted run, bit for bit.
+  uninterrupted run, bit for bit; so does `zsteer edit` killed by SIGKILL (fewer examples: a process
+  each).
+
+Whole-file faults are fuzzed too: one line naming the file, nothing written. Bugs the fuzzers found are
+kept as plain tests below ("what the fuzzers found").
 
 Profiles (tests/conftest.py): "ci", the default, runs a CI-sized, derandomized number of examples;
 ``pytest tests/test_fuzz_jobs.py --hypothesis-profile long`` runs many more, with fresh randomness and a
