@@ -5,7 +5,7 @@
 One process, one editor at a time, the same latents, the bench's timing core (jobs/bench/timing.py:
 warm-up, then windows until three agree). Rows: the 10-step ascent (the job's default method), a
 direction edit with a fixed --alpha (one generator + classifier forward for the starting logits, one
-for the edited latent), a 7-alpha strip (per output row), and --until-prob 0.9 (a search: several
+for the edited latent), the same without scoring the start (--no-scores-before: one forward), a 7-alpha strip (per output row), and --until-prob 0.9 (a search: several
 forwards per row). Images are rendered (uint8) in every row, as a job with --images png does. The issue's
 goal: a fixed-alpha edit at 20x the ascent's latents/s or better.
 """
@@ -57,6 +57,10 @@ def main() -> None:
     variants = {
         "ascent 10 steps": (AscentMethod(AscentConfig(steps=10, lr=0.1)), 1),
         "direction --alpha 2": (DirectionMethod(directions=path, alpha=2.0), 1),
+        "direction --alpha 2 --no-scores-before": (
+            DirectionMethod(directions=path, alpha=2.0, scores_before=False),
+            1,
+        ),
         "direction --alphas -3:3:7 (per output row)": (
             DirectionMethod(directions=path, alphas=tuple(float(x) for x in range(-3, 4))),
             7,

@@ -17,7 +17,7 @@ from zsteer.pipeline.directions import PATHS
 
 _DIRECTION_FLAGS = (
     "directions", "direction", "alpha", "alphas", "distance", "until_prob", "max_alpha", "max_evals",
-    "condition",
+    "condition", "scores_before",
 )  # fmt: skip
 _INTERPOLATE_FLAGS = ("frames", "path")
 
@@ -45,6 +45,9 @@ def method_options(fn):
                      help=f"--until-prob: most forwards per row (default {d.max_evals})."),
         click.option("--condition", multiple=True, help="--method direction: directions of the file to stay "
                      "orthogonal to (repeatable or comma-separated; conditional manipulation)."),
+        click.option("--scores-before/--no-scores-before", default=None,
+                     help="--method direction: score the starting latent (logits_before; default on). "
+                     "--no-scores-before writes NaN there and halves a fixed-alpha edit's forwards."),
         click.option("--frames", type=click.IntRange(min=2),
                      help=f"--method interpolate: frames per row, both ends included (default {i.frames})."),
         click.option("--path", "path", type=click.Choice(PATHS),
@@ -75,7 +78,9 @@ def direction_method(opt: dict) -> DirectionMethod:
     conditions = tuple(
         n.strip() for value in opt.get("condition") or () for n in value.split(",") if n.strip()
     )
-    settings = _given(opt, ("direction", "alpha", "distance", "until_prob", "max_alpha", "max_evals"))
+    settings = _given(
+        opt, ("direction", "alpha", "distance", "until_prob", "max_alpha", "max_evals", "scores_before")
+    )
     if opt.get("alphas"):
         settings["alphas"] = parse_alphas(opt["alphas"])
     if "alpha" in settings and ("alphas" in settings or "distance" in settings or "until_prob" in settings):

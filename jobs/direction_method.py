@@ -74,6 +74,10 @@ class DirectionMethod:
     tolerance: float = 0.01
     # Directions every direction is made orthogonal to (conditional manipulation at edit time).
     conditions: tuple[str, ...] = field(default_factory=tuple)
+    # Score the starting latent (`logits_before`): one of a fixed-alpha edit's two forwards per row. Off,
+    # `logits_before` is NaN and the edit costs one forward per row, for bulk renders that need only the
+    # edited images and their scores (`zsteer report` and `zsteer sheet` score "before" themselves).
+    scores_before: bool = True
 
     def __post_init__(self):
         modes = [bool(self.alphas), self.distance is not None, self.until_prob is not None]
@@ -83,6 +87,8 @@ class DirectionMethod:
             raise ValueError("alpha values must be finite")
         if self.until_prob is not None and not 0 < self.until_prob < 1:
             raise ValueError(f"until_prob must be in (0, 1), got {self.until_prob}")
+        if self.until_prob is not None and not self.scores_before:
+            raise ValueError("until_prob searches from the starting scores: it needs scores_before")
         if not 0 < self.first_alpha <= self.max_alpha or self.max_evals < 1 or self.tolerance <= 0:
             raise ValueError("need 0 < first_alpha <= max_alpha, max_evals >= 1 and tolerance > 0")
 
@@ -104,7 +110,7 @@ class DirectionMethod:
             "direction": self.direction, "alpha": self.alpha, "alphas": list(self.alphas),
             "distance": self.distance, "until_prob": self.until_prob, "first_alpha": self.first_alpha,
             "max_alpha": self.max_alpha, "max_evals": self.max_evals, "tolerance": self.tolerance,
-            "conditions": list(self.conditions),
+            "conditions": list(self.conditions), "scores_before": self.scores_before,
         }  # fmt: skip
         return {"direction": settings}
 
@@ -232,6 +238,7 @@ class DirectionEditor:
     def __init__(self, method: DirectionMethod, renderer: Editor, attributes: tuple[str, ...]):
         self.method = method
         self.renderer = renderer
+        self.n_attributes = len(attributes)
         ds = method.loaded
         # [K, D] the directions as applied (conditioned), and each one's boundary normal and offset.
         self.vectors = torch.stack([ds.conditioned(n, method.conditions) for n in ds.names]).float()
@@ -272,7 +279,8 @@ class DirectionEditor:
             index = torch.full((n,), -1 if default is None else default, dtype=torch.int64)
         own = as_tensor(extra.get(ALPHA), torch.device("cpu"), torch.float32)
         v = self.vectors[index]  # [n, D]
-        before = self._logits(z0, labels)  # [n, A]
+        unscored = torch.full((n, self.n_attributes), math.nan)  # [n, A]: --no-scores-before
+        before = self._logits(z0, labels) if m.scores_before else unscored  # [n, A]
         source = None
         status = torch.full((n,), STEPS_DONE, dtype=torch.int32)
         evals = torch.ones(n, dtype=torch.int32)

@@ -9,6 +9,7 @@ are what `zsteer demo` draws its sheet with too.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,8 @@ def _caption(rows: list[int], columns: dict[str, list], target: int | None, name
     if target is None or "logits_after" not in columns:
         return text
     before = _probability(columns["logits_before"][rows[0]][target]) if "logits_before" in columns else None
+    if before is not None and math.isnan(before):  # a direction job run with --no-scores-before
+        before = None
     after = " ".join(f"{_probability(columns['logits_after'][r][target]):.2f}" for r in rows)
     return f"{text} {name} " + (f"{before:.2f}->{after}" if before is not None else after)
 

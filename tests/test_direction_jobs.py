@@ -128,6 +128,28 @@ def test_per_row_alpha_and_distance(tmp_path, job_models, directions_file):
         )
 
 
+def test_without_scores_before_a_direction_job_writes_nan_there_and_the_same_edits(
+    tmp_path, job_models, directions_file
+):
+    n = 9
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(n), "z": latents(n, seed=4)})
+    tables = {}
+    for scores_before in (True, False):
+        out = tmp_path / f"scores_before_{scores_before}"
+        method = DirectionMethod(
+            directions=directions_file, direction="attr1", alpha=1.5, scores_before=scores_before
+        )
+        _direction_job(path, out, job_models, method, batch_size=4)
+        tables[scores_before] = _table(out)
+    scored, unscored = tables[True], tables[False]
+    assert not np.isnan(np.array(scored.column("logits_before").to_pylist())).any()
+    assert np.isnan(np.array(unscored.column("logits_before").to_pylist())).all()
+    for column in ("z_edited", "logits_after", "latent_shift", "stop_reason", "alpha"):
+        assert unscored.column(column).equals(scored.column(column)), column
+    with pytest.raises(ValueError, match="needs scores_before"):
+        DirectionMethod(directions=directions_file, until_prob=0.9, scores_before=False)
+
+
 def test_conditioning_at_edit_time_and_settings_a_direction_cannot_serve(
     tmp_path, job_models, directions_file
 ):
