@@ -24,7 +24,6 @@ actor checks that it sees job.json before it takes work, and says so in one line
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import socket
@@ -38,7 +37,7 @@ from zsteer.core.errors import ZsteerError
 
 from .commit import commit_unit
 from .executor import JobWork
-from .folder import Commit, JobFolder
+from .folder import Commit, JobFolder, MarkerError
 from .local import SerializedEditor
 from .reader import UnitReader
 from .rows import Unit
@@ -446,8 +445,8 @@ def _take(ray, sink) -> dict[str, int]:
 def _committed(folder: JobFolder, unit: Unit) -> Commit | None:
     """The unit's marker if it is on disk: a unit cancelled while it was committing may have made it."""
     try:
-        return Commit(**json.loads(folder.marker(unit.key).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
+        return folder.read_marker(folder.marker(unit.key))  # checked as a resume checks it
+    except MarkerError:  # none on disk, or not one zsteer wrote: the unit is done again
         return None
 
 
