@@ -173,8 +173,10 @@ class Meter:
     def window(self) -> float:
         """One measurement window; its rate (units per second)."""
         latencies: list[float] = []
-        while sum(latencies) < self.control.min_seconds or len(latencies) < self.control.min_iterations:
+        elapsed = 0.0  # a running total: re-summing the list each call made a window quadratic in calls
+        while elapsed < self.control.min_seconds or len(latencies) < self.control.min_iterations:
             latencies.append(self._timed())
+            elapsed += latencies[-1]
         self.windows.append(Window(tuple(latencies), self.units))
         c = self.control
         self.stable = windows_agree([w.rate for w in self.windows], c.tolerance, c.agree)
