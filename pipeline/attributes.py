@@ -32,6 +32,17 @@ def read_utf8(path: Path, error: type[Exception]) -> str:
         ) from None
 
 
+def read_json(path: Path, error: type[Exception]):
+    """The JSON document in ``path`` (UTF-8); text that is not JSON, or nested too deeply to be settings,
+    raises ``error`` in one line naming the file."""
+    try:
+        return json.loads(read_utf8(path, error))
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to be model settings") from None
+
+
 def load_attribute_names(source: str) -> tuple[str, ...]:
     """A named list (``celeba40``), a JSON file holding a list of names, or a text file, one name a line."""
     if source in NAMED_LISTS:

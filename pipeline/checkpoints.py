@@ -23,7 +23,7 @@ from torch import nn
 
 from zsteer.core.errors import CheckpointError
 
-from .attributes import CELEBA40, read_utf8
+from .attributes import CELEBA40, read_json
 from .imported import PROGRAM_SUFFIX, load_imported_classifier, load_imported_generator
 from .inference import check_against, infer_classifier, infer_generator, unwrap
 from .loaded import LoadedModel, file_fingerprint
@@ -98,12 +98,7 @@ def _read_state_dict(path: Path, role: str) -> tuple[dict[str, torch.Tensor], di
         sidecar = path.with_suffix(".json")
         config = {}
         if sidecar.is_file():
-            try:
-                config = json.loads(read_utf8(sidecar, CheckpointError))
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{sidecar}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-            except RecursionError:
-                raise CheckpointError(f"{sidecar}: JSON nested too deeply to be model settings") from None
+            config = read_json(sidecar, CheckpointError)
             if not isinstance(config, dict):
                 raise CheckpointError(
                     f"{sidecar}: expected a JSON object of model settings, found {type(config).__name__}"

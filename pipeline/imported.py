@@ -26,7 +26,7 @@ from torch import nn
 
 from zsteer.core.errors import CheckpointError
 
-from .attributes import read_utf8
+from .attributes import read_json
 from .loaded import LoadedModel, file_fingerprint
 from .program_file import first_line, load_program, program_module
 
@@ -181,10 +181,7 @@ def _read_sidecar(path: Path, role: str) -> dict:
             f"{path}: its sidecar {side.name} is missing (zsteer import writes both; it says what the graph "
             f"cannot: {'z_dim, classes, output range' if role == 'generator' else 'input size, range, attributes'})"
         )
-    try:
-        doc = json.loads(read_utf8(side, CheckpointError))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{side}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    doc = read_json(side, CheckpointError)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f'{side}: not a zsteer model sidecar (expected "format": "{FORMAT}")')
     if doc.get("version") != FORMAT_VERSION:

@@ -260,6 +260,10 @@ def test_shape_rank_and_attribute_problems_are_one_line_errors_at_load(imported,
         load_generator(tmp_path / "lone.pt2")
     with pytest.raises(CheckpointError, match="z_dim 8 was given, but its sidecar says 6"):
         load_generator(res, z_dim=8)
+    deep = _with_sidecar(res, tmp_path / "deep.pt2")
+    deep.with_suffix(".json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="deep.json: JSON nested too deeply"):
+        load_generator(deep)
 
 
 def test_zsteer_import_runs_the_users_factory_and_refuses_bad_options(tmp_path):
