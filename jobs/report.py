@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
 from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.attributes import parse_target
 from zsteer.pipeline.checkpoints import LoadedModel, file_fingerprint
 from zsteer.pipeline.generic_net import classifier_input_shape
 from zsteer.pipeline.loading import demo_model_paths
+from zsteer.pipeline.network import fit_to_classifier
 
 from .folder import JobFolder, write_bytes_atomic, write_json_atomic
 from .jobview import JobView, ManifestLatents, open_job
@@ -129,10 +129,7 @@ def judge_probabilities(judge: LoadedModel, images: np.ndarray) -> np.ndarray:
     """Judge probabilities [n, A] of uint8 images [n, H, W, C], resized and expanded as the judge reads."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # [n, C, H, W]
     chan, height, width = classifier_input_shape(judge)  # a course or an imported (.pt2) judge
-    if x.shape[-2:] != (height, width):  # resized as the editor does (pipeline/network.py)
-        x = F.interpolate(x, size=(height, width), mode="bilinear")
-    if x.shape[1] != chan:
-        x = x.expand(-1, chan, -1, -1)
+    x = fit_to_classifier(x, chan, height, width)  # as the editor feeds its classifier
     with torch.no_grad():
         return torch.sigmoid(judge.module(x)).double().numpy()
 

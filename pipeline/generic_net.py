@@ -30,14 +30,13 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .ascent_loop import MIN_ROWS
 from .imported import ImportedClassifierSpec, is_imported
 from .loaded import LoadedModel
 from .models import ClassifierSpec
-from .network import EditNet, latent_input
+from .network import EditNet, fit_to_classifier, latent_input
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +70,15 @@ class ModelNet(nn.Module):
             raise ValueError(
                 f"classifier reads {self.class_chan} channels but the generator draws {self.im_chan}"
             )
-        self.resize = (height, width) != (self.class_h, self.class_w)
-        self.expand = self.class_chan != self.im_chan
-        if self.resize or self.expand or is_imported(generator) or is_imported(classifier):
+        resize = (height, width) != (self.class_h, self.class_w)  # for the log line: fit_to_classifier acts
+        expand = self.class_chan != self.im_chan
+        if resize or expand or is_imported(generator) or is_imported(classifier):
             g_range = getattr(gspec, "output_range", (-1.0, 1.0))
             c_range = getattr(classifier.spec, "input_range", (-1.0, 1.0))
             log.info(
                 "generator %s draws %dx%dx%d in [%g, %g]; classifier %s reads %dx%dx%d in [%g, %g]: %s",
                 generator.path, self.im_chan, height, width, *g_range, classifier.path, self.class_chan,
-                self.class_h, self.class_w, *c_range, _adaptation(self.resize, self.expand, g_range, c_range),
+                self.class_h, self.class_w, *c_range, _adaptation(resize, expand, g_range, c_range),
             )  # fmt: skip
         for p in self.parameters():
             p.requires_grad_(False)
@@ -98,11 +97,7 @@ class ModelNet(nn.Module):
         return self._per_row(lambda rows: self._classify(self.gen(rows)), z_in)
 
     def _classify(self, images: torch.Tensor) -> torch.Tensor:  # [m, C, H, W] -> [m, A]
-        if self.resize:
-            images = F.interpolate(images, size=(self.class_h, self.class_w), mode="bilinear")
-        if self.expand:
-            images = images.expand(-1, self.class_chan, -1, -1)
-        return self.cls(images)
+        return self.cls(fit_to_classifier(images, self.class_chan, self.class_h, self.class_w))
 
     def _per_row(self, fn, x: torch.Tensor) -> torch.Tensor:
         """``fn(x)``; row by row as MIN_ROWS copies of each row when ``row_by_row`` (module docstring)."""

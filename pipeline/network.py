@@ -135,11 +135,18 @@ class EditNet(nn.Module):
         return x
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, A]
-        if images.shape[-1] != self.class_size or images.shape[-2] != self.class_size:
-            images = F.interpolate(images, size=(self.class_size, self.class_size), mode="bilinear")
-        if images.shape[1] != self.class_chan:
-            images = images.expand(-1, self.class_chan, -1, -1)
+        images = fit_to_classifier(images, self.class_chan, self.class_size, self.class_size)
         return self.cls(images).flatten(1)
 
     def forward(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> logits [N, A]
         return self.classify(self.generate(z_in))
+
+
+def fit_to_classifier(images: torch.Tensor, chan: int, height: int, width: int) -> torch.Tensor:
+    """Images as a classifier reads them: resized (bilinear) to its size where they differ, and a single
+    channel repeated where it takes more. [N, C, H, W] -> [N, chan, height, width]"""
+    if images.shape[-2:] != (height, width):
+        images = F.interpolate(images, size=(height, width), mode="bilinear")
+    if images.shape[1] != chan:
+        images = images.expand(-1, chan, -1, -1)
+    return images
