@@ -81,7 +81,6 @@ def _write(path: Path | None, text: str) -> None:
     if str(path) == "-":
         click.echo(text, nl=False)
         return
-    check_out_parent("--markdown", path)
     path.write_text(text)
 
 
@@ -257,8 +256,9 @@ def bench(**opt):  # fmt: skip
         device=_values(opt["devices"], ["cpu"]),
         threads=_values(opt["threads"], [None], _positive_int, "--threads"),
     )
-    for path, flag in ((opt["json_path"], "--json"), (opt["csv_path"], "--csv")):
-        if path is not None:
+    outputs = ((opt["json_path"], "--json"), (opt["csv_path"], "--csv"), (opt["markdown_path"], "--markdown"))
+    for path, flag in outputs:  # before any work, not after minutes of measuring
+        if path is not None and str(path) != "-":
             check_out_parent(flag, path)
     try:
         config = BenchConfig(
