@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from zsteer.core.errors import ZsteerError
 
 from .folder import write_bytes_atomic
-from .manifest import ID, ManifestPlan, is_unchanged
+from .manifest import ID, ManifestPlan, is_os_fault, is_unchanged
 
 # Rows per spill partition: 16 bytes each, so about 64 MiB of pairs sorted at a time.
 PARTITION_ROWS = 1 << 22
@@ -125,7 +125,7 @@ def _id_batches(plan: ManifestPlan):
                     try:
                         batch = next(batches, None)
                     except Exception as exc:  # pyarrow raises OSError for decoding faults too
-                        if isinstance(exc, OSError) and exc.errno is not None:
+                        if is_os_fault(exc):
                             raise _unreadable(file.path, exc) from None
                         break
                     if batch is None:

@@ -136,6 +136,15 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def is_os_fault(exc: BaseException) -> bool:
+    """An error of the operating system (it has an errno), as opposed to one of decoding the data.
+
+    pyarrow raises OSError for both: decoding faults of Parquet ("Corrupt snappy compressed data",
+    "Couldn't deserialize thrift") carry no errno, failed system calls do.
+    """
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
 def is_unchanged(file: InputFile) -> bool:
     """Whether ``file`` on disk is still the one planned: size, modification time and footer hash.
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 
-from .manifest import InputFile, ManifestPlan, is_unchanged
+from .manifest import InputFile, ManifestPlan, is_os_fault, is_unchanged
 from .rows import Unit
 
 READ_BUFFER = 1 << 20  # bytes read at a time from a column chunk (pyarrow's buffered stream)
@@ -60,15 +60,6 @@ class Piece:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _is_os_fault(exc: BaseException) -> bool:
-    """An error of the operating system (it has an errno), as opposed to one of decoding the data.
-
-    pyarrow raises OSError for both: decoding faults of Parquet ("Corrupt snappy compressed data",
-    "Couldn't deserialize thrift") carry no errno, failed system calls do.
-    """
-    return isinstance(exc, OSError) and exc.errno is not None
 
 
 def _read_error(file: InputFile, what: str, exc: BaseException) -> ReadError:
@@ -115,7 +106,7 @@ class _RowGroupStream:
             try:
                 batch = next(self._batches, None)
             except Exception as exc:
-                if _is_os_fault(exc):
+                if is_os_fault(exc):
                     raise
                 raise _Undecodable(_first_line(exc)) from exc
             if batch is None or batch.num_rows == 0:
