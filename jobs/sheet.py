@@ -73,7 +73,7 @@ def starting_latents(inputs: list[str], ids: list) -> tuple[np.ndarray, np.ndarr
     return ManifestLatents(inputs).lookup(ids)
 
 
-def first_strips(parts: Path, n: int, key: str) -> dict[str, list]:
+def first_strips(parts: Path, n: int) -> dict[str, list]:
     """Columns of the output rows of the first ``n`` input ids of a strip job (all rows of each id)."""
     out: dict[str, list] = {}
     seen: list = []
@@ -119,7 +119,7 @@ def job_sheet(config: SheetConfig) -> Path:
     view = open_job(config.job, hint="not a job folder zsteer can draw")
     parts = config.job / PARTS
     key = view.strip_column
-    columns = first_strips(parts, config.rows, key) if key else first_rows(parts, config.rows)
+    columns = first_strips(parts, config.rows) if key else first_rows(parts, config.rows)
     if not columns.get("id"):
         raise ZsteerError(f"{config.job}: the job has no edited rows yet")
     strips: dict = {}
@@ -131,15 +131,14 @@ def job_sheet(config: SheetConfig) -> Path:
     ids = list(strips)
     width = max(len(rows) for rows in strips.values())
     z, labels = starting_latents(list(view.inputs), ids)
-    z_edited = np.asarray(columns["z_edited"], dtype=np.float32)
     out_labels = None if labels is None else labels[[ids.index(v) for v in columns["id"]]]
     with torch.no_grad():
-        before, after = (
-            render_latents(view.generator, z, labels),
-            render_latents(view.generator, z_edited, out_labels),
-        )
-    if "image" in columns:  # what the job wrote is what the user gets: show that
-        after = np.stack([decode_png(png) for png in columns["image"]])
+        before = render_latents(view.generator, z, labels)
+        if "image" in columns:  # what the job wrote is what the user gets: show that
+            after = np.stack([decode_png(png) for png in columns["image"]])
+        else:
+            z_edited = np.asarray(columns["z_edited"], dtype=np.float32)  # [M, z_dim]
+            after = render_latents(view.generator, z_edited, out_labels)
     blank = np.full_like(after[0], 255)
     cells = [[after[rows[j]] if j < len(rows) else blank for rows in strips.values()] for j in range(width)]
     if key:
