@@ -25,7 +25,7 @@ from zsteer.pipeline.config import MAX_STEPS, AscentConfig, EngineConfig
 
 from .method_options import METHOD_PARSERS, method_options, refuse_method_flags
 from .models import model_options, model_source
-from .paths import check_out_parent
+from .paths import PathOrUri, check_out_parent
 
 
 def _names(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -55,9 +55,11 @@ def _edit_options(fn):
     pos = click.FloatRange(min=0, min_open=True)
     options = [
         click.option("--manifest", "-m", "manifests", multiple=True, required=True,
-                     help="Parquet file, directory (every *.parquet below it) or glob; repeatable."),
-        click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-                     help="Job folder. Running the same command again resumes it."),
+                     help="Parquet file, directory (every *.parquet below it) or glob, as a path or a URI "
+                     "(s3://bucket/prefix, file:///abs/path); repeatable."),
+        click.option("--out", "-o", type=PathOrUri(file_okay=False, path_type=Path), required=True,
+                     help="Job folder: a path, or a URI (s3://bucket/prefix, file:///abs/path). Running the "
+                     "same command again resumes it."),
         click.option("--target", "-t", "targets", multiple=True,
                      help="NAME or NAME=WEIGHT (e.g. Smiling, Eyeglasses=-1); repeatable. Rows with a "
                      "'targets' value use theirs instead."),

@@ -5,13 +5,35 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import click
+
 from zsteer.core.errors import ZsteerError
+
+
+class PathOrUri(click.ParamType):
+    """A job folder as ``--out`` / ``zsteer verify OUT`` take it: a plain path, checked and converted as
+    ``click.Path(**options)`` does, or a URI (``s3://bucket/prefix``, ``file:///abs``) kept as text for
+    jobs/storage.py to open (click.Path would turn ``s3://b`` into ``s3:/b``)."""
+
+    name = "path"
+
+    def __init__(self, **options):
+        self.path = click.Path(**options)
+
+    def convert(self, value, param, ctx):
+        from zsteer.jobs.storage import is_uri  # pyarrow: only for the commands that take a job folder
+
+        if isinstance(value, str) and is_uri(value):
+            return value
+        return self.path.convert(value, param, ctx)
 
 
 def check_out_parent(flag: str, path: Path) -> None:
     """Refuse an output path below a file (``--out notes.txt/job``), or in a folder that cannot be written
     (read-only, no permission), before any work, naming both: a command that fails only when it writes
-    its result has wasted all the work before it."""
+    its result has wasted all the work before it. A URI is checked when the job opens it."""
+    if not isinstance(path, Path):
+        return
     path = Path(path)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is None:

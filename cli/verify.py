@@ -13,11 +13,13 @@ import click
 
 from zsteer.jobs.verify import verify_folder
 
+from .paths import PathOrUri
+
 DAMAGED_EXIT = 1
 
 
 @click.command()
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=PathOrUri(file_okay=False, path_type=Path))
 def verify(out):
     """Check that every file OUT's commit markers name is there, whole and unchanged (size and sha256)."""
     start = time.perf_counter()

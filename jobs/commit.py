@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import pyarrow as pa
 
-from .folder import PARTS, REJECTS, Commit, JobFolder, shard_name, write_parquet_atomic
+from .folder import PARTS, REJECTS, Commit, CommittedElsewhere, JobFolder, shard_name
 from .unit import UnitOutput
 
 
@@ -20,8 +20,11 @@ def _shards(table: pa.Table, rows_per_shard: int) -> list[pa.Table]:
 
 
 def commit_unit(folder: JobFolder, output: UnitOutput, rows_per_shard: int) -> Commit:
-    """Write the unit's parts and rejects under temporary names, rename them, then write its marker,
-    which records each file's size and sha256 (checked on resume and by `zsteer verify`)."""
+    """Write the unit's parts and rejects (under temporary names renamed into place, or on an object
+    store once each under names of this attempt's own), then its marker, which records each file's size
+    and sha256 (checked on resume and by `zsteer verify`). Returns the marker that counts: on an object
+    store, where another attempt of the unit (a retry, a zombie worker) created it first, that one's, and
+    this attempt's files are removed (for space only: no marker names them, so nothing reads them)."""
     if output.n_rows != output.unit.n_rows:  # every row of the unit, exactly once
         raise RuntimeError(
             f"unit {output.unit.key}: {output.n_rows - output.rejects.num_rows} edited + "
@@ -29,12 +32,13 @@ def commit_unit(folder: JobFolder, output: UnitOutput, rows_per_shard: int) -> C
             f"{output.unit.n_rows} in the manifest"
         )
     key = output.unit.key
+    token = folder.attempt_token()
     files: dict[str, dict] = {}
     names: dict[str, list[str]] = {PARTS: [], REJECTS: []}
     for kind, table in ((PARTS, output.edited), (REJECTS, output.rejects)):
         for k, shard in enumerate(_shards(table, rows_per_shard)):
-            name = shard_name(kind, key, k)
-            files[name] = asdict(write_parquet_atomic(shard, folder.root / kind / name))
+            name = shard_name(kind, key, k, token)
+            files[name] = asdict(folder.storage.write_parquet(shard, folder.root / kind / name))
             names[kind].append(name)
     commit = Commit(
         unit=output.unit.key,
@@ -47,5 +51,10 @@ def commit_unit(folder: JobFolder, output: UnitOutput, rows_per_shard: int) -> C
         files=files,
         output_rows=None if output.inputs is None else output.edited.num_rows,
     )
-    folder.commit(commit)
+    try:
+        folder.commit(commit)
+    except CommittedElsewhere:
+        for path, _ in commit.paths(folder):
+            folder.storage.remove(path)
+        return folder.read_marker(folder.marker(key))
     return commit

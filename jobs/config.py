@@ -34,8 +34,9 @@ class EditSpec:
 class OutputConfig:
     """Where results go and how they are cut into files."""
 
-    # The job folder: job.json, parts/, rejects/, commits/, summary.json.
-    out: Path
+    # The job folder: job.json, parts/, rejects/, commits/, summary.json. A path, or a URI of a pyarrow.fs
+    # file system (s3://bucket/prefix, file:///abs/path), opened by jobs/storage.py.
+    out: Path | str
     # "png" (an `image` column of PNG bytes) or "none". Identity: shards of one job share one schema.
     images: str = "png"
     # Upper bound on rows per output file; a unit (at most unit_rows rows) is written as one or more.

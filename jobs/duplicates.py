@@ -33,12 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 
-from .folder import write_bytes_atomic
 from .manifest import ID, ManifestPlan, is_os_fault, is_unchanged
+from .storage import AnyPath, storage_of
 
 # Rows per spill partition: 16 bytes each, so about 64 MiB of pairs sorted at a time.
 PARTITION_ROWS = 1 << 22
@@ -90,15 +89,17 @@ class DuplicateIndex:
         pos = int(self.first[np.searchsorted(self.keys, key)])
         return pos >> ROW_BITS, pos & ((1 << ROW_BITS) - 1)
 
-    def save(self, path: Path) -> None:
-        """Write the index under a temporary name and rename it into place (an error names the file)."""
+    def save(self, path: AnyPath) -> None:
+        """Write the index whole (under a temporary name renamed into place, or in one write to an object
+        store); an error names the file."""
         buffer = io.BytesIO()  # the index holds only repeated ids: small
         np.savez(buffer, keys=self.keys, first=self.first)
-        write_bytes_atomic(path, buffer.getvalue())
+        storage_of(path).write_bytes(path, buffer.getvalue())
 
     @staticmethod
-    def load(path: Path) -> DuplicateIndex:
-        with np.load(path, allow_pickle=False) as doc:
+    def load(path: AnyPath) -> DuplicateIndex:
+        source = path if isinstance(path, Path) else io.BytesIO(storage_of(path).read_bytes(path))
+        with np.load(source, allow_pickle=False) as doc:
             return DuplicateIndex(doc["keys"], doc["first"])
 
 
@@ -111,7 +112,9 @@ def _id_batches(plan: ManifestPlan):
     """
     for file in plan.files:
         try:
-            pf = pq.ParquetFile(file.path, pre_buffer=False, page_checksum_verification=True)
+            pf = storage_of(file.path).parquet_file(
+                file.path, pre_buffer=False, page_checksum_verification=True
+            )
         except OSError as exc:
             raise _unreadable(file.path, exc) from None
         with pf:
@@ -148,7 +151,7 @@ def _id_batches(plan: ManifestPlan):
             )
 
 
-def _unreadable(path: Path, exc: OSError) -> ZsteerError:
+def _unreadable(path: AnyPath, exc: OSError) -> ZsteerError:
     return ZsteerError(
         f"{path}: cannot read its ids ({exc.strerror or exc}); nothing was edited yet: make the file "
         "readable and run the same command again"
@@ -165,8 +168,9 @@ def _duplicates_of(keys: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray,
     return keys[repeated], positions[repeated]
 
 
-def find_duplicates(plan: ManifestPlan, scratch: Path) -> DuplicateIndex:
-    """Scan the id column of every input once; spill to ``scratch`` (a folder) when the job is large."""
+def find_duplicates(plan: ManifestPlan, scratch: Path | None) -> DuplicateIndex:
+    """Scan the id column of every input once; spill to ``scratch`` (a local folder; None: the system's
+    temporary folder, for a job folder on an object store) when the job is large."""
     n_parts = max(1, -(-plan.num_rows // PARTITION_ROWS))
     if n_parts == 1:
         pairs = list(_id_batches(plan))
@@ -176,7 +180,8 @@ def find_duplicates(plan: ManifestPlan, scratch: Path) -> DuplicateIndex:
             np.concatenate([k for k, _ in pairs]), np.concatenate([p for _, p in pairs])
         )
         return DuplicateIndex(keys, first)
-    scratch.mkdir(parents=True, exist_ok=True)
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch, prefix=".ids-") as tmp:
         paths = [Path(tmp) / f"part-{i}.bin" for i in range(n_parts)]
         files = [open(p, "wb") for p in paths]  # noqa: SIM115 (closed below, all together)

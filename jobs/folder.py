@@ -22,34 +22,43 @@ File names come from the unit's counters only, never from row ids.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 
 from .lock import LOCK_NAME
+from .storage import (  # noqa: F401 (the local protocol's writers: report, bench, demo import them from here)
+    TMP_PREFIX,
+    AnyPath,
+    FileCheck,
+    StorePath,
+    file_check,
+    json_bytes,
+    storage_of,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 JOB_JSON, SUMMARY_JSON = "job.json", "summary.json"
 PARTS, REJECTS, COMMITS = "parts", "rejects", "commits"
-TMP_PREFIX = ".tmp-"
 DUPLICATES = "duplicates.npz"
 _COMMIT_NAME = re.compile(r"commit-(\d{6,}-\d{6,}-\d{6,})\.json")
-_SHARD_NAME = {PARTS: "part-{stem}-{k:03d}.parquet", REJECTS: "rejects-{stem}-{k:03d}.parquet"}
-_SHARD_PATTERN = {PARTS: r"part-{stem}-\d{{3,}}\.parquet", REJECTS: r"rejects-{stem}-\d{{3,}}\.parquet"}
+_SHARD_NAME = {PARTS: "part-{stem}-{k:03d}{token}.parquet", REJECTS: "rejects-{stem}-{k:03d}{token}.parquet"}
+# A shard of a unit committed to an object store ends in its attempt's token (``attempt_token``).
+_SHARD_PATTERN = {
+    PARTS: r"part-{stem}-\d{{3,}}(-[0-9a-f]{{16}})?\.parquet",
+    REJECTS: r"rejects-{stem}-\d{{3,}}(-[0-9a-f]{{16}})?\.parquet",
+}
 # A marker lists a unit's shards (unit_rows / rows_per_shard of them, ~150 bytes each): a few kB, 150 MB at
 # the very most (a million-row unit in one-row shards).
 # One larger was not written by zsteer, and is refused before it is read into memory.
 MAX_MARKER_BYTES = 256 << 20
-HASH_CHUNK = 1 << 20  # bytes hashed at a time: a shard is never held in memory to be checked
 
 
 def unit_stem(key: str) -> str:
@@ -57,27 +66,10 @@ def unit_stem(key: str) -> str:
     return "-".join(f"{int(n):06d}" for n in key.split(":"))
 
 
-def shard_name(kind: str, unit_key: str, k: int) -> str:
-    """The name of shard ``k`` of a unit in parts/ (kind PARTS) or rejects/ (kind REJECTS)."""
-    return _SHARD_NAME[kind].format(stem=unit_stem(unit_key), k=k)
-
-
-@dataclass(frozen=True)
-class FileCheck:
-    """What a marker records of each file it names, to tell it from a damaged or replaced one."""
-
-    bytes: int  # size: a truncated or extended file is found by a stat alone
-    sha256: str  # hex digest of the whole file: any altered byte
-
-
-def file_check(path: Path) -> FileCheck:
-    """Size and sha256 of ``path``, read in chunks (about 1 GB/s: docs/NOTES.md, "Checksums of committed shards")."""
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return FileCheck(size, digest.hexdigest())
+def shard_name(kind: str, unit_key: str, k: int, token: str = "") -> str:
+    """The name of shard ``k`` of a unit in parts/ (kind PARTS) or rejects/ (kind REJECTS); ``token``
+    (``JobFolder.attempt_token``) makes it the name of one attempt of the unit on an object store."""
+    return _SHARD_NAME[kind].format(stem=unit_stem(unit_key), k=k, token=token)
 
 
 @dataclass
@@ -98,7 +90,7 @@ class Commit:
     # interpolation frames); None = one per edited row, so ``edited``.
     output_rows: int | None = None
 
-    def paths(self, folder: JobFolder) -> list[tuple[Path, str]]:
+    def paths(self, folder: JobFolder) -> list[tuple[AnyPath, str]]:
         """(path, name) of every file the marker names, parts first."""
         return [(folder.parts / n, n) for n in self.parts] + [(folder.rejects / n, n) for n in self.rejects]
 
@@ -107,7 +99,7 @@ class MarkerError(ZsteerError):
     """A completion marker that zsteer did not write as it is (edited, or damaged on disk)."""
 
 
-def _marker_error(path: Path, what: str) -> MarkerError:
+def _marker_error(path: AnyPath, what: str) -> MarkerError:
     return MarkerError(
         f"{path}: {what}; the job folder was edited or damaged: delete this marker to have its unit "
         "done again (`zsteer verify` lists what else is wrong)"
@@ -118,7 +110,7 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def parse_commit(path: Path, doc) -> Commit:
+def parse_commit(path: AnyPath, doc) -> Commit:
     """A marker's JSON as a Commit, every field checked: types, counts that add up, and file names that
     are plain names of this unit's shards (a marker naming ``../x`` or ``/etc/passwd`` is refused, so
     nothing outside parts/ and rejects/ is ever opened or deleted)."""
@@ -180,75 +172,54 @@ def parse_commit(path: Path, doc) -> Commit:
     )  # fmt: skip
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def naming(path: Path) -> Iterator[None]:
-    """OS errors inside name ``path``: pyarrow's write errors (a full disk, a size limit) carry no file
-    name, and the CLI prints an OSError as ``FILE: reason`` (cli/main.py)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is not None:
-            raise
-        lines = str(exc).strip().splitlines()
-        reason = exc.strerror or (lines[0] if lines else type(exc).__name__)
-        raise OSError(exc.errno, reason, str(path)) from exc
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` under a temporary name in the same folder, fsync, rename into place."""
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    with naming(path), open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def write_parquet_atomic(table: pa.Table, path: Path) -> FileCheck:
-    """One row group per shard: shards are bounded in rows, so a reader never needs more. Returns the
-    size and sha256 of the file as written (read back from the page cache: a few ms a shard)."""
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    with naming(path):
-        pq.write_table(table, tmp, row_group_size=max(table.num_rows, 1))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        check = file_check(tmp)
-    os.replace(tmp, path)
-    return check
+class CommittedElsewhere(Exception):
+    """The unit's marker was already there when this attempt came to create it (an object store's
+    create-only write lost): another attempt committed the unit, and its marker is the one that counts."""
 
 
 class JobFolder:
-    """Paths and bookkeeping of one job folder."""
+    """Paths and bookkeeping of one job folder, on the storage its root names (jobs/storage.py): a plain
+    path (files renamed into place, directories fsynced) or a URI (whole writes, create-only markers)."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: AnyPath):
+        self.root = root if isinstance(root, StorePath) else Path(root)
+        self.storage = storage_of(self.root)
         self.parts = self.root / PARTS
         self.rejects = self.root / REJECTS
         self.commits = self.root / COMMITS
         self.job_json = self.root / JOB_JSON
         self.summary_json = self.root / SUMMARY_JSON
 
+    @property
+    def renames(self) -> bool:
+        """Whether files are renamed into place (a plain path) rather than written once under names of
+        their own (an object store)."""
+        return self.storage.atomic_rename
+
+    def attempt_token(self) -> str:
+        """What makes the names of one attempt of a unit its own: nothing where a rename puts a file in
+        place whole (a retry rewrites the same names), a random suffix on an object store (an attempt,
+        or a zombie worker, never overwrites another attempt's objects)."""
+        return "" if self.renames else f"-{secrets.token_hex(8)}"
+
+    def exists(self, path: AnyPath) -> bool:
+        return self.storage.stat(path) is not None
+
     def check_fresh_or_job(self) -> None:
         """Refuse a folder that holds anything but a zsteer job: orphan cleanup deletes files there."""
-        if self.job_json.exists() or not self.root.exists():
+        if self.exists(self.job_json):
             return
-        if not self.root.is_dir():
+        root = self.storage.stat(self.root)
+        if root is None:
+            return
+        if root.kind != "folder":
             raise ZsteerError(f"--out {self.root}: exists and is not a folder")
         allowed = {LOCK_NAME, PARTS, REJECTS, COMMITS, DUPLICATES}
-        for entry in self.root.iterdir():
-            if entry.name not in allowed or (entry.is_dir() and any(entry.iterdir())):
+        for entry in self.storage.list_folder(self.root):
+            kind = self.storage.stat(entry)
+            if entry.name not in allowed or (
+                kind is not None and kind.kind == "folder" and self.storage.list_folder(entry)
+            ):
                 raise ZsteerError(
                     f"--out {self.root}: not a zsteer job folder (no {JOB_JSON}, holds {entry.name!r}); "
                     "choose a new or empty folder"
@@ -256,24 +227,27 @@ class JobFolder:
 
     def make(self) -> None:
         for path in (self.parts, self.rejects, self.commits):
-            if path.is_symlink():  # files there that no marker names are deleted: never follow a link
+            if (
+                isinstance(path, Path) and path.is_symlink()
+            ):  # files no marker names are deleted: never follow a link
                 raise ZsteerError(
                     f"{path}: a link to {os.readlink(path)}, where the job keeps only its own files (it "
                     "deletes the ones no marker names); make it a folder of the job and run the same command again"
                 )
-            if path.exists() and not path.is_dir():
+            found = self.storage.stat(path)
+            if found is not None and found.kind != "folder":
                 raise ZsteerError(
                     f"{path}: expected a folder of the job, found a file (the job folder was edited); "
                     "move it away and run the same command again"
                 )
-            path.mkdir(parents=True, exist_ok=True)
+            self.storage.make_folder(path)
 
     def read_job(self, hint: str = "choose another --out") -> dict | None:
         """job.json as a dict (None if there is none); anything else is a one-line error ending in ``hint``."""
-        if not self.job_json.exists():
+        if not self.exists(self.job_json):
             return None
         try:
-            doc = json.loads(self.job_json.read_text(encoding="utf-8"))
+            doc = json.loads(self.storage.read_bytes(self.job_json).decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
             raise ZsteerError(f"{self.job_json}: unreadable ({_reason(exc)}); {hint}") from None
         if not isinstance(doc, dict):
@@ -281,62 +255,87 @@ class JobFolder:
         return doc
 
     def write_job(self, doc: dict) -> None:
-        write_json_atomic(self.job_json, doc)
+        self.write_json(self.job_json, doc)
+
+    def write_json(self, path: AnyPath, doc) -> None:
+        """A JSON file of the folder, whole or not at all (renamed into place, or one write)."""
+        self.storage.write_bytes(path, json_bytes(doc))
 
     def load_commits(self) -> list[Commit]:
         """Commit markers in order, each checked (``parse_commit``); a marker that is not as zsteer
-        wrote it is a one-line MarkerError. A marker is renamed into place whole, so a crash never
-        leaves half of one."""
+        wrote it is a one-line MarkerError. A marker is renamed into place (or created) whole, so a
+        crash never leaves half of one."""
         return [self.read_marker(path) for path in self.marker_paths()]
 
-    def marker_paths(self) -> list[Path]:
+    def marker_paths(self) -> list[AnyPath]:
         """Paths of the completion markers, sorted by unit: job order."""
-        return sorted(p for p in self.commits.glob("commit-*.json") if _COMMIT_NAME.fullmatch(p.name))
+        return sorted(p for p in self.storage.list_folder(self.commits) if _COMMIT_NAME.fullmatch(p.name))
 
-    def read_marker(self, path: Path) -> Commit:
+    def read_marker(self, path: AnyPath) -> Commit:
         """One marker, checked (``parse_commit``); raises a one-line MarkerError."""
         try:
-            if path.stat().st_size > MAX_MARKER_BYTES:
-                raise _marker_error(path, f"{path.stat().st_size} bytes, more than a marker ever holds")
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            found = self.storage.stat(path)
+            if found is None:
+                raise FileNotFoundError(2, "No such file or directory", str(path))
+            if found.size > MAX_MARKER_BYTES:
+                raise _marker_error(path, f"{found.size} bytes, more than a marker ever holds")
+            doc = json.loads(self.storage.read_bytes(path).decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
             raise _marker_error(path, f"not readable JSON ({_reason(exc)})") from None
         return parse_commit(path, doc)
 
     def drop_commit(self, commit: Commit) -> None:
         """Withdraw a unit's marker (its files become orphans, removed by ``remove_orphans``)."""
-        self.marker(commit.unit).unlink(missing_ok=True)
-        _fsync_dir(self.commits)
+        self.storage.remove(self.marker(commit.unit))
+        self.storage.sync_folder(self.commits)
+
+    def committed_files(self, commits: list[Commit]) -> list[AnyPath]:
+        """Every file of parts/ the markers name, in job order: the output as readers should take it
+        (``pq.ParquetDataset(files, filesystem=...)``), never a listing of parts/, where an object store
+        may hold a losing attempt's objects."""
+        return [
+            self.parts / name
+            for commit in sorted(commits, key=lambda c: unit_stem(c.unit))
+            for name in commit.parts
+        ]
 
     def remove_orphans(self, commits: list[Commit]) -> int:
-        """Delete files of parts/, rejects/, commits/ that no commit names (left by a crash). Links,
-        FIFOs and such lose their name only; a folder there is not the job's to delete: one line."""
+        """Delete files of parts/, rejects/, commits/ that no commit names (left by a crash, or on an
+        object store by an attempt that lost its unit). Links, FIFOs and such lose their name only; a
+        folder there is not the job's to delete: one line. On an object store this is for space only:
+        readers take the names from the markers, so an object written after this is never read."""
         keep = {self.marker(c.unit) for c in commits}
         keep |= {self.parts / name for c in commits for name in c.parts}
         keep |= {self.rejects / name for c in commits for name in c.rejects}
         removed = 0
         for folder in (self.parts, self.rejects, self.commits):
-            for path in folder.iterdir():
+            for path in self.storage.list_folder(folder):
                 if path in keep:
                     continue
-                if path.is_dir() and not path.is_symlink():
+                found = self.storage.stat(path, follow_links=False)
+                if found is not None and found.kind == "folder":
                     raise ZsteerError(
                         f"{path}: a folder where the job keeps only its own files (the job folder was "
                         "edited); move it away and run the same command again"
                     )
-                path.unlink()
+                self.storage.remove(path)
                 removed += 1
         return removed
 
-    def marker(self, unit_key: str) -> Path:
+    def marker(self, unit_key: str) -> AnyPath:
         return self.commits / f"commit-{unit_stem(unit_key)}.json"
 
     def commit(self, commit: Commit) -> None:
-        """Make ``commit`` durable: its files are in place and fsynced; the marker goes last."""
-        for folder in (self.parts, self.rejects):
-            _fsync_dir(folder)
-        write_json_atomic(self.marker(commit.unit), asdict(commit))
-        _fsync_dir(self.commits)
+        """Make ``commit`` durable: its files are in place and fsynced; the marker goes last. On an object
+        store the marker is created only if it is not there (a create-only write): raises
+        CommittedElsewhere when another attempt of the unit created it first."""
+        if self.renames:
+            for folder in (self.parts, self.rejects):
+                self.storage.sync_folder(folder)
+            write_json_atomic(self.marker(commit.unit), asdict(commit))
+            self.storage.sync_folder(self.commits)
+        elif not self.storage.create_only(self.marker(commit.unit), json_bytes(asdict(commit))):
+            raise CommittedElsewhere(commit.unit)
 
 
 def _reason(exc: BaseException) -> str:

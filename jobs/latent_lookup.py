@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 
 from .duplicates import READ_ROWS, id_keys
 from .manifest import ID, ManifestPlan, Z
+from .storage import storage_of
 
 LOOKUP = "lookup"
 
@@ -64,7 +64,7 @@ def _batches(plan: ManifestPlan, columns: list[str]):
         if any(c not in schema for c in columns):
             continue  # a file without the column names nothing / holds nothing here
         try:
-            with pq.ParquetFile(file.path, pre_buffer=False) as pf:
+            with storage_of(file.path).parquet_file(file.path, pre_buffer=False) as pf:
                 yield from (
                     (file.index, b) for b in pf.iter_batches(READ_ROWS, columns=columns, use_threads=False)
                 )
@@ -93,6 +93,11 @@ def float_rows(column: pa.Array, z_dim: int) -> tuple[np.ndarray, np.ndarray, np
 
 def build_latent_lookup(plan: ManifestPlan, column: str, z_dim: int, root: Path) -> LatentLookup:
     """The lookup of the rows that ``column`` (id_to) names, saved under ``root``/lookup (reused if there)."""
+    if not isinstance(root, Path):  # a URI: jobs/storage.py
+        raise ZsteerError(
+            f"--out {root}: interpolation with id_to memory-maps its lookup in the job folder, which needs a "
+            "path of a file system (a shared one for --executor ray), not an object store URI"
+        )
     folder = root / LOOKUP
     if all((folder / f"{name}.npy").exists() for name in ("keys", "z", "found")):
         return LatentLookup(folder)

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
+
+from .storage import AnyPath, storage_of
 
 ID, Z, LABEL, TARGETS, STEPS, STOP_AT_PROB = "id", "z", "label", "targets", "steps", "stop_at_prob"
 # Every per-row override column zsteer knows; a method reads those it names (jobs/method.py).
@@ -64,8 +64,9 @@ class InputFile:
 
     # Position in the job's sorted file list: units are named by it, never by anything in the data.
     index: int
-    # Resolved path: what rejects name as their source, and job.json's key for the file.
-    path: Path
+    # Resolved path, or a StorePath for a URI (jobs/storage.py, shown as the URI): what rejects name as
+    # their source, and job.json's key for the file.
+    path: AnyPath
     # Size on disk, modification time, a hash of the Parquet footer (schema, row groups, column chunk
     # offsets and statistics) and rows per row group: with the path, what job.json records to notice
     # a changed input (a file written again with the same size and row count has another footer or mtime).
@@ -127,7 +128,7 @@ class ManifestPlan:
         return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
 
 
-def _fail(path: Path, message: str) -> ZsteerError:
+def _fail(path: AnyPath, message: str) -> ZsteerError:
     return ZsteerError(f"{path}: {message}")
 
 
@@ -152,8 +153,10 @@ def is_unchanged(file: InputFile) -> bool:
     after reading, before what they read is used for good (reader.py, duplicates.py): a file written
     again in place is read through an open handle under its old footer, so a check at open is not enough.
     """
-    stat = file.path.stat()
-    if stat.st_size != file.size or (file.mtime_ns and stat.st_mtime_ns != file.mtime_ns):
+    stat = storage_of(file.path).stat(file.path)
+    if stat is None:
+        raise FileNotFoundError(2, "No such file or directory", str(file.path))
+    if stat.size != file.size or (file.mtime_ns and stat.mtime_ns != file.mtime_ns):
         return False
     if not file.footer_hash:
         return True
@@ -163,13 +166,13 @@ def is_unchanged(file: InputFile) -> bool:
         return False
 
 
-def footer_hash(path: Path) -> str:
+def footer_hash(path: AnyPath) -> str:
     """BLAKE2b of the file's footer bytes (the thrift metadata before the trailing length and magic).
 
     Cheap (one small read at the end of the file) and it changes whenever the data is written again:
     the footer holds every column chunk's offsets, sizes and statistics.
     """
-    with open(path, "rb") as fh:
+    with storage_of(path).open_input(path) as fh:
         fh.seek(-8, 2)
         tail = fh.read(8)
         length = int.from_bytes(tail[:4], "little")
@@ -177,16 +180,19 @@ def footer_hash(path: Path) -> str:
         return hashlib.blake2b(fh.read(length) + tail, digest_size=16).hexdigest()
 
 
-def read_footer(index: int, path: Path) -> InputFile:
+def read_footer(index: int, path: AnyPath) -> InputFile:
     """Open ``path``'s footer (no data is read); a file that is not Parquet is a one-line error."""
+    storage = storage_of(path)
     try:
-        stat = path.stat()
+        stat = storage.stat(path)
     except OSError as exc:
-        raise _fail(path, f"cannot read ({exc.strerror})") from None
-    if stat.st_size == 0:
+        raise _fail(path, f"cannot read ({exc.strerror or exc})") from None
+    if stat is None:
+        raise _fail(path, "cannot read (No such file or directory)")
+    if stat.size == 0:
         raise _fail(path, "empty file (0 bytes), not a Parquet file")
     try:
-        with pq.ParquetFile(path) as pf:
+        with storage.parquet_file(path) as pf:
             meta, schema = pf.metadata, pf.schema_arrow
         digest = footer_hash(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -194,7 +200,7 @@ def read_footer(index: int, path: Path) -> InputFile:
     row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     if sum(row_groups) == 0:
         raise _fail(path, "has no rows")
-    return InputFile(index, path, stat.st_size, row_groups, schema, stat.st_mtime_ns, digest)
+    return InputFile(index, path, stat.size, row_groups, schema, stat.mtime_ns, digest)
 
 
 def _is_number(t: pa.DataType) -> bool:
@@ -419,7 +425,7 @@ def _has_overrides(carried: pa.Schema, name: str, row_columns: tuple[str, ...]) 
 
 
 def plan_manifest(
-    paths: list[Path],
+    paths: list[AnyPath],
     shape: ModelShape,
     row_columns: tuple[str, ...] = ROW_COLUMNS,
     output_names: tuple[str, ...] = OUTPUT_COLUMNS,

@@ -31,7 +31,6 @@ import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from zsteer.core.errors import ZsteerError
 
@@ -41,6 +40,7 @@ from .folder import Commit, JobFolder, MarkerError
 from .local import SerializedEditor
 from .reader import UnitReader
 from .rows import Unit
+from .storage import AnyPath
 from .unit import UnitCancelled, UnitPlan, process_unit
 
 # Units an actor runs at once: 2, as the local executor's threads (one computes while the other reads,
@@ -65,7 +65,7 @@ def import_ray():
 class WorkerSpec:
     """What an actor needs besides the plan and the editor factory (small, sent with each actor)."""
 
-    out: str  # the job folder, as every node sees it
+    out: AnyPath  # the job folder, as every node sees it (a path, or a StorePath that carries its store)
     rows_per_shard: int  # most rows per output file
     png_workers: int  # PNG encoder processes inside the actor (0: encode in the unit's thread)
     torch_threads: int  # torch CPU threads of the actor's process (its CPU share)
@@ -123,8 +123,8 @@ class UnitWorker:
 
         torch.set_num_threads(spec.torch_threads)  # the actor owns its process: its CPU share, no more
         self.plan, self.spec, self.progress = plan, spec, progress  # progress: a ProgressSink actor
-        self.folder = JobFolder(Path(spec.out))
-        if not self.folder.job_json.exists():
+        self.folder = JobFolder(spec.out)
+        if not self.folder.exists(self.folder.job_json):
             raise ZsteerError(
                 f"--out {spec.out}: not visible on node {socket.gethostname()}; with --executor ray the job "
                 "folder (and the manifests) must be on storage every node mounts at the same path"
@@ -340,7 +340,7 @@ class RayExecutor:
         # Encoder processes beyond the actor's CPUs would take other actors' cores: within its share only.
         png_workers = min(work.png_workers, threads - 1)
         actors = [
-            remote.remote(plan, make_editor, WorkerSpec(str(work.folder.root), work.rows_per_shard, png_workers, threads, f"worker-{i}"), sink)
+            remote.remote(plan, make_editor, WorkerSpec(work.folder.root, work.rows_per_shard, png_workers, threads, f"worker-{i}"), sink)
             for i in range(n_workers)
         ]  # fmt: skip
         ready = [actor.ready.remote() for actor in actors]

@@ -32,6 +32,7 @@ from zsteer.core.errors import ZsteerError
 
 from .manifest import InputFile, ManifestPlan, is_os_fault, is_unchanged
 from .rows import Unit
+from .storage import storage_of
 
 READ_BUFFER = 1 << 20  # bytes read at a time from a column chunk (pyarrow's buffered stream)
 
@@ -81,8 +82,10 @@ def _changed(file: InputFile) -> ReadError:
 def _check_unchanged(file: InputFile, pf: pq.ParquetFile, stat) -> None:
     """Refuse a file written again since the job planned it: its rows are not the rows job.json names."""
     groups = tuple(pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups))
-    if (stat.st_size, groups) != (file.size, file.row_groups) or (
-        file.mtime_ns and stat.st_mtime_ns != file.mtime_ns
+    if (
+        stat is None
+        or (stat.size, groups) != (file.size, file.row_groups)
+        or (file.mtime_ns and stat.mtime_ns != file.mtime_ns)
     ):
         raise _changed(file)
 
@@ -163,10 +166,13 @@ class UnitReader:
         if self._pf_index != unit.file:
             self.close()
             try:
+                storage = storage_of(file.path)
+                source, filesystem = storage.parquet_source(file.path)
                 pf = pq.ParquetFile(
-                    file.path, pre_buffer=False, buffer_size=READ_BUFFER, page_checksum_verification=True
-                )
-                stat = file.path.stat()
+                    source, filesystem=filesystem, pre_buffer=False, buffer_size=READ_BUFFER,
+                    page_checksum_verification=True,
+                )  # fmt: skip
+                stat = storage.stat(file.path)
             except Exception as exc:  # gone or unreadable
                 raise _read_error(file, "open it", exc) from None
             self._pf, self._pf_index = pf, unit.file

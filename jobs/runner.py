@@ -30,13 +30,14 @@ from .duplicates import DuplicateIndex, find_duplicates
 from .executor import Executor, JobWork, make_executor
 from .folder import DUPLICATES, JobFolder
 from .identity import differences, job_identity
-from .lock import FolderLock
+from .lock import job_lock
 from .manifest import ManifestPlan, ModelShape, plan_manifest
 from .method import check_registered, needs_targets, prepare_method, replaced_columns
 from .progress import Progress
 from .rows import RowDefaults, plan_units
 from .signals import StopFlag
 from .sources import resolve_manifests
+from .storage import check_writable, locate, storage_of
 from .summary import RunStats, write_summary
 from .targets import JobTargets, resolve_job_targets
 from .unit import UnitPlan, output_schema
@@ -89,7 +90,8 @@ def _check_device(device: str) -> None:
 
 def prepare_job(config: JobConfig) -> PreparedJob:
     """Every check that needs no lock: folder kind, method, models, manifest schemas, targets, device."""
-    folder = JobFolder(config.output.out)
+    folder = JobFolder(locate(config.output.out, "--out"))
+    check_writable(folder.root)
     folder.check_fresh_or_job()
     check_registered(config.method)
     _check_device(config.engine.device)
@@ -146,12 +148,12 @@ def unit_plan(config: JobConfig, prep: PreparedJob, duplicates: DuplicateIndex) 
 def _duplicates(folder: JobFolder, plan: ManifestPlan) -> DuplicateIndex:
     """The job's duplicate index: read back on a resume (job.json pins the inputs), else built and saved."""
     path = folder.root / DUPLICATES
-    if path.exists():
+    if folder.exists(path):
         try:
             return DuplicateIndex.load(path)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("%s: unreadable (%s); scanning the inputs' ids again", path, exc)
-    index = find_duplicates(plan, folder.root)
+    index = find_duplicates(plan, folder.root if isinstance(folder.root, Path) else None)
     index.save(path)
     return index
 
@@ -164,7 +166,7 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
     """
     prep = prepare_job(config)
     folder = prep.folder
-    with FolderLock(folder.root):
+    with job_lock(folder.root):
         old = folder.read_job()
         if old is not None:
             _check_inputs_there(folder, old.get("identity"), prep.identity)
@@ -204,7 +206,7 @@ def _check_inputs_there(folder: JobFolder, old, new: dict) -> None:
     before = old.get("inputs") if isinstance(old, dict) else None
     if not isinstance(before, dict):
         return
-    missing = [path for path in before if path not in new["inputs"] and not Path(path).exists()]
+    missing = [path for path in before if path not in new["inputs"] and not _exists(path)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ZsteerError(
@@ -212,6 +214,15 @@ def _check_inputs_there(folder: JobFolder, old, new: dict) -> None:
             "rows of its units come from it: put it back at that path to resume, or start a new job with "
             "another --out"
         )
+
+
+def _exists(text: str) -> bool:
+    """Whether an input job.json recorded (a path or a URI) is there."""
+    try:
+        where = locate(text, "input")
+        return storage_of(where).stat(where) is not None
+    except (ZsteerError, OSError):
+        return False
 
 
 def _intact(folder: JobFolder, commits: list, unit_rows: dict[str, int]) -> list:
@@ -288,7 +299,7 @@ def _previous_runs(folder: JobFolder) -> list[dict]:
     """The runs summary.json lists (none when it is missing, unreadable, or not as zsteer writes it:
     the summary only reports them, the job's results come from the markers)."""
     try:
-        runs = json.loads(folder.summary_json.read_text(encoding="utf-8"))["runs"]
+        runs = json.loads(folder.storage.read_bytes(folder.summary_json).decode("utf-8"))["runs"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return []
     return runs if isinstance(runs, list) and all(_is_run(r) for r in runs) else []

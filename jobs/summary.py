@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 
-from .folder import Commit, JobFolder, write_json_atomic
+from .folder import Commit, JobFolder
 from .memory import peak_rss_mb
 
 STAGES = ("read", "compute", "encode", "write")
@@ -108,5 +108,5 @@ def write_summary(
         **run_totals(runs),
         "runs": runs,
     }
-    write_json_atomic(folder.summary_json, doc)
+    folder.write_json(folder.summary_json, doc)
     return doc

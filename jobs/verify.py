@@ -13,16 +13,15 @@ each file opens and the rows add up to the marker's counts.
 from __future__ import annotations
 
 import json
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 
-from .folder import JOB_JSON, Commit, JobFolder, MarkerError, file_check
+from .folder import JOB_JSON, Commit, JobFolder, MarkerError
+from .storage import AnyPath, locate
 from .summary import job_totals
 
 
@@ -30,7 +29,7 @@ from .summary import job_totals
 class Problem:
     """A file that is not what the job's markers say it is."""
 
-    path: Path
+    path: AnyPath
     what: str  # e.g. "missing", "2000 bytes, the marker recorded 5123"
     unit: str | None = None  # the unit whose marker names it (None: the marker itself, summary.json)
 
@@ -39,8 +38,8 @@ class Problem:
         return f"{self.path}: {self.what}{unit}"
 
 
-def _footer_rows(path: Path) -> int:
-    with pq.ParquetFile(path) as pf:
+def _footer_rows(folder: JobFolder, path: AnyPath) -> int:
+    with folder.storage.parquet_file(path) as pf:
         return pf.metadata.num_rows
 
 
@@ -51,26 +50,29 @@ def check_commit(folder: JobFolder, commit: Commit, checksums: bool = True) -> l
     """
     problems: list[Problem] = []
     rows = {"parts": 0, "rejects": 0}
+    storage = folder.storage
     for path, name in commit.paths(folder):
         kind = path.parent.name
         try:
-            info = path.lstat()
-            if not stat.S_ISREG(info.st_mode):  # a link, a FIFO (would block a read), a folder
+            info = storage.stat(path, follow_links=False)
+            if info is None:
+                raise FileNotFoundError(path)
+            if info.kind != "file":  # a link, a FIFO (would block a read), a folder
                 problems.append(Problem(path, "not a regular file", commit.unit))
                 continue
-            size = info.st_size
+            size = info.size
             if commit.files:
                 recorded = commit.files[name]
                 if size != recorded["bytes"]:
                     problems.append(
                         Problem(path, f"{size} bytes, the marker recorded {recorded['bytes']}", commit.unit)
                     )
-                elif checksums and file_check(path).sha256 != recorded["sha256"]:
+                elif checksums and storage.file_check(path).sha256 != recorded["sha256"]:
                     problems.append(
                         Problem(path, "contents changed (sha256 differs from the marker's)", commit.unit)
                     )
             else:
-                rows[kind] += _footer_rows(path)
+                rows[kind] += _footer_rows(folder, path)
         except FileNotFoundError:
             problems.append(Problem(path, "missing", commit.unit))
         except (OSError, pa.ArrowException) as exc:
@@ -105,21 +107,23 @@ class VerifyReport:
     bytes: int = 0  # bytes checked
     legacy: int = 0  # markers without checksums (checked by row counts)
     problems: list[Problem] = field(default_factory=list)  # each bad file, once
-    strays: list[Path] = field(default_factory=list)  # files no marker names (left by an interrupted run)
+    strays: list[AnyPath] = field(default_factory=list)  # files no marker names (left by an interrupted run)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify_folder(root: Path) -> VerifyReport:
-    """Check every marker of the job folder ``root``, every file they name, and summary.json's counts."""
-    folder = JobFolder(root)
-    if not folder.job_json.is_file():
+def verify_folder(root: Path | str) -> VerifyReport:
+    """Check every marker of the job folder ``root`` (a path or a URI), every file they name, and
+    summary.json's counts."""
+    folder = JobFolder(locate(root, "OUT"))
+    info = folder.storage.stat(folder.job_json)
+    if info is None or info.kind != "file":
         raise ZsteerError(f"{root}: not a zsteer job folder (no {JOB_JSON})")
     report = VerifyReport()
     commits: list[Commit] = []
-    named: set[Path] = set()
+    named: set[AnyPath] = set()
     for path in folder.marker_paths():
         named.add(path)
         try:
@@ -136,19 +140,26 @@ def verify_folder(root: Path) -> VerifyReport:
         report.problems += check_commit(folder, commit)
         commits.append(commit)
     for sub in (folder.parts, folder.rejects, folder.commits):
-        if sub.is_dir():
-            report.strays += sorted(p for p in sub.iterdir() if p.is_file() and p not in named)
+        report.strays += [
+            p for p in folder.storage.list_folder(sub) if p not in named and _is_file(folder, p)
+        ]  # fmt: skip
     report.problems += _summary_problems(folder, commits)
     return report
+
+
+def _is_file(folder: JobFolder, path: AnyPath) -> bool:
+    info = folder.storage.stat(path)
+    return info is not None and info.kind == "file"
 
 
 def _summary_problems(folder: JobFolder, commits: list[Commit]) -> list[Problem]:
     """summary.json's counts against the markers (a unit without a marker is not in the output)."""
     path = folder.summary_json
-    if not path.is_file():
+    info = folder.storage.stat(path)
+    if info is None or info.kind != "file":
         return []
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = json.loads(folder.storage.read_bytes(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return [Problem(path, f"unreadable ({exc})")]
     if not isinstance(summary, dict):

@@ -47,10 +47,10 @@ from hypothesis import strategies as st
 from jobkit import ATTRS, TINY_GENERATOR, Z_DIM, job_config, latents, read_parts, read_rejects, tiny_models
 
 from zsteer.core.errors import ZsteerError
-from zsteer.jobs import commit as commit_module
 from zsteer.jobs import duplicates as duplicates_module
 from zsteer.jobs import folder as folder_module
 from zsteer.jobs import runner as runner_module
+from zsteer.jobs import storage as storage_module
 from zsteer.jobs.manifest import MAX_ROW_STEPS
 from zsteer.jobs.rows import MAX_ABS_Z
 from zsteer.jobs.runner import run_job
@@ -393,7 +393,7 @@ def _config(example: Example, data: Path, out: Path, models, speed: tuple[int, i
 ONCE = ("duplicates", "summary")
 CRASH_POINTS = {
     "marker": (folder_module.JobFolder, "commit"),
-    "shard": (commit_module, "write_parquet_atomic"),
+    "shard": (storage_module.LocalStorage, "write_parquet"),
     "duplicates": (duplicates_module.DuplicateIndex, "save"),
     "summary": (runner_module, "write_summary"),
 }

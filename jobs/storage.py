@@ -1,0 +1,493 @@
+"""Where a job reads and writes: plain paths of this machine's file system, or URIs of any ``pyarrow.fs``
+file system (``s3://bucket/prefix``, ``file:///abs/path``), behind one small interface, ``Storage``.
+
+    plain path     -> LocalStorage    files written under a temporary name, fsynced, renamed into place
+    scheme://...   -> ObjectStorage   pyarrow.fs; one whole write per file, no rename, create-only markers
+
+Which one a location gets is decided by what it is: ``locate(text, field)`` turns a ``-m`` / ``--out``
+argument into a ``pathlib.Path`` (a plain path, handled exactly as before this module existed) or a
+``StorePath`` (a URI: the file system and the path in it). ``storage_of(path)`` gives the Storage of
+either. A StorePath carries its file system, so it travels to Ray workers as it is (pyarrow file systems
+pickle), and a worker never parses a URI again.
+
+The two differ in one way that matters: where rename is a copy and a delete (S3, GCS), a file cannot be
+put in place whole under a name another attempt may also use. So on an ObjectStorage
+(``atomic_rename`` False) a unit's shards get names unique to the attempt, and its marker is written
+once, by a create-only conditional write (``create_only``): the first attempt to create it wins
+(jobs/folder.py, docs/SCALING.md "Object storage"). pyarrow.fs has no conditional write, so each scheme
+brings its own (``CREATE_ONLY``): S3's ``put_object(IfNoneMatch='*')`` through boto3 (the ``s3`` extra),
+and for ``file://`` a hard link of a finished temporary file, which fails if the name exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import stat as stat_module
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from zsteer.core.errors import ZsteerError
+
+TMP_PREFIX = ".tmp-"
+HASH_CHUNK = 1 << 20  # bytes hashed at a time: a shard is never held in memory to be checked
+S3_EXTRA_HINT = "pip install 'zsteer[s3]'"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What both storages return
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """What a marker records of each file it names, to tell it from a damaged or replaced one."""
+
+    bytes: int  # size: a truncated or extended file is found by a stat alone
+    sha256: str  # hex digest of the whole file: any altered byte
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What a job asks of a file: its size, its modification time, and what kind of entry it is."""
+
+    size: int
+    mtime_ns: int  # an object store's LastModified (whole seconds on S3)
+    kind: str  # "file", "folder", or "other" (a link not followed, a FIFO, a socket)
+
+
+def _digest(stream) -> FileCheck:
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: stream.read(HASH_CHUNK), b""):
+        digest.update(chunk)
+        size += len(chunk)
+    return FileCheck(size, digest.hexdigest())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The local file system: today's protocol (temporary name, fsync, rename), unchanged
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def naming(path) -> Iterator[None]:
+    """OS errors inside name ``path``: pyarrow's write errors (a full disk, a size limit) carry no file
+    name, and the CLI prints an OSError as ``FILE: reason`` (cli/main.py)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        lines = str(exc).strip().splitlines()
+        reason = exc.strerror or (lines[0] if lines else type(exc).__name__)
+        raise OSError(exc.errno, reason, str(path)) from exc
+
+
+def file_check(path: Path) -> FileCheck:
+    """Size and sha256 of ``path``, read in chunks (about 1 GB/s: docs/NOTES.md, "Checksums of committed shards")."""
+    with open(path, "rb") as fh:
+        return _digest(fh)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` under a temporary name in the same folder, fsync, rename into place."""
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    with naming(path), open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_bytes_atomic(path, json_bytes(obj))
+
+
+def json_bytes(obj) -> bytes:
+    """How zsteer writes its JSON files (job.json, markers, summary.json)."""
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> FileCheck:
+    """One row group per shard: shards are bounded in rows, so a reader never needs more. Returns the
+    size and sha256 of the file as written (read back from the page cache: a few ms a shard)."""
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    with naming(path):
+        pq.write_table(table, tmp, row_group_size=max(table.num_rows, 1))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        check = file_check(tmp)
+    os.replace(tmp, path)
+    return check
+
+
+def _local_kind(mode: int) -> str:
+    return "file" if stat_module.S_ISREG(mode) else "folder" if stat_module.S_ISDIR(mode) else "other"
+
+
+class LocalStorage:
+    """Plain paths: what zsteer did before URIs, call for call (so its output is the same, bit for bit)."""
+
+    atomic_rename = True  # a file is renamed into place whole: shard names are reused by a retry
+
+    def stat(self, path: Path, follow_links: bool = True) -> FileStat | None:
+        try:
+            st = path.stat() if follow_links else path.lstat()
+        except FileNotFoundError:
+            return None
+        return FileStat(st.st_size, st.st_mtime_ns, _local_kind(st.st_mode))
+
+    def list_folder(self, path: Path) -> list[Path]:
+        """Every entry directly in ``path`` (none if it does not exist)."""
+        return sorted(path.iterdir()) if path.is_dir() else []
+
+    def read_bytes(self, path: Path) -> bytes:
+        return path.read_bytes()
+
+    def open_input(self, path: Path):
+        return open(path, "rb")
+
+    def parquet_source(self, path: Path) -> tuple[Path, None]:
+        """What ``pq.ParquetFile(source, filesystem=...)`` opens ``path`` with."""
+        return path, None
+
+    def parquet_file(self, path: Path, **options) -> pq.ParquetFile:
+        return pq.ParquetFile(path, **options)
+
+    def file_check(self, path: Path) -> FileCheck:
+        return file_check(path)
+
+    def write_bytes(self, path: Path, data: bytes) -> None:
+        write_bytes_atomic(path, data)
+
+    def write_parquet(self, table: pa.Table, path: Path) -> FileCheck:
+        return write_parquet_atomic(table, path)
+
+    def create_only(self, path: Path, data: bytes) -> bool:
+        """Not used by the local protocol (markers are renamed into place under the folder's flock)."""
+        return _link_create(path, data)
+
+    def remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def make_folder(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    def sync_folder(self, path: Path) -> None:
+        fsync_dir(path)
+
+
+def _link_create(path: Path, data: bytes) -> bool:
+    """Create ``path`` with ``data`` unless it exists, whole or not at all: the data goes to a file of a
+    unique temporary name, which is then hard-linked to ``path`` (link fails if the name is taken,
+    atomically, on every POSIX file system). No rename is involved."""
+    tmp = path.with_name(f"{TMP_PREFIX}{secrets.token_hex(8)}-{path.name}")
+    with naming(path), open(tmp, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    fsync_dir(path.parent)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Any pyarrow.fs file system reached by URI: whole writes, no rename, create-only markers
+
+
+class CreateOnly(Protocol):
+    """A store's create-only write: put ``data`` at ``path`` unless an object is there; False if one was."""
+
+    def __call__(self, fs: pafs.FileSystem, path: str, data: bytes) -> bool: ...
+
+
+@dataclass(frozen=True)
+class LocalCreateOnly:
+    """``file://``: a hard link of a finished temporary file (``_link_create``)."""
+
+    def __call__(self, fs: pafs.FileSystem, path: str, data: bytes) -> bool:
+        return _link_create(Path(path), data)
+
+
+_S3_CLIENTS: dict = {}  # S3CreateOnly -> its boto3 client (made once per process; clients are thread-safe)
+_S3_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class S3CreateOnly:
+    """``s3://``: ``put_object(IfNoneMatch='*')`` (S3's conditional write; a 412 means the key exists).
+    The endpoint, region and keys come from the URI's query as pyarrow reads them; anything not given
+    comes from boto3's usual places (environment, ~/.aws), as it does for pyarrow."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+
+    def client(self):
+        with _S3_LOCK:
+            if self not in _S3_CLIENTS:
+                boto3 = import_boto3("s3://")
+                _S3_CLIENTS[self] = boto3.client(
+                    "s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                    aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                )  # fmt: skip
+            return _S3_CLIENTS[self]
+
+    def __call__(self, fs: pafs.FileSystem, path: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        try:
+            self.client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                return False
+            raise OSError(None, f"S3 refused the write ({exc})", f"s3://{path}") from None
+        return True
+
+    @staticmethod
+    def from_query(query: dict[str, list[str]]) -> S3CreateOnly:
+        one = {k: v[-1] for k, v in query.items()}
+        endpoint = one.get("endpoint_override")
+        if endpoint and "://" not in endpoint:
+            endpoint = f"{one.get('scheme', 'https')}://{endpoint}"
+        return S3CreateOnly(endpoint, one.get("region"), one.get("access_key"), one.get("secret_key"))
+
+
+def import_boto3(where: str):
+    """boto3, or a one-line error naming the extra that installs it."""
+    try:
+        import boto3
+    except ImportError:
+        raise ZsteerError(
+            f"{where}: writing a job folder to S3 needs boto3 (pyarrow has no create-only write, which "
+            f"the commit markers need); install the 's3' extra: {S3_EXTRA_HINT}"
+        ) from None
+    return boto3
+
+
+def _pyarrow_kind(info: pafs.FileInfo) -> str:
+    return {pafs.FileType.File: "file", pafs.FileType.Directory: "folder"}.get(info.type, "other")
+
+
+@dataclass(frozen=True)
+class ObjectStorage:
+    """A pyarrow.fs file system reached by a URI. Every file is written whole in one write (one PUT on
+    an object store: visible whole or not at all), never renamed; markers by ``create_only``."""
+
+    fs: pafs.FileSystem = field(compare=False)
+    scheme: str  # how paths are shown: "s3" -> s3://bucket/key
+    key: str  # the URI the file system was made from, less its path: what tells two stores apart
+    # The store's create-only write; None: a store zsteer reads from but cannot commit to.
+    create: CreateOnly | None = None
+
+    atomic_rename = False  # a class attribute: names are unique per attempt, markers create-only
+
+    def uri(self, path: str) -> str:
+        return f"{self.scheme}://{path}"
+
+    def stat(self, path: StorePath, follow_links: bool = True) -> FileStat | None:
+        info = self.fs.get_file_info(path.path)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        return FileStat(info.size or 0, info.mtime_ns or 0, _pyarrow_kind(info))
+
+    def list_folder(self, path: StorePath) -> list[StorePath]:
+        selector = pafs.FileSelector(path.path, allow_not_found=True, recursive=False)
+        return sorted(StorePath(i.path, self) for i in self.fs.get_file_info(selector))
+
+    def find_files(self, path: StorePath) -> list[StorePath]:
+        """Every file below ``path``, at any depth."""
+        selector = pafs.FileSelector(path.path, allow_not_found=True, recursive=True)
+        infos = self.fs.get_file_info(selector)
+        return sorted(StorePath(i.path, self) for i in infos if i.type == pafs.FileType.File)
+
+    def read_bytes(self, path: StorePath) -> bytes:
+        with naming(path), self.fs.open_input_stream(path.path) as fh:
+            return fh.read()
+
+    def open_input(self, path: StorePath):
+        return self.fs.open_input_file(path.path)
+
+    def parquet_source(self, path: StorePath) -> tuple[str, pafs.FileSystem]:
+        return path.path, self.fs
+
+    def parquet_file(self, path: StorePath, **options) -> pq.ParquetFile:
+        return pq.ParquetFile(path.path, filesystem=self.fs, **options)
+
+    def file_check(self, path: StorePath) -> FileCheck:
+        with self.fs.open_input_stream(path.path) as fh:
+            return _digest(fh)
+
+    def write_bytes(self, path: StorePath, data: bytes) -> None:
+        """One whole write (a reader sees the old object or the new one, never part of one)."""
+        with naming(path), self.fs.open_output_stream(path.path) as out:
+            out.write(data)
+
+    def write_parquet(self, table: pa.Table, path: StorePath) -> FileCheck:
+        """The shard is written to memory first (at most rows_per_shard rows), then in one write: its
+        size and sha256 come from the bytes sent, with no read back from the store."""
+        buffer = pa.BufferOutputStream()
+        with naming(path):
+            pq.write_table(table, buffer, row_group_size=max(table.num_rows, 1))
+        data = buffer.getvalue().to_pybytes()
+        self.write_bytes(path, data)
+        return FileCheck(len(data), hashlib.sha256(data).hexdigest())
+
+    def create_only(self, path: StorePath, data: bytes) -> bool:
+        if self.create is None:
+            raise ZsteerError(f"{path}: this store has no create-only write zsteer can use")
+        with naming(path):
+            return self.create(self.fs, path.path, data)
+
+    def remove(self, path: StorePath) -> None:
+        with suppress(FileNotFoundError):
+            self.fs.delete_file(path.path)
+
+    def make_folder(self, path: StorePath) -> None:
+        self.fs.create_dir(path.path, recursive=True)
+
+    def sync_folder(self, path: StorePath) -> None:
+        """Nothing: a whole write is durable when it returns."""
+
+
+@dataclass(frozen=True, order=True)
+class StorePath:
+    """A file or folder of an ObjectStorage: the path inside its file system (``bucket/prefix/x`` on
+    S3, ``/abs/x`` for file://). Shown (``str``) as its URI; ``/``, ``name``, ``parent`` as a Path's."""
+
+    path: str
+    store: ObjectStorage = field(compare=False, repr=False)
+
+    def __truediv__(self, name: str) -> StorePath:
+        return StorePath(f"{self.path.rstrip('/')}/{name}", self.store)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rpartition("/")[2]
+
+    @property
+    def parent(self) -> StorePath:
+        return StorePath(self.path.rstrip("/").rpartition("/")[0], self.store)
+
+    def with_name(self, name: str) -> StorePath:
+        return self.parent / name
+
+    def is_relative_to(self, other) -> bool:
+        return (
+            isinstance(other, StorePath)
+            and other.store.key == self.store.key
+            and (self.path + "/").startswith(other.path.rstrip("/") + "/")
+        )
+
+    def __str__(self) -> str:
+        return self.store.uri(self.path)
+
+
+AnyPath = Path | StorePath
+Storage = LocalStorage | ObjectStorage
+LOCAL = LocalStorage()
+
+
+def storage_of(path: AnyPath) -> Storage:
+    """The Storage that reads and writes ``path``: by what it is (a plain path, or a URI's StorePath)."""
+    return path.store if isinstance(path, StorePath) else LOCAL
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From a URI to a StorePath: the schemes zsteer knows how to commit to, and any other pyarrow knows
+
+
+def _s3(uri: str, query: dict) -> tuple[pafs.FileSystem, str, CreateOnly | None]:
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path, S3CreateOnly.from_query(query)
+
+
+def _file(uri: str, query: dict) -> tuple[pafs.FileSystem, str, CreateOnly | None]:
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path, LocalCreateOnly()
+
+
+# scheme -> (uri, its query) -> (file system, path in it, its create-only write). A scheme that is not
+# here is opened by pyarrow.fs.FileSystem.from_uri with no create-only write: it can be read (-m), not
+# committed to (--out). ``register_scheme`` adds one (tests add a file system whose rename fails).
+SCHEMES: dict[str, Callable[[str, dict], tuple[pafs.FileSystem, str, CreateOnly | None]]] = {
+    "s3": _s3,
+    "file": _file,
+}
+
+
+def register_scheme(scheme: str, opener: Callable[[str, dict], tuple]) -> None:
+    SCHEMES[scheme] = opener
+
+
+def is_uri(text: str) -> bool:
+    scheme, sep, _ = str(text).partition("://")
+    return bool(sep) and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum()
+
+
+def locate(text: str | Path, field: str) -> AnyPath:
+    """``-m`` / ``--out`` as given: a plain path stays a Path; a URI becomes a StorePath on its file
+    system. A URI pyarrow cannot open (an unknown scheme, no bucket) is one line naming ``field``."""
+    if isinstance(text, (Path, StorePath)) or not is_uri(text):
+        return Path(text) if not isinstance(text, StorePath) else text
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    opener = SCHEMES.get(scheme, lambda uri, query: (*pafs.FileSystem.from_uri(uri), None))
+    try:
+        fs, path, create = opener(text, parse_qs(parts.query))
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ZsteerError(
+            f"{field} {text}: not a location zsteer can open ({reason}); give a path, or a URI such as "
+            "s3://bucket/prefix or file:///absolute/path"
+        ) from None
+    if scheme == "s3" and not path.strip("/"):
+        raise ZsteerError(f"{field} {text}: no bucket in the URI; expected s3://bucket/prefix")
+    key = parts._replace(path="", fragment="").geturl()
+    return StorePath(path.rstrip("/") or path, ObjectStorage(fs, scheme, key, create))
+
+
+def check_writable(root: AnyPath, field: str = "--out") -> None:
+    """Refuse, in one line, a URI a job folder cannot be committed to: a store with no create-only
+    write, S3 without boto3, a bucket that does not exist."""
+    if not isinstance(root, StorePath):
+        return
+    store = root.store
+    if store.create is None:
+        raise ZsteerError(
+            f"{field} {root}: zsteer commits job folders only to plain paths, file:// and s3:// URIs (its "
+            f"commit markers need a create-only write, which {store.scheme}:// lacks in pyarrow.fs)"
+        )
+    if isinstance(store.create, S3CreateOnly):
+        import_boto3(f"{field} {root}")
+        bucket = root.path.split("/", 1)[0]
+        try:
+            info = store.fs.get_file_info(bucket)
+        except OSError as exc:
+            raise ZsteerError(f"{field} {root}: cannot reach the bucket ({exc})") from None
+        if info.type == pafs.FileType.NotFound:
+            raise ZsteerError(f"{field} {root}: bucket {bucket!r} does not exist (create it first)")
