@@ -84,6 +84,7 @@ class StoreLease:
         return (json.dumps({**self._doc, "renewed": time.time()}) + "\n").encode()
 
     def __enter__(self) -> StoreLease:
+        self.storage.make_folder(self.path.parent)
         if not self.storage.create_only(self.path, self._body()):
             found = self.storage.stat(self.path)
             age = time.time() - found.mtime_ns / 1e9 if found is not None else LEASE_SECONDS

@@ -1,0 +1,266 @@
+"""`-m` and `--out` as pyarrow.fs URIs (jobs/storage.py): the same rows as a local job, bit for bit, with
+the object-store protocol (no rename: whole writes, names unique per attempt, create-only markers).
+
+``norename://`` (tests/storekit.py) is the local file system with rename refused, so nothing here can
+pass by renaming; ``s3://`` runs against a local S3 (moto's server) when moto is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import storekit
+from jobkit import crash_at_commit, job_config, planted_manifests, read_parts, read_rejects
+
+from zsteer.core.errors import ZsteerError
+from zsteer.jobs.commit import commit_unit
+from zsteer.jobs.folder import JobFolder
+from zsteer.jobs.lock import LEASE_SECONDS, StoreLease
+from zsteer.jobs.reader import UnitReader
+from zsteer.jobs.rows import plan_units
+from zsteer.jobs.runner import prepare_job, run_job, unit_plan
+from zsteer.jobs.storage import check_writable, locate
+from zsteer.jobs.unit import process_unit
+from zsteer.jobs.verify import verify_folder
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+N_A, N_B = 120, 80  # row groups of 40, units of 20: 10 units
+BAD = {("a", 17): "NaN", ("b", 10): "duplicate", ("b", 50): "null z"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def norename():
+    storekit.register()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return planted_manifests(tmp_path_factory.mktemp("store") / "data", {"a": N_A, "b": N_B}, BAD, 40)
+
+
+def _config(manifests, out, models, **kw):
+    return job_config(manifests, out, models, unit_rows=20, read_rows=16, **kw)
+
+
+@pytest.fixture(scope="module")
+def local_job(data, job_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "job"
+    run_job(_config(data, out, job_models))
+    return out
+
+
+def read_committed(out: str) -> tuple[pa.Table, pa.Table]:
+    """(parts, rejects) of a job folder, as a reader should take them: the files its markers name."""
+    folder = JobFolder(locate(out, "--out"))
+    commits = folder.load_commits()
+    tables = {"parts": [], "rejects": []}
+    for commit in commits:
+        for kind, names in (("parts", commit.parts), ("rejects", commit.rejects)):
+            for name in names:
+                with folder.storage.parquet_file(folder.root / kind / name) as pf:
+                    tables[kind].append(pf.read())
+    return tuple(pa.concat_tables(tables[k]) for k in ("parts", "rejects"))
+
+
+def _assert_local_rows(out: str, local_job: Path) -> None:
+    """The local job's rows and rejects, bit for bit (as sets by id / source row), each exactly once."""
+    parts, rejects = read_committed(out)
+    ids = parts.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "an edited row was written twice"
+    assert parts.sort_by("id").equals(read_parts(local_job).sort_by("id"))
+    # Rejects name their source file: here by its URI, locally by its path; otherwise the same.
+    sources = rejects.column("source").to_pylist()
+    assert all(s.startswith(f"{storekit.SCHEME}:///") for s in sources)
+    local_paths = pa.array([s.removeprefix(f"{storekit.SCHEME}://") for s in sources], pa.string())
+    rejects = rejects.set_column(rejects.schema.get_field_index("source"), "source", local_paths)
+    keys = [("source", "ascending"), ("row", "ascending")]
+    assert rejects.sort_by(keys).equals(read_rejects(local_job).sort_by(keys))
+    assert parts.num_rows + rejects.num_rows == N_A + N_B and rejects.num_rows == len(BAD)
+
+
+def test_a_job_on_a_store_without_rename_writes_the_local_rows_bit_for_bit(
+    data, job_models, local_job, tmp_path
+):
+    out = storekit.uri(tmp_path / "job")
+    result = run_job(_config(storekit.uri(data), out, job_models))
+    assert result.status == "complete" and result.summary["rows_done"] == N_A + N_B
+    _assert_local_rows(out, local_job)
+    job = json.loads((tmp_path / "job" / "job.json").read_text())
+    assert sorted(job["identity"]["inputs"]) == [
+        storekit.uri(data / "a.parquet"),
+        storekit.uri(data / "b.parquet"),
+    ]
+    names = [p.name for p in (tmp_path / "job" / "parts").iterdir()]
+    assert names and all(len(n.split("-")) == 6 for n in names), names  # part-F-G-C-K-<token>.parquet
+    assert not [p for p in (tmp_path / "job").rglob(".tmp-*")]
+    assert not (tmp_path / "job" / ".lock").exists(), "the lease is given back at the end"
+    report = verify_folder(out)
+    assert report.ok and report.units == 10 and not report.strays
+    # Run again: nothing to do, the output stays.
+    assert run_job(_config(storekit.uri(data), out, job_models)).summary["units_done"] == 10
+    _assert_local_rows(out, local_job)
+
+
+def test_file_uris_and_plain_paths_mix_and_a_crash_resumes_to_exactly_once(
+    data, job_models, local_job, tmp_path, monkeypatch
+):
+    """file:// for --out, -m as a plain path and a file:// glob; the 4th marker fails as a crash would;
+    the same command finishes, every row exactly once, the local rows bit for bit."""
+    out = f"file://{tmp_path / 'job'}"
+    manifests = [str(data / "a.parquet"), f"file://{data}/b*.parquet"]
+    config = _config(manifests, out, job_models)
+    crash_at_commit(monkeypatch, 4, config)
+    # The crashed attempt's files are there, named by no marker; a reader never sees them.
+    assert len(JobFolder(locate(out, "--out")).load_commits()) == 3
+    assert len(list((tmp_path / "job" / "parts").iterdir())) > 3
+    assert verify_folder(out).strays
+    result = run_job(config)
+    assert result.status == "complete"
+    parts, rejects = read_committed(out)
+    assert parts.sort_by("id").equals(read_parts(local_job).sort_by("id"))
+    assert parts.num_rows + rejects.num_rows == N_A + N_B
+    assert not verify_folder(out).strays, "a resume removes the objects no marker names"
+
+
+def test_a_zombie_attempt_after_the_commit_leaves_the_committed_output_unchanged(data, job_models, tmp_path):
+    """A worker thought dead finishes unit 0:0:0 after the job committed it: its shards go under names of
+    its own, its create-only marker loses, it gets the winner's marker back and removes its files. A
+    zombie that dies after writing its shards leaves objects no marker names: readers never see them."""
+    out = storekit.uri(tmp_path / "job")
+    config = _config(storekit.uri(data), out, job_models)
+    run_job(config)
+    before = read_committed(out)
+    marker = tmp_path / "job" / "commits" / "commit-000000-000000-000000.json"
+    marker_bytes = marker.read_bytes()
+
+    prep = prepare_job(config)
+    plan = unit_plan(config, prep, _saved_duplicates(prep))
+    unit = plan_units(prep.plan, config.unit_rows)[0]
+    editor = config.method.make_editor(prep.generator, prep.classifier, config.engine, config.backend)
+    with UnitReader(plan.manifest, plan.read_rows) as reader:
+        output = process_unit(plan, unit, editor, reader=reader)
+    winner = commit_unit(prep.folder, output, config.output.rows_per_shard)
+    assert winner == prep.folder.read_marker(prep.folder.marker(unit.key))
+    assert marker.read_bytes() == marker_bytes
+    assert not verify_folder(out).strays, "the losing attempt removed its own objects"
+    # A zombie that dies between its shards and its marker: its objects are there, unnamed.
+    prep.folder.storage.write_parquet(
+        output.edited, prep.folder.parts / "part-000000-000000-000000-000-00000000deadbeef.parquet"
+    )
+    after = read_committed(out)
+    assert after[0].equals(before[0]) and after[1].equals(before[1])
+    report = verify_folder(out)
+    assert report.ok and [p.name for p in report.strays] == [
+        "part-000000-000000-000000-000-00000000deadbeef.parquet"
+    ]
+
+
+def _saved_duplicates(prep):
+    from zsteer.jobs.duplicates import DuplicateIndex
+
+    return DuplicateIndex.load(prep.folder.root / "duplicates.npz")
+
+
+def test_a_second_run_is_refused_while_the_lease_is_held_and_a_dead_drivers_lease_runs_out(tmp_path):
+    root = locate(storekit.uri(tmp_path / "job"), "--out")
+    root.store.make_folder(root)
+    with StoreLease(root):
+        with pytest.raises(ZsteerError) as info, StoreLease(root):
+            pass
+        assert "\n" not in str(info.value) and "holds its lease" in str(info.value)
+    assert not (tmp_path / "job" / ".lock").exists()
+    # A driver killed with its lease held: the lease stays until it runs out, then the next run takes it.
+    (tmp_path / "job" / ".lock").write_text('{"host": "gone", "pid": 1}\n')
+    old = time.time() - LEASE_SECONDS - 5
+    os.utime(tmp_path / "job" / ".lock", (old, old))
+    with StoreLease(root):
+        assert json.loads((tmp_path / "job" / ".lock").read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "expected"),
+    [
+        ("--out", "foo://bucket/x", "--out foo://bucket/x: not a location zsteer can open (Unrecognized"),
+        ("--out", "s3:///prefix", "--out s3:///prefix: "),
+        ("--manifest", "nope://a/b.parquet", "--manifest nope://a/b.parquet: not a location zsteer can open"),
+    ],
+)
+def test_a_bad_uri_is_one_line_naming_the_field(field, text, expected):
+    with pytest.raises(ZsteerError) as info:
+        locate(text, field)
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_bad_locations_stop_the_job_in_one_line_before_anything_is_written(data, job_models, tmp_path):
+    for out, expected in (
+        ("foo://bucket/job", "--out foo://bucket/job: not a location"),
+        ("s3://", "--out s3://: "),
+        ("mock:///job", "--out mock://job: zsteer commits job folders only to"),  # readable, not committable
+    ):
+        with pytest.raises(ZsteerError) as info:
+            run_job(_config(data, out, job_models))
+        assert str(info.value).startswith(expected) and "\n" not in str(info.value), str(info.value)
+    with pytest.raises(ZsteerError, match=r"^--manifest file:///nowhere/x\.parquet: no such file or prefix$"):
+        run_job(_config("file:///nowhere/x.parquet", tmp_path / "job", job_models))
+    assert not (tmp_path / "job").exists()
+
+
+def test_s3_without_boto3_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 raises ImportError
+    root = locate("s3://bucket/job?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1", "--out")
+    with pytest.raises(ZsteerError) as info:
+        check_writable(root)
+    message = str(info.value)
+    assert "\n" not in message and "the 's3' extra" in message and "pip install 'zsteer[s3]'" in message
+
+
+# -- a real S3 protocol: moto's server -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3(data):
+    """(URI of the manifests on a local S3, the query that reaches it)."""
+    pytest.importorskip("moto.server", reason="moto[server] (the test extra) is not installed")
+    pytest.importorskip("boto3", reason="boto3 (the s3 extra) is not installed")
+    import pyarrow.fs as pafs
+
+    with storekit.s3_server() as query:
+        data_uri = f"s3://{storekit.BUCKET}/data?{query}"
+        fs = locate(data_uri, "--manifest").store.fs
+        pafs.copy_files(str(data), f"{storekit.BUCKET}/data", destination_filesystem=fs)
+        yield data_uri, query
+
+
+def test_s3_keeps_the_first_create_and_refuses_the_second(s3):
+    _, query = s3
+    marker = locate(f"s3://{storekit.BUCKET}/race/commit.json?{query}", "--out")
+    assert marker.store.create_only(marker, b"first") is True
+    assert marker.store.create_only(marker, b"second") is False
+    assert marker.store.read_bytes(marker) == b"first"
+
+
+def test_a_job_from_s3_to_s3_writes_the_local_rows_and_resumes_after_a_crash(
+    s3, job_models, local_job, monkeypatch
+):
+    data_uri, query = s3
+    out = f"s3://{storekit.BUCKET}/job?{query}"
+    config = _config(data_uri, out, job_models)
+    crash_at_commit(monkeypatch, 3, config)
+    root = locate(out, "--out")
+    assert root.store.stat(root / ".lock") is None, "a run that failed gives its lease back"
+    assert run_job(config).status == "complete"
+    parts, rejects = read_committed(out)
+    assert parts.sort_by("id").equals(read_parts(local_job).sort_by("id"))
+    assert parts.num_rows + rejects.num_rows == N_A + N_B
+    assert all(s.startswith(f"s3://{storekit.BUCKET}/data/") for s in rejects.column("source").to_pylist())
+    report = verify_folder(out)
+    assert report.ok and report.units == 10 and not report.strays
+    summary = json.loads(root.store.read_bytes(root / "summary.json"))
+    assert summary["complete"] and summary["rows_done"] == N_A + N_B
