@@ -15,7 +15,8 @@
 
 A row's ``direction`` column picks another direction of the file; ``--condition NAME ...`` makes every
 direction orthogonal to those others (pipeline/direction_file.py). The editor renders through the
-backend's editor (torch or onnxruntime: ``Editor.render``), so a row's bits do not depend on its batch:
+backend's editor (torch or onnxruntime: ``AscentLoop.render``, and ``scores`` where no image is
+wanted: the starting latents, the search, a job without images), so a row's bits do not depend on its batch:
 every forward runs at least MIN_ROWS rows, as the ascent's do (pipeline/ascent_loop.py).
 """
 
@@ -33,6 +34,7 @@ import torch
 
 from zsteer.core.errors import ZsteerError
 from zsteer.core.status import NOT_REACHED, STEPS_DONE, TARGET_REACHED
+from zsteer.pipeline.ascent_loop import AscentLoop
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.config import AscentConfig, EngineConfig
 from zsteer.pipeline.direction_file import DirectionSet, directions_fingerprint, load_directions
@@ -233,9 +235,10 @@ class DirectionResult(EditResult):
 
 
 class DirectionEditor:
-    """Edits by z + alpha * d, rendering through another editor's ``render`` (any backend)."""
+    """Edits by z + alpha * d, rendering and scoring through a backend's editor (``AscentLoop.render`` and
+    ``scores``)."""
 
-    def __init__(self, method: DirectionMethod, renderer: Editor, attributes: tuple[str, ...]):
+    def __init__(self, method: DirectionMethod, renderer: AscentLoop, attributes: tuple[str, ...]):
         self.method = method
         self.renderer = renderer
         self.n_attributes = len(attributes)
@@ -265,7 +268,8 @@ class DirectionEditor:
         return self.renderer.render(z, labels)
 
     def _logits(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.renderer.render(z, labels)[1].float()
+        """Logits [m, A] of z [m, D]: the renderer's scores (no images made)."""
+        return self.renderer.scores(z, labels).float()
 
     def edit_batch(self, batch: EditBatch, render: bool = True) -> EditResult:
         m = self.method
@@ -303,11 +307,14 @@ class DirectionEditor:
         z_start = z0[rows]
         z_edit = z_start + alpha.unsqueeze(1) * v[rows]  # [M, D]
         row_labels = None if labels is None else labels[rows]
-        images, after = self.renderer.render(z_edit, row_labels)
+        if render:
+            images, after = self.renderer.render(z_edit, row_labels)
+        else:
+            images, after = None, self._logits(z_edit, row_labels)
         return DirectionResult(
             z_edited=z_edit, logits_before=before[rows], logits_after=after.float(),
             latent_shift=torch.linalg.vector_norm(z_edit - z_start, dim=1), steps_taken=evals[rows],
-            status=status[rows], images=images if render else None, source=source,
+            status=status[rows], images=images, source=source,
             direction=index[rows], alpha=alpha.float(),
         )  # fmt: skip
 

@@ -27,10 +27,10 @@ import torch
 
 from zsteer.core.errors import ZsteerError
 from zsteer.core.status import STEPS_DONE
-from zsteer.pipeline.ascent_loop import MIN_ROWS, pad_rows
+from zsteer.pipeline.ascent_loop import MIN_ROWS, AscentLoop, pad_rows
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.config import AscentConfig, EngineConfig
-from zsteer.pipeline.directions import PATHS, interpolate_at
+from zsteer.pipeline.directions import PATHS, blend_classes, interpolate_at
 from zsteer.pipeline.editor import EditBatch, Editor, EditResult, as_tensor, to_uint8_images
 from zsteer.pipeline.generic_net import build_net
 from zsteer.pipeline.network import EditNet
@@ -179,9 +179,12 @@ class FrameResult(EditResult):
 
 
 class InterpolateEditor:
-    """Renders the frames of every row through the backend's editor; blended classes through ``blender``."""
+    """Renders the frames of every row through the backend's editor (``AscentLoop.render``, or ``scores``
+    without images); blended classes through ``blender``."""
 
-    def __init__(self, method: InterpolateMethod, renderer: Editor, blender: EditNet | None, batch_size: int):
+    def __init__(
+        self, method: InterpolateMethod, renderer: AscentLoop, blender: EditNet | None, batch_size: int
+    ):
         self.method = method
         self.renderer = renderer
         self.blender = blender
@@ -191,19 +194,22 @@ class InterpolateEditor:
         return self.renderer.render(z, labels)
 
     @torch.no_grad()
-    def _render_blended(self, z: torch.Tensor, soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images and logits of z [M, D] with soft class vectors [M, C], batch_size rows at a time, each
-        batch padded to at least MIN_ROWS (a row's bits do not depend on its batch)."""
+    def _render_blended(
+        self, z: torch.Tensor, soft: torch.Tensor, images: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Images (or None) and logits of z [M, D] with soft class vectors [M, C], batch_size rows at a
+        time, each batch padded to at least MIN_ROWS (a row's bits do not depend on its batch)."""
         net = self.blender
-        images, logits = [], []
+        pixels, logits = [], []
         for s in range(0, z.shape[0], self.batch_size):
             zb, cb = z[s : s + self.batch_size], soft[s : s + self.batch_size]
             m = zb.shape[0]
             size = max(m, MIN_ROWS)
             out = net.generate(torch.cat([pad_rows(zb, size), pad_rows(cb, size)], dim=1))
-            images.append(to_uint8_images(out[:m]))
+            if images:
+                pixels.append(to_uint8_images(out[:m]))
             logits.append(net.classify(out)[:m].float())
-        return torch.cat(images), torch.cat(logits)
+        return (torch.cat(pixels) if images else None), torch.cat(logits)
 
     def edit_batch(self, batch: EditBatch, render: bool = True) -> EditResult:
         cpu = torch.device("cpu")
@@ -218,35 +224,34 @@ class InterpolateEditor:
         frames = interpolate_at(z0, z_end, t, self.method.path).reshape(n * k, -1)  # [n * K, D]
         source = torch.arange(n).repeat_interleave(k)
         frame_t = t.repeat(n)
-        before = self.renderer.render(z0, labels)[1].float()  # [n, A]
         blend = torch.zeros(n, dtype=torch.bool) if labels is None else (label_to >= 0) & (label_to != labels)
-        logits = torch.empty(n * k, before.shape[1])
-        image_parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        plain = ~blend[source]
-        if plain.any():
-            rows = plain.nonzero().squeeze(1)
-            img, lg = self.renderer.render(frames[rows], None if labels is None else labels[source][rows])
-            image_parts["plain"] = (rows, img)
-            logits[rows] = lg.float()
-        if blend.any():
+        # Frame 0 is z with the row's own class: rendered once, by the renderer, its logits are also the
+        # row's "before" (the same bits as scoring z alone: every forward is batch invariant).
+        plain = ~blend[source] | (frame_t == 0)  # [n * K]
+        rows = plain.nonzero().squeeze(1)
+        row_labels = None if labels is None else labels[source][rows]
+        if render:
+            img, lg = self.renderer.render(frames[rows], row_labels)
+        else:
+            img, lg = None, self.renderer.scores(frames[rows], row_labels)
+        parts = [(rows, img, lg)]
+        if not plain.all():
             if self.blender is None:
                 raise ZsteerError(
                     "label_to: blending classes needs --backend torch (the exported generator takes integer labels)"
                 )
             rows = (~plain).nonzero().squeeze(1)
-            classes = self.blender.n_labels
-            start = torch.nn.functional.one_hot(labels[source][rows], classes).float()
-            end = torch.nn.functional.one_hot(label_to.clamp_min(0)[source][rows], classes).float()
-            tt = frame_t[rows].unsqueeze(1)
-            img, lg = self._render_blended(frames[rows], (1 - tt) * start + tt * end)
-            image_parts["blend"] = (rows, img)
-            logits[rows] = lg
-        images = None
-        if render:
-            first = next(iter(image_parts.values()))[1]
-            images = torch.empty((n * k, *first.shape[1:]), dtype=torch.uint8)
-            for rows, img in image_parts.values():
+            soft = blend_classes(
+                labels[source][rows], label_to[source][rows], frame_t[rows], self.blender.n_labels
+            )
+            parts.append((rows, *self._render_blended(frames[rows], soft, render)))
+        logits = torch.empty(n * k, parts[0][2].shape[1])  # [n * K, A]
+        images = torch.empty((n * k, *parts[0][1].shape[1:]), dtype=torch.uint8) if render else None
+        for rows, img, lg in parts:
+            logits[rows] = lg.float()
+            if images is not None:
                 images[rows] = img
+        before = logits[torch.arange(n) * k]  # [n, A]: frame 0 of each row
         start_z = z0[source]
         return FrameResult(
             z_edited=frames, logits_before=before[source], logits_after=logits,

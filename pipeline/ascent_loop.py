@@ -145,19 +145,26 @@ class AscentLoop:
         """``edit_batch`` with the fields as arguments."""
         return self.edit_batch(EditBatch(z, weights, preserve, labels, max_steps, stop_prob), render)
 
-    @torch.no_grad()
     def render(self, z: Rows, labels: Rows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [N, H, W, C] uint8 and logits [N, A] for latents z [N, z_dim], batch by batch."""
-        images, logits = [], []
-        for s in range(0, z.shape[0], self.batch_size):
-            img, lg = self._forward_rows(
-                z[s : s + self.batch_size], cut_rows(labels, s, s + self.batch_size), True
-            )
-            images.append(img.cpu())
-            logits.append(lg.cpu())
-        return torch.cat(images), torch.cat(logits)
+        return self._forward_all(z, labels, images=True)
+
+    def scores(self, z: Rows, labels: Rows | None = None) -> torch.Tensor:
+        """Logits [N, A] for latents z [N, z_dim]: ``render``'s logits, bit for bit, without making the
+        uint8 images (the direction and interpolate editors score starting latents with it)."""
+        return self._forward_all(z, labels, images=False)[1]
 
     # ---- the loop -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _forward_all(self, z: Rows, labels: Rows | None, images: bool):
+        """(images [N, H, W, C] uint8 or None, logits [N, A]) on the CPU, ``batch_size`` rows at a time."""
+        parts = [
+            self._forward_rows(z[s : s + self.batch_size], cut_rows(labels, s, s + self.batch_size), images)
+            for s in range(0, z.shape[0], self.batch_size)
+        ]
+        logits = torch.cat([lg.cpu() for _, lg in parts])
+        return (torch.cat([img.cpu() for img, _ in parts]) if images else None), logits
 
     def _forward_rows(self, z, labels, images: bool):
         """``forward`` on unpadded rows: padded here, cut back to the rows."""

@@ -10,7 +10,7 @@
 - ``pca_directions``: GANSpace-style. Principal components of first-block activations over sampled
   latents, mapped back to z by least squares.
 - ``axis_directions``: every coordinate of z as its own direction.
-- ``interpolate``: linear or spherical paths between two latents.
+- ``interpolate``: linear or spherical paths between two latents; ``blend_classes`` between two classes.
 
 Fitting against a classifier (sampling, scoring, scikit-learn's LinearSVC) is in ``direction_fit.py``;
 the directions file (safetensors + JSON) in ``direction_file.py``.
@@ -180,6 +180,18 @@ def interpolate_at(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor, path: 
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     out = torch.where(t == 0, a, out)
     return torch.where(t == 1, b, out)
+
+
+def blend_classes(
+    labels: torch.Tensor, labels_to: torch.Tensor, t: torch.Tensor, n_classes: int
+) -> torch.Tensor:
+    """The class input of a conditional generator blended from ``labels`` [N] to ``labels_to`` [N] at
+    fractions ``t`` [N]: (1 - t) * one_hot(label) + t * one_hot(label_to), [N, n_classes] float32, as in
+    the course's C1W4A notebook (`--method interpolate`'s label_to, and the report that judges it)."""
+    start = torch.nn.functional.one_hot(labels.long(), n_classes).float()
+    end = torch.nn.functional.one_hot(labels_to.long(), n_classes).float()
+    tt = t.float().unsqueeze(1)  # [N, 1]
+    return (1 - tt) * start + tt * end
 
 
 def interpolate(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, mode: str = "lerp") -> torch.Tensor:

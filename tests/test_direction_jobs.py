@@ -215,11 +215,15 @@ class _LinearRenderer:
     def __init__(self, weights: torch.Tensor):
         self.weights = weights  # [D, A]
         self.calls = 0
+        self.rendered = 0  # rows whose images were made
 
     def render(self, z, labels=None):
+        self.rendered += z.shape[0]
+        return torch.zeros(z.shape[0], 1, 1, 3, dtype=torch.uint8), self.scores(z, labels)
+
+    def scores(self, z, labels=None):
         self.calls += 1
-        z = torch.as_tensor(z, dtype=torch.float32)
-        return torch.zeros(z.shape[0], 1, 1, 3, dtype=torch.uint8), z @ self.weights
+        return torch.as_tensor(z, dtype=torch.float32) @ self.weights
 
 
 def test_until_prob_finds_the_smallest_alpha_within_the_tolerance(directions_file):
@@ -253,6 +257,7 @@ def test_until_prob_finds_the_smallest_alpha_within_the_tolerance(directions_fil
     )
     assert int(result.steps_taken.max()) <= 40
     assert renderer.calls <= 2 + 40, "every round is one batched forward of the rows still searching"
+    assert renderer.rendered == 64, "images only of the edited latents: the start and the search are scored"
     lower = DirectionEditor(DirectionMethod(directions=directions_file, direction="attr1", until_prob=0.1), renderer,
                             tuple(f"attr{i}" for i in range(5)))  # fmt: skip
     result = lower.edit_batch(EditBatch(z=z[4:], weights=torch.zeros(60, 5), preserve=torch.zeros(60, 5)))

@@ -50,6 +50,18 @@ def test_rows_do_not_depend_on_batch_size_or_neighbours(models):
         assert torch.equal(other.steps_taken, results[0].steps_taken)
 
 
+def test_scores_are_the_logits_of_render_without_making_images(models):
+    z = torch.randn(21, 16, generator=torch.Generator().manual_seed(4))
+    engine = _engine(models, batch_size=8, steps=0)
+    images, logits = engine.render(z)
+    asked = []
+    forward = engine.forward
+    engine.forward = lambda z, labels, images: asked.append(images) or forward(z, labels, images)
+    scores = engine.scores(z)
+    assert asked == [False] * 3, "batch by batch, and no images"
+    assert images.shape[0] == 21 and torch.equal(scores, logits), "render's logits, bit for bit"
+
+
 def test_ascent_raises_the_target_and_reports_it(models):
     z = torch.randn(16, 16, generator=torch.Generator().manual_seed(2))
     w, p = _targets(16, 6)
