@@ -39,11 +39,13 @@ from zsteer.pipeline.network import fit_to_classifier
 
 from .folder import JobFolder, write_bytes_atomic, write_json_atomic
 from .jobview import JobView, ManifestLatents, open_job
-from .sheet import render_latents
+from .sheet import output_classes, render_latents
 
 log = logging.getLogger("zsteer.report")
 REPORT_JSON, REPORT_CSV, REPORT_MD = "report.json", "report.csv", "report.md"
 HEATMAP_PNG, PARETO_PNG = "dependency.png", "pareto.png"
+# An interpolation's output columns that say which frames blend two classes (jobs/interpolate_method.py).
+BLEND_COLUMNS = ("label_to", "t")
 SELF_GRADING = (
     "the judge is the classifier the edit steered with: an edit can raise that classifier's scores "
     "without changing the picture (an adversarial edit), so it grades its own homework and the success "
@@ -136,22 +138,36 @@ def judge_probabilities(judge: LoadedModel, images: np.ndarray) -> np.ndarray:
 
 def judged_rows(view: JobView, judge: LoadedModel, batch: int) -> Iterator[tuple]:
     """(p_before [n, A], p_after [n, A], latent shift [n], strip values [n] or None) of the job's committed
-    rows, ``batch`` at a time; the strip values are a strip job's ``alpha`` or ``frame`` (JobView.strip_column)."""
+    rows, ``batch`` at a time; the strip values are a strip job's ``alpha`` or ``frame`` (JobView.strip_column).
+
+    The rows of a strip share their input row: its "before" is rendered once. It is still judged once per
+    output row, in the batch of its output rows: the judge's bits depend on its batch size (by a float32
+    ulp, measured), and judging the distinct rows alone would give an alpha-0 frame a drift of ~1e-10
+    instead of 0. An interpolation frame towards another class (``label_to``) is rendered with that
+    frame's blended class."""
     latents = ManifestLatents(view.inputs)
     for shard in view.committed_parts():
         reader = pq.ParquetFile(shard)
-        strip = view.strip_column if view.strip_column in reader.schema_arrow.names else None
-        columns = ["id", "z_edited", *([strip] if strip else [])]
+        names = reader.schema_arrow.names
+        strip = view.strip_column if view.strip_column in names else None
+        blends = list(BLEND_COLUMNS) if set(BLEND_COLUMNS) <= set(names) else []
+        columns = ["id", "z_edited", *([strip] if strip else []), *blends]
         for record in reader.iter_batches(batch_size=batch, columns=columns):
-            ids = record.column("id").to_pylist()
-            z, labels = latents.lookup(ids)  # [n, z_dim], [n] or None
+            first: dict = {}  # input id -> its index among the batch's distinct ids
+            source = np.array([first.setdefault(key, len(first)) for key in record.column("id").to_pylist()])
+            z, labels = latents.lookup(list(first))  # [u, z_dim], [u] or None
             z_edited = np.asarray(record.column("z_edited").to_pylist(), dtype=np.float32)  # [n, z_dim]
+            out_labels = None if labels is None else labels[source]
+            if blends:
+                out_labels = output_classes(
+                    out_labels, *(record.column(c).to_pylist() for c in blends), view.generator.spec.n_classes
+                )
             with torch.no_grad():
-                before = render_latents(view.generator, z, labels)  # [n, H, W, C] uint8
-                after = render_latents(view.generator, z_edited, labels)
-            shift = np.linalg.norm(z_edited.astype(np.float64) - z, axis=1)  # [n]
+                before = render_latents(view.generator, z, labels)  # [u, H, W, C] uint8
+                after = render_latents(view.generator, z_edited, out_labels)  # [n, H, W, C]
+            shift = np.linalg.norm(z_edited.astype(np.float64) - z[source], axis=1)  # [n]
             values = None if strip is None else (strip, np.asarray(record.column(strip).to_pylist()))
-            yield judge_probabilities(judge, before), judge_probabilities(judge, after), shift, values
+            yield judge_probabilities(judge, before[source]), judge_probabilities(judge, after), shift, values
 
 
 def check_judge(view: JobView, judge: LoadedModel, allow_same_classifier: bool) -> None:

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.checkpoints import LoadedModel
+from zsteer.pipeline.directions import blend_classes
 from zsteer.pipeline.engine import to_uint8_images
 from zsteer.pipeline.network import latent_input
 
@@ -132,6 +133,9 @@ def job_sheet(config: SheetConfig) -> Path:
     width = max(len(rows) for rows in strips.values())
     z, labels = starting_latents(list(view.inputs), ids)
     out_labels = None if labels is None else labels[[ids.index(v) for v in columns["id"]]]
+    out_labels = output_classes(
+        out_labels, columns.get("label_to"), columns.get("t"), view.generator.spec.n_classes
+    )
     with torch.no_grad():
         before = render_latents(view.generator, z, labels)
         if "image" in columns:  # what the job wrote is what the user gets: show that
@@ -158,10 +162,41 @@ def job_sheet(config: SheetConfig) -> Path:
 
 
 def render_latents(generator: LoadedModel, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-    """uint8 images [n, H, W, C] for z [n, z_dim]."""
-    lab = None if labels is None else torch.from_numpy(labels)
-    z_in = latent_input(torch.from_numpy(z), lab, generator.spec.n_classes)
+    """uint8 images [n, H, W, C] for z [n, z_dim]; ``labels``: classes [n] (integers), or class vectors
+    [n, C] (floats: frames that blend two classes, ``output_classes``)."""
+    z_t = torch.from_numpy(z)
+    if labels is not None and labels.ndim == 2:
+        z_in = torch.cat([z_t, torch.from_numpy(labels).to(z_t.dtype)], dim=1)
+    else:
+        z_in = latent_input(
+            z_t, None if labels is None else torch.from_numpy(labels), generator.spec.n_classes
+        )
     return to_uint8_images(generator.module(z_in)).numpy()
+
+
+def output_classes(
+    labels: np.ndarray | None,  # [n] each output row's input label, or None (unconditional)
+    label_to: list | np.ndarray | None,  # [n] an interpolation's end class (None = none), or None
+    t: list | np.ndarray | None,  # [n] the frame's fraction of the path
+    n_classes: int,
+) -> np.ndarray | None:
+    """The class input of each output row: its label [n], or where an interpolation frame blends towards
+    another class (``label_to``), class vectors [n, C] with that frame's blend, as the editor rendered it
+    (pipeline/directions.blend_classes; rows that blend nothing get their own one-hot vector exactly)."""
+    if labels is None or label_to is None or t is None:
+        return labels
+    to = np.array([-1 if v is None else v for v in label_to], np.int64)
+    blend = (to >= 0) & (to != labels)
+    if not blend.any():
+        return labels
+    at = np.where(blend, np.asarray(t, np.float32), np.float32(0))  # t = 0: the row's own class
+    classes = blend_classes(
+        torch.from_numpy(labels),
+        torch.from_numpy(np.where(blend, to, labels)),
+        torch.from_numpy(at),
+        n_classes,
+    )
+    return classes.numpy()
 
 
 def decode_png(data: bytes) -> np.ndarray:  # -> [H, W, C] uint8

@@ -272,3 +272,59 @@ def test_an_alpha_column_without_a_strip_is_one_entry(strip_job, judged_job, tmp
     got = report_job(open_job(plain), judge, ReportConfig(jobs=(plain,), judge=judge.path, out=tmp_path))
     assert len(got["targets"]) == 1 and got["targets"][0]["rows"] == 5 * len(ALPHAS)
     assert "strip" not in got["targets"][0]
+
+
+def test_a_strip_renders_and_judges_each_input_rows_before_once(strip_job, judged_job, monkeypatch):
+    """5 input rows x 4 alphas: 5 "before" renders and 20 "after" ones (was 20 and 20), the same bits."""
+    from zsteer.jobs import report
+
+    _, _, judge = judged_job
+    rendered = []
+    real = report.render_latents
+    monkeypatch.setattr(
+        report, "render_latents", lambda gen, z, labels: rendered.append(len(z)) or real(gen, z, labels)
+    )
+    (before, after, _, _), *more = report.judged_rows(open_job(strip_job), judge, batch=256)
+    assert not more and rendered == [5, 20]
+    assert before.shape == after.shape == (20, len(judge.attributes))
+    still = np.asarray(pq.read_table(strip_job / "parts").column("alpha").to_pylist()) == 0.0
+    np.testing.assert_array_equal(before[still], after[still])  # alpha 0 is z: the same bits either way
+
+
+def test_a_label_to_interpolation_is_judged_at_each_frames_blended_class(tmp_path, judged_job):
+    from zsteer.jobs.interpolate_method import InterpolateMethod
+    from zsteer.jobs.report import judged_rows
+    from zsteer.pipeline.checkpoints import load_generator
+    from zsteer.pipeline.models import GeneratorSpec
+
+    _, _, judge = judged_job
+    gspec = GeneratorSpec(
+        kind="course_conditional_generator", z_dim=TINY_GENERATOR.z_dim, n_classes=3, hidden_dim=4
+    )
+    models = write_models(tmp_path / "models", gspec, TINY_CLASSIFIER)
+    z = latents(2, seed=7)
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(2), "z": z, "label": [0, 2], "label_to": [1, 2]}
+    )
+    run_job(job_config(manifest, tmp_path / "job", models, targets=(), method=InterpolateMethod(frames=3)))
+    (_, after, _, _), *more = judged_rows(open_job(tmp_path / "job"), judge, batch=256)
+    assert not more and after.shape[0] == 6
+    generator = load_generator(models[0])
+    classes = torch.tensor(
+        [[1.0, 0, 0], [0.5, 0.5, 0], [0, 1, 0]] + [[0, 0, 1.0]] * 3
+    )  # row 1 stays in class 2
+    frames = torch.from_numpy(
+        np.asarray(
+            pq.read_table(tmp_path / "job" / "parts")
+            .sort_by([("id", "ascending"), ("frame", "ascending")])
+            .column("z_edited")
+            .to_pylist(),
+            np.float32,
+        )
+    )
+    with torch.no_grad():
+        images = generator.module(torch.cat([frames, classes], dim=1))
+        want = judge_probabilities(
+            judge, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        )
+    np.testing.assert_array_equal(after, want)
