@@ -344,3 +344,31 @@ def test_the_driver_sigkilled_mid_job_resumes_to_exactly_once(data, job_models, 
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr
     _assert_same_output(out, local_job)
+
+
+def test_a_ray_job_on_a_store_without_rename_writes_the_local_rows_exactly_once(
+    cluster, data, job_models, local_job, tmp_path
+):
+    """-m and --out as URIs of a file system whose rename fails (tests/storekit.py): the workers write
+    through the object-store protocol; one is killed mid-unit, and its unit's retry commits under names of
+    its own. The rows are the local job's, bit for bit, each exactly once; no object is left unnamed."""
+    import storekit
+
+    from zsteer.jobs.verify import verify_folder
+
+    storekit.register()
+    ray.cloudpickle.register_pickle_by_value(storekit)
+    try:
+        out = storekit.uri(tmp_path / "job")
+        dies = raykit.ActAtBatch(str(tmp_path / "died"), batch=3)
+        result = run_job(_ray(storekit.uri(data), out, job_models), editor_factory=dies)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(storekit)
+    assert (tmp_path / "died").exists(), "a worker died mid-unit"
+    assert result.status == "complete" and result.summary["rows_done"] == N_A + N_B
+    parts = read_parts(tmp_path / "job")  # every object of parts/: none but the committed ones
+    assert len(set(parts.column("id").to_pylist())) == parts.num_rows
+    assert _sorted(parts, "id").equals(_sorted(read_parts(local_job), "id"))
+    assert read_rejects(tmp_path / "job").num_rows == len(BAD)
+    report = verify_folder(out)
+    assert report.ok and report.units == 20 and not report.strays
