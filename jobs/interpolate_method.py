@@ -40,6 +40,7 @@ from .duplicates import id_keys
 from .latent_lookup import LatentLookup, build_latent_lookup, float_rows
 from .manifest import ManifestPlan, ModelShape
 from .method import result_columns, result_fields
+from .rows import MAX_ABS_Z, too_large
 
 Z_TO, ID_TO, LABEL_TO = "z_to", "id_to", "label_to"
 FRAME, T = "frame", "t"
@@ -108,9 +109,10 @@ class InterpolateMethod:
                 return {}, dict.fromkeys(
                     range(n), f"column 'z_to' must be lists of floats, found {column.type}"
                 )
-            values, usable, null = float_rows(column, d)
+            values, usable, null, largest = float_rows(column, d)
             for i in np.flatnonzero(~usable & ~null):
-                reasons[int(i)] = f"z_to must hold {d} finite values"
+                far = largest[i] > MAX_ABS_Z
+                reasons[int(i)] = too_large(Z_TO, largest[i]) if far else f"z_to must hold {d} finite values"
             z_to[usable], has_end = values[usable], usable
         if ID_TO in names:
             column = batch.column(ID_TO)

@@ -30,6 +30,7 @@ from zsteer.core.errors import ZsteerError
 
 from .duplicates import READ_ROWS, id_keys
 from .manifest import ID, ManifestPlan, Z
+from .rows import MAX_ABS_Z, largest_magnitudes
 from .storage import storage_of
 
 LOOKUP = "lookup"
@@ -72,23 +73,30 @@ def _batches(plan: ManifestPlan, columns: list[str]):
             raise ZsteerError(f"{file.path}: cannot read it for the id_to lookup ({exc})") from None
 
 
-def float_rows(column: pa.Array, z_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A list column as (values [n, z_dim] float32, usable [n], null [n]): a row is usable when it holds
-    exactly z_dim finite values; other rows are zeros. Vectorised (the values are read in one piece)."""
+def float_rows(column: pa.Array, z_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A list column as (values [n, z_dim] float32, usable [n], null [n], largest [n]): a row is usable
+    when it holds exactly z_dim finite values, none beyond MAX_ABS_Z in magnitude (the check a row's own z
+    gets, jobs/rows.py); ``largest`` is each read row's largest finite |value| (0 where not read); other
+    rows are zeros. Vectorised (the values are read in one piece)."""
     n = len(column)
     null = ~column.is_valid().to_numpy(zero_copy_only=False)
     values = np.zeros((n, z_dim), np.float32)
+    largest = np.zeros(n, np.float32)
     lengths = pc.list_value_length(column).fill_null(-1).to_numpy(zero_copy_only=False)
     usable = lengths == z_dim
     rows = np.flatnonzero(usable)
     if len(rows):
         kept = column if len(rows) == n else column.filter(pa.array(usable))
         flat = kept.flatten()  # respects slice offsets and skips null lists
-        block = flat.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, z_dim)
-        finite = np.isfinite(block).all(axis=1)
-        values[rows[finite]] = block[finite]
-        usable[rows[~finite]] = False
-    return values, usable, null
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: not finite
+            block = (
+                flat.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, z_dim)
+            )
+        largest[rows] = largest_magnitudes(block)
+        fit = np.isfinite(block).all(axis=1) & (largest[rows] <= MAX_ABS_Z)
+        values[rows[fit]] = block[fit]
+        usable[rows[~fit]] = False
+    return values, usable, null, largest
 
 
 def build_latent_lookup(plan: ManifestPlan, column: str, z_dim: int, root: Path) -> LatentLookup:
@@ -126,7 +134,7 @@ def build_latent_lookup(plan: ManifestPlan, column: str, z_dim: int, root: Path)
                 continue
             _, first = np.unique(at[hit], return_index=True)  # the first of a key within the batch
             rows, slots = valid[hit][first], at[hit][first]
-            values, usable, _ = float_rows(batch.column(1).take(pa.array(rows)), z_dim)
+            values, usable, _, _ = float_rows(batch.column(1).take(pa.array(rows)), z_dim)
             z[slots[usable]] = values[usable]
             found[slots] = usable
             seen[slots] = True

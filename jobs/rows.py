@@ -148,6 +148,20 @@ def _mask(arr: pa.Array) -> np.ndarray:
 MAX_ABS_Z = 1000.0
 
 
+def largest_magnitudes(block: np.ndarray) -> np.ndarray:
+    """The largest finite |value| of each row [k] of latents [k, z_dim]: a row above MAX_ABS_Z is refused
+    (a row's z here; an interpolation's end point in jobs/latent_lookup.py)."""
+    return np.abs(np.where(np.isfinite(block), block, 0)).max(axis=1)
+
+
+def too_large(column: str, largest: float) -> str:
+    """The reject reason of a latent in ``column`` whose largest value is beyond MAX_ABS_Z."""
+    return (
+        f"{column} has a value of magnitude {largest:.4g}, above the {MAX_ABS_Z:g} a latent may have "
+        "(z ~ N(0, I) stays within about 6)"
+    )
+
+
 def _check_z(column: pa.Array, z_dim: int, reasons: Reasons) -> np.ndarray:
     """z as [n, z_dim] float32 (zeros in rows that fail); adds the reasons of the rows that fail."""
     n = len(column)
@@ -175,16 +189,10 @@ def _check_z(column: pa.Array, z_dim: int, reasons: Reasons) -> np.ndarray:
     finite = np.isfinite(block).all(axis=1)
     if not finite.all():
         reasons.add_rows(rows[~finite], "z has NaN or Inf (as float32)")
-    largest = np.abs(np.where(np.isfinite(block), block, 0)).max(axis=1)  # [k]
+    largest = largest_magnitudes(block)  # [k]
     far = finite & (largest > MAX_ABS_Z)
     if far.any():
-        reasons.add_rows(
-            rows[far],
-            lambda i: (
-                f"z has a value of magnitude {largest[np.searchsorted(rows, i)]:.4g}, above the "
-                f"{MAX_ABS_Z:g} a latent may have (z ~ N(0, I) stays within about 6)"
-            ),
-        )
+        reasons.add_rows(rows[far], lambda i: too_large("z", largest[np.searchsorted(rows, i)]))
     z[rows] = block
     return z
 

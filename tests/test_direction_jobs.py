@@ -321,6 +321,34 @@ def test_interpolation_frames_endpoints_id_to_across_units_and_rejects(tmp_path,
     assert _table(again).equals(table)
 
 
+def test_an_end_point_beyond_max_abs_z_is_a_row_reject(tmp_path, job_models):
+    """z_to, or the z an id_to names, with a value beyond MAX_ABS_Z: the row is rejected with a reason,
+    as a row's own z is (jobs/rows.py)."""
+    z = latents(4, seed=9)
+    z[3, 1] = 5000.0  # row 3: its own z is too large, so row 0 (id_to 3) has no usable end point
+    far = latents(1, seed=10)[0]
+    far[2] = -2e4
+    path = write_manifest(
+        tmp_path / "m.parquet",
+        {"id": np.arange(4), "z": z, "id_to": [3, None, 0, None], "z_to": [None, far.tolist(), None, None]},
+    )
+    out = tmp_path / "interp"
+    assert (
+        run_job(job_config(path, out, job_models, targets=(), method=InterpolateMethod(frames=2))).status
+        == "complete"
+    )
+    rejects = dict(
+        zip(read_rejects(out)["row"].to_pylist(), read_rejects(out)["reason"].to_pylist(), strict=True)
+    )
+    assert rejects[0] == "id_to 3 names no row with a usable z"
+    assert (
+        rejects[1]
+        == "z_to has a value of magnitude 2e+04, above the 1000 a latent may have (z ~ N(0, I) stays within about 6)"
+    )
+    assert rejects[3].startswith("z has a value of magnitude 5000")
+    assert set(rejects) == {0, 1, 3} and _table(out).column("id").to_pylist() == [2, 2]
+
+
 def test_class_interpolation_blends_one_hot_vectors(tmp_path):
     from zsteer.pipeline.network import EditNet
 
