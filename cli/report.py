@@ -15,11 +15,11 @@ from zsteer.demo.evaluate import attribute_correlation, correlation_section
 from zsteer.jobs.report import ReportConfig, build_report, demo_judge_for, write_report
 from zsteer.pipeline.checkpoints import load_classifier
 
-from .paths import check_out_parent
+from .paths import PathOrUri, check_out_parent
 
 
 @click.command()
-@click.argument("jobs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("jobs", nargs=-1, required=True, type=PathOrUri(file_okay=False, path_type=Path))
 @click.option(
     "--judge", type=click.Path(dir_okay=False, path_type=Path),
     help="Classifier that scores the images (one the edits did not steer with). Default on the demo "

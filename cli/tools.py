@@ -15,11 +15,11 @@ from zsteer.jobs.sheet import SheetConfig, job_sheet
 from zsteer.pipeline.engine import AscentConfig
 from zsteer.pipeline.loading import ModelSource, load_models
 
-from .paths import check_out_parent
+from .paths import PathOrUri, check_out_parent
 
 
 @click.command()
-@click.argument("job", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("job", type=PathOrUri(file_okay=False, path_type=Path))
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG file.")
 @click.option("--rows", type=click.IntRange(min=1), default=16, show_default=True, help="Latents shown.")
 @click.option(

@@ -23,7 +23,7 @@ import torch
 
 from zsteer.jobs.ascent_method import AscentMethod
 from zsteer.jobs.config import EditSpec, JobConfig, OutputConfig
-from zsteer.jobs.folder import JOB_JSON, PARTS, TMP_PREFIX, write_json_atomic
+from zsteer.jobs.folder import JOB_JSON, TMP_PREFIX, JobFolder, write_json_atomic
 from zsteer.jobs.identity import zsteer_version
 from zsteer.jobs.jobview import open_job
 from zsteer.jobs.lock import FolderLock
@@ -66,7 +66,7 @@ class DemoConfig:
 
 def _after_images(job: Path, n: int) -> tuple[list, np.ndarray]:
     """ids and decoded images [n, H, W, C] of the first ``n`` rows the job wrote."""
-    columns = first_rows(job / PARTS, n)
+    columns = first_rows(JobFolder(job).committed_parts(), n)
     return columns["id"], np.stack([decode_png(png) for png in columns["image"]])
 
 

@@ -289,15 +289,12 @@ class JobFolder:
         self.storage.remove(self.marker(commit.unit))
         self.storage.sync_folder(self.commits)
 
-    def committed_files(self, commits: list[Commit]) -> list[AnyPath]:
-        """Every file of parts/ the markers name, in job order: the output as readers should take it
-        (``pq.ParquetDataset(files, filesystem=...)``), never a listing of parts/, where an object store
-        may hold a losing attempt's objects."""
-        return [
-            self.parts / name
-            for commit in sorted(commits, key=lambda c: unit_stem(c.unit))
-            for name in commit.parts
-        ]
+    def committed_parts(self, commits: list[Commit] | None = None) -> list[AnyPath]:
+        """Every file of parts/ the markers (``commits``, default: those in commits/) name, in job order:
+        the output as readers take it (``pq.ParquetDataset(files, filesystem=...)``), never a listing of
+        parts/, which may hold files of an attempt that crashed or, on an object store, lost its unit."""
+        commits = self.load_commits() if commits is None else sorted(commits, key=lambda c: unit_stem(c.unit))
+        return [self.parts / name for commit in commits for name in commit.parts]
 
     def remove_orphans(self, commits: list[Commit]) -> int:
         """Delete files of parts/, rejects/, commits/ that no commit names (left by a crash, or on an

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.checkpoints import LoadedModel, load_generator
 
 from .folder import JOB_JSON, JobFolder
+from .storage import AnyPath, FileStat, locate, storage_of
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,9 @@ class JobView:
             return "alpha"
         return "frame" if self.doc.get("identity", {}).get("method") == "interpolate" else None
 
-    def committed_parts(self) -> list[Path]:
+    def committed_parts(self) -> list[AnyPath]:
         """The parts/ shards of committed units, in job order (a unit in progress is not read)."""
-        return [self.folder.parts / name for commit in self.folder.load_commits() for name in commit.parts]
+        return self.folder.committed_parts()
 
 
 def job_field(job: dict, key: str, kind: type, where: Path):
@@ -79,10 +79,12 @@ def job_field(job: dict, key: str, kind: type, where: Path):
     return value
 
 
-def open_job(path: Path, hint: str = "not a job folder zsteer can read") -> JobView:
-    """Read the job folder ``path``; every missing or changed piece is a one-line ZsteerError."""
-    folder = JobFolder(path)
-    if not folder.job_json.is_file():
+def open_job(path: Path | str, hint: str = "not a job folder zsteer can read") -> JobView:
+    """Read the job folder ``path`` (a path or a URI); every missing or changed piece is a one-line
+    ZsteerError."""
+    folder = JobFolder(locate(path, "JOB"))
+    found = folder.storage.stat(folder.job_json)
+    if found is None or found.kind != "file":
         raise ZsteerError(f"{path}: not a zsteer job folder (no {JOB_JSON})")
     job = folder.read_job(hint=hint)
     where = folder.job_json
@@ -92,7 +94,8 @@ def open_job(path: Path, hint: str = "not a job folder zsteer can read") -> JobV
     inputs = job_field(job, "identity.inputs", dict, where)
     for manifest, recorded in inputs.items():  # a manifest rewritten in place would give wrong 'before' z
         size = recorded.get("bytes") if isinstance(recorded, dict) else None
-        if size is not None and Path(manifest).is_file() and Path(manifest).stat().st_size != size:
+        there = _stat(manifest)
+        if size is not None and there is not None and there.kind == "file" and there.size != size:
             raise ZsteerError(f"{manifest}: the job's manifest changed since the job ran ({size} bytes then)")
     raw_targets = job.get("identity", {}).get("targets") or []
     if not isinstance(raw_targets, list) or not all(
@@ -116,6 +119,15 @@ def open_job(path: Path, hint: str = "not a job folder zsteer can read") -> JobV
     )
 
 
+def _stat(text: str) -> FileStat | None:
+    """What is at a manifest path or URI job.json recorded (None: nothing, or not a location)."""
+    try:
+        where = locate(text, "input")
+        return storage_of(where).stat(where)
+    except (ZsteerError, OSError):
+        return None
+
+
 class ManifestLatents:
     """z [n, z_dim] (and labels [n]) of rows by id, from a job's manifests.
 
@@ -132,13 +144,15 @@ class ManifestLatents:
 
     def _read_groups(self) -> Iterator[tuple[tuple[str, int], dict]]:
         for path in self.inputs:
-            if not Path(path).is_file():
+            found = _stat(path)
+            if found is None or found.kind != "file":
                 raise ZsteerError(
                     f"{path}: the job's manifest is not there (moved or deleted); the 'before' images are "
                     "rendered from it: put it back at that path"
                 )
             try:
-                reader = pq.ParquetFile(path)
+                where = locate(path, "input")
+                reader = storage_of(where).parquet_file(where)
             except (pa.ArrowException, OSError) as exc:
                 raise ZsteerError(
                     f"{path}: the job's manifest is no longer readable Parquet ({exc})"

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from zsteer.core.errors import ZsteerError
@@ -40,6 +39,7 @@ from zsteer.pipeline.network import fit_to_classifier
 from .folder import JobFolder, write_bytes_atomic, write_json_atomic
 from .jobview import JobView, ManifestLatents, open_job
 from .sheet import output_classes, render_latents
+from .storage import locate
 
 log = logging.getLogger("zsteer.report")
 REPORT_JSON, REPORT_CSV, REPORT_MD = "report.json", "report.csv", "report.md"
@@ -147,7 +147,7 @@ def judged_rows(view: JobView, judge: LoadedModel, batch: int) -> Iterator[tuple
     frame's blended class."""
     latents = ManifestLatents(view.inputs)
     for shard in view.committed_parts():
-        reader = pq.ParquetFile(shard)
+        reader = view.folder.storage.parquet_file(shard)
         names = reader.schema_arrow.names
         strip = view.strip_column if view.strip_column in names else None
         blends = list(BLEND_COLUMNS) if set(BLEND_COLUMNS) <= set(names) else []
@@ -257,7 +257,7 @@ def demo_judge_for(jobs: tuple[Path, ...]) -> Path | None:
         return None
     wanted = {role: file_fingerprint(demo[role]) for role in ("generator", "classifier")}
     for path in jobs:
-        doc = JobFolder(path).read_job(hint="not a job folder zsteer can read") or {}
+        doc = JobFolder(locate(path, "JOB")).read_job(hint="not a job folder zsteer can read") or {}
         identity = doc.get("identity", {}) if isinstance(doc, dict) else {}
         for role, fingerprint in wanted.items():
             recorded = (

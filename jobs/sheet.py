@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw
 
@@ -25,16 +24,16 @@ from zsteer.pipeline.directions import blend_classes
 from zsteer.pipeline.engine import to_uint8_images
 from zsteer.pipeline.network import latent_input
 
-from .folder import PARTS
 from .jobview import ManifestLatents, open_job
+from .storage import AnyPath, storage_of
 
 
 @dataclass(frozen=True)
 class SheetConfig:
     """What `zsteer sheet` draws."""
 
-    # The job folder written by `zsteer edit`.
-    job: Path
+    # The job folder written by `zsteer edit`: a path or a URI (jobs/storage.py).
+    job: Path | str
     # Output PNG.
     out: Path
     # Rows (latents) on the sheet, taken in output order.
@@ -43,10 +42,11 @@ class SheetConfig:
     scale: int = 2
 
 
-def read_shard(shard: Path) -> pa.Table:
+def read_shard(shard: AnyPath) -> pa.Table:
     """One output shard; one the job wrote but that was truncated or damaged since is a one-line error."""
     try:
-        return pq.read_table(shard)
+        with storage_of(shard).parquet_file(shard) as pf:
+            return pf.read()
     except (pa.ArrowException, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ZsteerError(
@@ -55,11 +55,11 @@ def read_shard(shard: Path) -> pa.Table:
         ) from None
 
 
-def first_rows(parts: Path, n: int) -> dict[str, list]:
-    """Columns of the first ``n`` edited rows, reading shards in name order and stopping early."""
+def first_rows(shards: list[AnyPath], n: int) -> dict[str, list]:
+    """Columns of the first ``n`` edited rows of ``shards`` (``JobFolder.committed_parts``), stopping early."""
     out: dict[str, list] = {}
     taken = 0
-    for shard in sorted(parts.glob("part-*.parquet")):
+    for shard in shards:
         table = read_shard(shard).slice(0, n - taken)
         for name in table.column_names:
             out.setdefault(name, []).extend(table.column(name).to_pylist())
@@ -74,11 +74,12 @@ def starting_latents(inputs: list[str], ids: list) -> tuple[np.ndarray, np.ndarr
     return ManifestLatents(inputs).lookup(ids)
 
 
-def first_strips(parts: Path, n: int) -> dict[str, list]:
-    """Columns of the output rows of the first ``n`` input ids of a strip job (all rows of each id)."""
+def first_strips(shards: list[AnyPath], n: int) -> dict[str, list]:
+    """Columns of the output rows of the first ``n`` input ids of a strip job (all rows of each id), from
+    ``shards`` (``JobFolder.committed_parts``)."""
     out: dict[str, list] = {}
     seen: list = []
-    for shard in sorted(parts.glob("part-*.parquet")):
+    for shard in shards:
         table = read_shard(shard)
         ids = table.column("id").to_pylist()
         stop = len(ids)
@@ -118,7 +119,7 @@ def job_sheet(config: SheetConfig) -> Path:
     with an ``alpha`` or ``frame`` column) every image of the strip in that column's order.
     """
     view = open_job(config.job, hint="not a job folder zsteer can draw")
-    parts = config.job / PARTS
+    parts = view.committed_parts()  # the markers' files: never one of an attempt that did not commit
     key = view.strip_column
     columns = first_strips(parts, config.rows) if key else first_rows(parts, config.rows)
     if not columns.get("id"):

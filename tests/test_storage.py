@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import storekit
 from jobkit import crash_at_commit, job_config, planted_manifests, read_parts, read_rejects
@@ -25,6 +26,7 @@ from zsteer.jobs.lock import LEASE_SECONDS, StoreLease
 from zsteer.jobs.reader import UnitReader
 from zsteer.jobs.rows import plan_units
 from zsteer.jobs.runner import prepare_job, run_job, unit_plan
+from zsteer.jobs.sheet import SheetConfig, job_sheet
 from zsteer.jobs.storage import check_writable, locate
 from zsteer.jobs.unit import process_unit
 from zsteer.jobs.verify import verify_folder
@@ -103,6 +105,16 @@ def test_a_job_on_a_store_without_rename_writes_the_local_rows_bit_for_bit(
     assert not (tmp_path / "job" / ".lock").exists(), "the lease is given back at the end"
     report = verify_folder(out)
     assert report.ok and report.units == 10 and not report.strays
+    # The contact sheet reads the shards its markers name, through the store: the local job's sheet.
+    # An object no marker names (a zombie's) sorts first in parts/ and is not read.
+    stray = tmp_path / "job" / "parts" / "part-000000-000000-000000-000-0000000000000000.parquet"
+    pq.write_table(read_parts(local_job).slice(100, 5), stray)
+    sheets = [
+        job_sheet(SheetConfig(job=j, out=tmp_path / f"{i}.png", rows=4))
+        for i, j in enumerate((out, local_job))
+    ]
+    assert sheets[0].read_bytes() == sheets[1].read_bytes()
+    stray.unlink()
     # Run again: nothing to do, the output stays.
     assert run_job(_config(storekit.uri(data), out, job_models)).summary["units_done"] == 10
     _assert_local_rows(out, local_job)
