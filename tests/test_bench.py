@@ -262,3 +262,24 @@ def test_a_method_from_the_registry_is_benchmarked_like_ascent(job_models):
     assert result["steps_applied"] == 0 and result["flops_per_latent"] > 0  # its own forward, counted
     gen, cls = load_models(ModelSource(*job_models))
     assert result["latents_per_second"] > 0 and gen.spec.z_dim == 8
+
+
+def test_job_mode_builds_no_editor_of_its_own_before_the_peak_memory_is_read(job_models, monkeypatch):
+    """Each job run builds its editor; the bench's (for the report's kernels and FLOPs) comes after the peak
+    RSS is read, so it does not inflate it (it was built before the runs, and held through them)."""
+    from zsteer.jobs.ascent_method import AscentMethod
+    from zsteer.jobs.bench import run
+
+    events = []
+    make_editor, run_job, peak = AscentMethod.make_editor, run.run_job, run.peak_rss_mb
+    monkeypatch.setattr(AscentMethod, "make_editor", lambda *a: events.append("editor") or make_editor(*a))
+    monkeypatch.setattr(run, "run_job", lambda config: events.append("job") or run_job(config))
+    monkeypatch.setattr(run, "peak_rss_mb", lambda: events.append("peak") or peak())
+    doc = run_bench(
+        BenchConfig(cells=(BenchCell(mode="job", batch_size=4, steps=1, threads=1),), models=ModelSource(*job_models),
+                    control=TINY, job_rows=4, workers=0, peak_seconds=0, stage_iterations=1)
+    )  # fmt: skip
+    result = doc["cells"][0]["result"]
+    assert "error" not in result and result["flops_per_latent"] > 0 and result["compiled"] is False, result
+    measured = events[: events.index("peak")]
+    assert measured == ["job", "editor"] * measured.count("job"), "one editor per job run, none besides"

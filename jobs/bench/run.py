@@ -232,15 +232,17 @@ class _CellRun:
             _reset_peak_rss()
             if self.cuda:
                 torch.cuda.reset_peak_memory_stats(cell.device)
-            start = time.perf_counter()
-            self.editor = self.method.make_editor(
-                bench.generator, bench.classifier, self.engine, self.backend
-            )
-            self.setup = time.perf_counter() - start
             if cell.mode == "engine":
+                start = time.perf_counter()
+                self.editor = self._make_editor()
+                self.setup = time.perf_counter() - start
                 self.meter = self._engine_meter()
-            else:
+            else:  # every job run builds its own editor: one built here would only add to the peak RSS
+                self.editor = None
                 self.meter = self._job_meter()
+
+    def _make_editor(self):
+        return self.method.make_editor(self.bench.generator, self.bench.classifier, self.engine, self.backend)
 
     @contextlib.contextmanager
     def scope(self):
@@ -262,7 +264,7 @@ class _CellRun:
             self._tmp = None
 
     def finish(self) -> dict:
-        cell, editor = self.cell, self.editor
+        cell = self.cell
         with self.scope():
             m = self.meter.result()
             if cell.mode == "engine":
@@ -276,6 +278,8 @@ class _CellRun:
                 round(torch.cuda.max_memory_allocated(cell.device) / 2**20, 1) if self.cuda else None
             )
             result["threads"] = torch.get_num_threads()
+            # Job mode: an editor as the job's, built only now (the peaks are read) for the fields below.
+            editor = self.editor if self.editor is not None else self._make_editor()
             result["iobinding"] = getattr(editor, "iobinding", None)
             result["compiled"] = getattr(editor, "compiled", None)
             result["kernels"] = dict(getattr(editor, "kernel_impls", {}) or {}) or None
