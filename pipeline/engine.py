@@ -36,7 +36,7 @@ from .checkpoints import LoadedModel
 from .compile import compile_step, should_compile
 from .config import AscentConfig, EngineConfig
 from .editor import to_uint8_images
-from .generic_net import ModelNet, build_net
+from .generic_net import build_net
 from .network import EditNet
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,10 @@ def make_engine(
     engine = engine or EngineConfig()
     fast = engine.fast_layout and not ascent.lab_compat
     net = build_net(generator, classifier, fast)
-    if isinstance(net, ModelNet) and engine.compile == "auto":
-        # One graph call per row: a compiled step would trace batch_size copies of the graphs, so "auto"
-        # leaves imported models eager; --compile on still compiles (checked on CPU: same rows within 2e-6).
+    if engine.compile == "auto" and getattr(net, "row_by_row", False):
+        # A net that calls its graphs once per row (generic_net.ModelNet, imported models): a compiled step
+        # would trace batch_size copies of the graphs, so "auto" leaves it eager; --compile on still
+        # compiles (checked on CPU: same rows within 2e-6).
         engine = replace(engine, compile="off")
     return AscentEngine(net, ascent, engine)
 
