@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 from zsteer.pipeline.importer import ClassifierCard, write_imported
 
 from .procedural import ATTRIBUTES, SIZE, make_batch
+from .train import fit_attributes
 
 # Data seeds apart from the ones demo/train.py uses (classifier 1e6, judge 2e6, gan 3e6, eval 9e6).
 TRAIN_SEED = 4_000_000
@@ -83,21 +83,10 @@ def train_resnet_judge(cfg: JudgeTraining, log_every: int = 50) -> tuple[ResNetJ
     torch.manual_seed(cfg.seed)
     model = ResNetJudge(cfg.width)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.steps)))
     start = time.perf_counter()
-    model.train()
-    for step in range(cfg.steps):
-        images, labels = make_batch(
-            cfg.batch, TRAIN_SEED + cfg.seed * 100_000 + step
-        )  # [B, 3, 64, 64], [B, A]
-        loss = F.binary_cross_entropy_with_logits(model(images), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if log_every and ((step + 1) % log_every == 0 or step == 0):
-            print(f"[resnet judge] step {step + 1}/{cfg.steps} loss {loss.item():.4f}", flush=True)
-    model.eval()
+    fit_attributes(
+        model, opt, cfg.steps, cfg.batch, TRAIN_SEED + cfg.seed * 100_000, "resnet judge", log_every
+    )
     accuracy = held_out_accuracy(model, cfg.eval_images)
     info = asdict(cfg) | {
         "seconds": round(time.perf_counter() - start, 1),

@@ -129,6 +129,37 @@ def random_crops(images: torch.Tensor, size: int, generator: torch.Generator) ->
     return images[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
 
 
+def fit_attributes(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    steps: int,
+    batch: int,
+    data_seed: int,
+    name: str,
+    log_every: int = 100,
+) -> None:
+    """The demo's one attribute-classifier loop: ``steps`` steps of BCE-with-logits on procedural batches
+    (batch ``data_seed + step``: disjoint seed ranges keep the models' data apart), the learning rate decayed
+    to zero on a cosine; the model is left in eval mode. The course classifiers (``train_classifier``) and
+    the ResNet judge (demo/resnet_judge.py) both train with it; ``log_every`` 0 logs nothing."""
+    # Cosine decay to zero: the last steps average out batch noise, which is what lifts the rarer attributes
+    # above 95% accuracy.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    start = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        images, labels = make_batch(batch, data_seed + step)  # [B, 3, 64, 64], [B, A]
+        loss = F.binary_cross_entropy_with_logits(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log_every and ((step + 1) % log_every == 0 or step == 0):
+            rate = (step + 1) / (time.perf_counter() - start)
+            print(f"[{name}] step {step + 1}/{steps} loss {loss.item():.4f} ({rate:.2f} steps/s)", flush=True)
+    model.eval()
+
+
 def train_classifier(
     cfg: ClassifierConfig, role: str, log_every: int = 100
 ) -> tuple[nn.Module, ClassifierSpec, dict]:
@@ -138,25 +169,8 @@ def train_classifier(
     model = build_classifier(spec)
     course_init(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    # Cosine decay to zero: the last steps average out batch noise, which is what lifts the rarer attributes
-    # above 95% accuracy.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.steps)))
     start = time.perf_counter()
-    model.train()
-    for step in range(cfg.steps):
-        images, labels = make_batch(cfg.batch, DATA_SEEDS[role] + cfg.seed * 100_000 + step)  # [B, 3, 64, 64]
-        loss = F.binary_cross_entropy_with_logits(model(images), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % log_every == 0 or step == 0:
-            rate = (step + 1) / (time.perf_counter() - start)
-            print(
-                f"[{role}] step {step + 1}/{cfg.steps} loss {loss.item():.4f} ({rate:.2f} steps/s)",
-                flush=True,
-            )
-    model.eval()
+    fit_attributes(model, opt, cfg.steps, cfg.batch, DATA_SEEDS[role] + cfg.seed * 100_000, role, log_every)
     info = {
         "steps": cfg.steps,
         "batch": cfg.batch,
