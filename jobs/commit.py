@@ -1,17 +1,38 @@
 """Making a finished unit durable: its shards, its rejects, then its marker (the protocol is in folder.py).
 
-A plain function of the unit's output and the folder, so any executor's worker can commit the units it
+Plain functions of the unit's output and the folder, so any executor's worker can commit the units it
 finished, in any order, with no counter shared with other workers: every name comes from the unit.
+``run_and_commit`` is what every executor's worker does with a unit (jobs/local.py's threads, the Ray
+actors of jobs/ray_executor.py): ``process_unit`` then ``commit_unit``, timed per stage.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from zsteer.pipeline.editor import Editor
+
+from .encode import DeferredPNGs
 from .folder import PARTS, REJECTS, Commit, CommittedElsewhere, JobFolder, shard_name
-from .unit import UnitOutput
+from .reader import UnitReader
+from .rows import Unit
+from .unit import UnitCancelled, UnitOutput, UnitPlan, process_unit
+
+# The stages a committed unit reports for summary.json (summary.STAGES): process_unit's, then the write.
+UNIT_STAGES = ("read", "compute", "encode")
+
+
+@dataclass
+class UnitDone:
+    """A committed unit as its worker reports it: the marker and what the unit cost (small, picklable)."""
+
+    commit: Commit
+    seconds: dict[str, float] = field(default_factory=dict)  # read, compute, encode, write
+    encoder_peak_mb: float = 0.0  # largest PNG encoder process while the unit ran (0: none ran)
 
 
 def _shards(table: pa.Table, rows_per_shard: int) -> list[pa.Table]:
@@ -58,3 +79,31 @@ def commit_unit(folder: JobFolder, output: UnitOutput, rows_per_shard: int) -> C
             folder.storage.remove(path)
         return folder.read_marker(folder.marker(key))
     return commit
+
+
+def run_and_commit(
+    plan: UnitPlan,
+    unit: Unit,
+    editor: Editor,
+    folder: JobFolder,
+    rows_per_shard: int,
+    *,
+    reader: UnitReader | None = None,
+    encode: Callable = DeferredPNGs,
+    cancelled: Callable[[], bool] | None = None,
+    on_rows: Callable[[int], None] | None = None,
+) -> UnitDone | None:
+    """One unit, start to durable: ``process_unit`` (its keyword arguments are passed on) then
+    ``commit_unit``; None when ``cancelled()`` turned true first (nothing committed, the unit is done
+    again by a later run)."""
+    try:
+        output = process_unit(
+            plan, unit, editor, reader=reader, encode=encode, cancelled=cancelled, on_rows=on_rows
+        )
+    except UnitCancelled:
+        return None
+    start = time.perf_counter()
+    commit = commit_unit(folder, output, rows_per_shard)
+    seconds = {stage: output.seconds[stage] for stage in UNIT_STAGES}
+    seconds["write"] = time.perf_counter() - start
+    return UnitDone(commit, seconds, output.encoder_peak_mb)

@@ -1,8 +1,8 @@
 """The executor seam: who runs ``process_unit`` over a job's units, looked up by name in a registry.
 
 An executor gets a ``JobWork`` (the plan, the units still to do, how to build an editor, where to commit)
-and must, for every unit it finishes, call ``process_unit`` then ``commit_unit`` and report the commit
-with ``work.on_commit``. It may run units in any order and anywhere: results and markers are per unit.
+and must, for every unit it finishes, call ``run_and_commit`` (``process_unit`` then ``commit_unit``) and
+report what it returns with ``work.record``. It may run units in any order and anywhere: results and markers are per unit.
 It stops taking new units once ``work.stopped()`` is true. Adding one: docs/ARCHITECTURE.md, "Adding an
 executor".
 """
@@ -17,6 +17,7 @@ from typing import Protocol
 from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.editor import Editor
 
+from .commit import UnitDone
 from .folder import Commit, JobFolder
 from .progress import Progress
 from .rows import Unit
@@ -38,6 +39,15 @@ class JobWork:
     stats: RunStats  # per-stage seconds and counts of this run (thread-safe)
     progress: Progress  # rows done (thread-safe)
     stopped: Callable[[], bool]  # a signal asked the run to stop: take no new unit, drop unfinished ones
+
+    def record(self, done: UnitDone) -> None:
+        """Account a committed unit, the same whichever executor ran it: its stage seconds, counts and
+        encoder peak into this run's stats, then ``on_commit`` (callable from any thread)."""
+        for stage, seconds in done.seconds.items():
+            self.stats.add(stage, seconds)
+        self.stats.encoder_peak(done.encoder_peak_mb)
+        self.stats.count(edited=done.commit.edited, rejected=done.commit.rejected)
+        self.on_commit(done.commit)
 
 
 class Executor(Protocol):

@@ -1,9 +1,10 @@
 """The local executor: units run by a few threads on this machine, one editor, PNG encoder processes.
 
-    thread 1   process_unit(unit k)   read, validate | edit (holds the editor) | tables, commit_unit
-    thread 2   process_unit(unit k+1) read, validate |      waits for it      | ...
+    thread 1   run_and_commit(unit k)   read, validate | edit (holds the editor) | tables, commit_unit
+    thread 2   run_and_commit(unit k+1) read, validate |      waits for it      | ...
 
-Each thread runs whole units through the plain ``process_unit`` and commits them itself. The editor is
+Each thread runs whole units through the plain ``run_and_commit`` (jobs/commit.py: ``process_unit`` then
+``commit_unit``, the same function the Ray executor's actors call) and reports them with ``work.record``. The editor is
 shared, and its batches run one at a time on a compute thread of their own (``SerializedEditor``): the
 device (or the CPU's cores) runs one batch at once, while the other unit thread reads, validates, waits
 for PNGs and writes files. The main thread only
@@ -14,19 +15,17 @@ manifest size, and signal handlers (which run on the main thread) are never bloc
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from zsteer.pipeline.editor import EditBatch, Editor, EditResult
 
-from .commit import commit_unit
+from .commit import run_and_commit
 from .encode import Encoder
 from .executor import JobWork
-from .reader import UnitReader
+from .reader import ThreadReaders
 from .rows import Unit
-from .unit import UnitCancelled, process_unit
 
 
 class SerializedEditor:
@@ -69,32 +68,18 @@ class LocalExecutor:
         editor = SerializedEditor(work.make_editor())
         encoder = Encoder(work.png_workers if work.plan.images else 0)
         failed = threading.Event()  # a unit failed: the others stop at their next batch
-        local = threading.local()  # each thread keeps its reader (and open file) across its units
-        readers: list[UnitReader] = []
+        readers = ThreadReaders(work.plan.manifest, work.plan.read_rows)  # each thread keeps its open file
 
         def stopped() -> bool:
             return failed.is_set() or work.stopped()
 
         def run_unit(unit: Unit) -> None:
-            if not hasattr(local, "reader"):
-                local.reader = UnitReader(work.plan.manifest, work.plan.read_rows)
-                readers.append(local.reader)
-            try:
-                output = process_unit(
-                    work.plan, unit, editor, reader=local.reader,
-                    encode=encoder.submit,
-                    cancelled=stopped, on_rows=work.progress.update,
-                )  # fmt: skip
-            except UnitCancelled:
-                return
-            start = time.perf_counter()
-            commit = commit_unit(work.folder, output, work.rows_per_shard)
-            work.stats.add("write", time.perf_counter() - start)
-            for stage in ("read", "compute", "encode"):
-                work.stats.add(stage, output.seconds[stage])
-            work.stats.encoder_peak(output.encoder_peak_mb)
-            work.stats.count(edited=commit.edited, rejected=commit.rejected)
-            work.on_commit(commit)
+            done = run_and_commit(
+                work.plan, unit, editor, work.folder, work.rows_per_shard, reader=readers.get(),
+                encode=encoder.submit, cancelled=stopped, on_rows=work.progress.update,
+            )  # fmt: skip
+            if done is not None:
+                work.record(done)
 
         pending: deque[Future] = deque()
         try:
@@ -114,5 +99,4 @@ class LocalExecutor:
         finally:
             editor.close()
             encoder.close()
-            for reader in readers:
-                reader.close()
+            readers.close()

@@ -1,7 +1,7 @@
 """The Ray executor: a job's units run by a pool of Ray actors, each holding the job's editor.
 
     driver      plan, duplicate index, job.json (runner.py) | hands units to actors | summary.json
-    actor i     editor built once (models shipped once) | process_unit + commit_unit per unit
+    actor i     editor built once (models shipped once) | run_and_commit per unit (as jobs/local.py's threads)
 
 Ray Core actors, not Ray Data. zsteer's unit is the thing that commits: one unit = one task whose
 result is its commit marker. Ray Data's ``map_batches`` cuts the input into blocks of its own choosing,
@@ -30,18 +30,18 @@ import socket
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from zsteer.core.errors import ZsteerError
 
-from .commit import commit_unit
+from .commit import UnitDone, run_and_commit
 from .executor import JobWork
 from .folder import Commit, JobFolder, MarkerError
 from .local import SerializedEditor
-from .reader import UnitReader
+from .reader import ThreadReaders
 from .rows import Unit
 from .storage import AnyPath
-from .unit import UnitCancelled, UnitPlan, process_unit
+from .unit import UnitPlan
 
 # Units an actor runs at once: 2, as the local executor's threads (one computes while the other reads,
 # encodes and writes); more only adds memory.
@@ -73,14 +73,12 @@ class WorkerSpec:
 
 
 @dataclass
-class UnitDone:
-    """What an actor sends back for a committed unit: the marker and what the unit cost."""
+class WorkerDone:
+    """What an actor sends back for a committed unit: run_and_commit's report, and who made it."""
 
-    commit: Commit
+    done: UnitDone
     worker: str  # WorkerSpec.name
     node: str  # host name of the node it ran on
-    seconds: dict[str, float] = field(default_factory=dict)  # read, compute, encode, write
-    encoder_peak_mb: float = 0.0
 
 
 class _TaskEditor:
@@ -131,17 +129,15 @@ class UnitWorker:
             )
         self.editor = SerializedEditor(make_editor())
         self.encoder = Encoder(spec.png_workers if plan.images else 0)
-        self.local = threading.local()  # each actor thread keeps its reader (and open file) across units
+        self.readers = ThreadReaders(plan.manifest, plan.read_rows)  # each actor thread keeps its open file
 
     def ready(self) -> str:
         return socket.gethostname()
 
-    def run_unit(self, unit: Unit) -> UnitDone | None:
-        """process_unit + commit_unit; None when the driver cancelled the unit (nothing committed)."""
+    def run_unit(self, unit: Unit) -> WorkerDone | None:
+        """run_and_commit; None when the driver cancelled the unit (nothing committed)."""
         import ray
 
-        if not hasattr(self.local, "reader"):
-            self.local.reader = UnitReader(self.plan.manifest, self.plan.read_rows)
         editor = _TaskEditor(self.editor, ray.get_runtime_context())
         rows = 0
 
@@ -151,18 +147,11 @@ class UnitWorker:
             if self.progress is not None:
                 self.progress.report.remote(unit.key, rows)
 
-        try:
-            output = process_unit(
-                self.plan, unit, editor, reader=self.local.reader, encode=self.encoder.submit,
-                cancelled=editor.cancelled, on_rows=on_rows,
-            )  # fmt: skip
-        except UnitCancelled:
-            return None
-        start = time.perf_counter()
-        commit = commit_unit(self.folder, output, self.spec.rows_per_shard)
-        seconds = {stage: output.seconds[stage] for stage in ("read", "compute", "encode")}
-        seconds["write"] = time.perf_counter() - start
-        return UnitDone(commit, self.spec.name, socket.gethostname(), seconds, output.encoder_peak_mb)
+        done = run_and_commit(
+            self.plan, unit, editor, self.folder, self.spec.rows_per_shard, reader=self.readers.get(),
+            encode=self.encoder.submit, cancelled=editor.cancelled, on_rows=on_rows,
+        )  # fmt: skip
+        return None if done is None else WorkerDone(done, self.spec.name, socket.gethostname())
 
 
 class ProgressSink:
@@ -213,14 +202,14 @@ class WorkerStats:
         self.workers: dict[str, dict] = {}
         self._t0 = time.perf_counter()
 
-    def add(self, done: UnitDone) -> None:
+    def add(self, result: WorkerDone) -> None:
         w = self.workers.setdefault(
-            done.worker, {"node": done.node, "units": 0, "rows": 0, "edited": 0, "seconds": 0.0}
+            result.worker, {"node": result.node, "units": 0, "rows": 0, "edited": 0, "seconds": 0.0}
         )
-        w["node"] = done.node  # a restarted actor may come back on another node
+        w["node"] = result.node  # a restarted actor may come back on another node
         w["units"] += 1
-        w["rows"] += done.commit.rows
-        w["edited"] += done.commit.edited
+        w["rows"] += result.done.commit.rows
+        w["edited"] += result.done.commit.edited
         w["seconds"] = time.perf_counter() - self._t0
 
     def as_dict(self) -> dict[str, dict]:
@@ -397,12 +386,8 @@ class RayExecutor:
                             work.on_commit(commit)
                         continue
                     workers.add(result)
-                    for stage, seconds in result.seconds.items():
-                        work.stats.add(stage, seconds)
-                    work.stats.encoder_peak(result.encoder_peak_mb)
-                    work.stats.count(edited=result.commit.edited, rejected=result.commit.rejected)
-                    bar.end(unit.key, result.commit.rows)
-                    work.on_commit(result.commit)
+                    bar.end(unit.key, result.done.commit.rows)
+                    work.record(result.done)
         except BaseException:
             for ref in running:
                 ray.cancel(ref)

@@ -22,6 +22,7 @@ Faults are of two kinds:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -225,3 +226,29 @@ def read_units(plan: ManifestPlan, units: list[Unit], read_rows: int) -> Iterato
     with UnitReader(plan, read_rows) as reader:
         for unit in units:
             yield from reader.pieces(unit)
+
+
+class ThreadReaders:
+    """One UnitReader per thread (a reader keeps its file open across units and is not thread-safe),
+    for a worker whose threads each run units; ``close()`` closes them all."""
+
+    def __init__(self, plan: ManifestPlan, read_rows: int):
+        self.plan, self.read_rows = plan, read_rows
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[UnitReader] = []
+
+    def get(self) -> UnitReader:
+        """This thread's reader, opened on first use."""
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = UnitReader(self.plan, self.read_rows)
+            with self._lock:
+                self._all.append(reader)
+        return reader
+
+    def close(self) -> None:
+        with self._lock:
+            readers, self._all = self._all, []
+        for reader in readers:
+            reader.close()

@@ -14,7 +14,7 @@ import pytest
 from jobkit import job_config, latents, read_parts, read_rejects, reasons_by_row, write_manifest
 
 from zsteer.core.errors import ZsteerError
-from zsteer.jobs import local
+from zsteer.jobs import commit
 from zsteer.jobs.runner import run_job
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -51,7 +51,7 @@ def test_a_manifest_overwritten_in_place_mid_job_stops_it_and_nothing_of_it_is_c
     other = write_manifest(
         tmp_path / "other.parquet", {"id": np.arange(N), "z": latents(N, 9)}, 100 if layout == "same" else 64
     )
-    real, started, lock = local.process_unit, [], threading.Lock()
+    real, started, lock = commit.process_unit, [], threading.Lock()
 
     def overwrite_at_the_third_unit(plan, unit, editor, **kw):
         with lock:
@@ -62,7 +62,7 @@ def test_a_manifest_overwritten_in_place_mid_job_stops_it_and_nothing_of_it_is_c
                     fh.truncate()
         return real(plan, unit, editor, **kw)
 
-    monkeypatch.setattr(local, "process_unit", overwrite_at_the_third_unit)
+    monkeypatch.setattr(commit, "process_unit", overwrite_at_the_third_unit)  # as run_and_commit calls it
     out = tmp_path / "job"
     config = _config(manifest, out, job_models)
     with pytest.raises(ZsteerError, match=r"m\.parquet: changed since the job started") as info:

@@ -558,7 +558,7 @@ def test_a_failing_commit_stops_the_job_instead_of_hanging(tmp_path, models, mon
     error, and it does not wait for units that will never be handed out."""
     import threading
 
-    from zsteer.jobs import local
+    from zsteer.jobs import commit
 
     n = 160  # every row rejected (null z): the commits are all the work there is
     path = write_manifest(
@@ -569,7 +569,7 @@ def test_a_failing_commit_stops_the_job_instead_of_hanging(tmp_path, models, mon
     def failing(folder, output, rows_per_shard):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(local, "commit_unit", failing)
+    monkeypatch.setattr(commit, "commit_unit", failing)  # what every executor's worker calls
     outcome = {}
 
     def run():
@@ -592,9 +592,9 @@ def test_a_failed_run_stops_its_workers_before_releasing_the_folder(tmp_path, mo
     import threading
     import time
 
-    from zsteer.jobs import local
+    from zsteer.jobs import commit
 
-    real_commit = local.commit_unit
+    real_commit = commit.commit_unit
 
     def slow_commit(folder, output, rows_per_shard):
         time.sleep(0.3)
@@ -603,7 +603,7 @@ def test_a_failed_run_stops_its_workers_before_releasing_the_folder(tmp_path, mo
     def device_lost():
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(local, "commit_unit", slow_commit)
+    monkeypatch.setattr(commit, "commit_unit", slow_commit)
     with pytest.raises(RuntimeError, match="device lost"):
         run_job(
             job_config(manifest, tmp_path / "job", models), editor_factory=_engine_doing_at(6, device_lost)
