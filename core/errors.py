@@ -15,3 +15,16 @@ class AttributeNameError(ZsteerError):
 
 class ExportError(ZsteerError):
     """An export that cannot be done or does not match PyTorch, or an onnxruntime setup that cannot run."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when it has none: how a one-line error quotes
+    another library's exception (pyarrow's run to several lines)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def fault_reason(exc: BaseException) -> str:
+    """Why an operation failed, for a one-line error: an OSError's strerror ("Permission denied") where it
+    has one, else ``first_line``."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)

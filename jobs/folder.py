@@ -29,7 +29,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from zsteer.core.errors import ZsteerError
+from zsteer.core.errors import ZsteerError, fault_reason
 
 from .lock import LOCK_NAME
 from .storage import (  # noqa: F401 (the local protocol's writers: report, bench, demo import them from here)
@@ -249,7 +249,7 @@ class JobFolder:
         try:
             doc = json.loads(self.storage.read_bytes(self.job_json).decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
-            raise ZsteerError(f"{self.job_json}: unreadable ({_reason(exc)}); {hint}") from None
+            raise ZsteerError(f"{self.job_json}: unreadable ({fault_reason(exc)}); {hint}") from None
         if not isinstance(doc, dict):
             raise ZsteerError(f"{self.job_json}: expected a JSON object, found {type(doc).__name__}; {hint}")
         return doc
@@ -281,7 +281,7 @@ class JobFolder:
                 raise _marker_error(path, f"{found.size} bytes, more than a marker ever holds")
             doc = json.loads(self.storage.read_bytes(path).decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
-            raise _marker_error(path, f"not readable JSON ({_reason(exc)})") from None
+            raise _marker_error(path, f"not readable JSON ({fault_reason(exc)})") from None
         return parse_commit(path, doc)
 
     def drop_commit(self, commit: Commit) -> None:
@@ -333,10 +333,3 @@ class JobFolder:
             self.storage.sync_folder(self.commits)
         elif not self.storage.create_only(self.marker(commit.unit), json_bytes(asdict(commit))):
             raise CommittedElsewhere(commit.unit)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

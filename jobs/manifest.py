@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from zsteer.core.errors import ZsteerError
+from zsteer.core.errors import ZsteerError, first_line
 
 from .storage import AnyPath, storage_of
 
@@ -132,11 +132,6 @@ def _fail(path: AnyPath, message: str) -> ZsteerError:
     return ZsteerError(f"{path}: {message}")
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def is_os_fault(exc: BaseException) -> bool:
     """An error of the operating system (it has an errno), as opposed to one of decoding the data.
 
@@ -144,6 +139,14 @@ def is_os_fault(exc: BaseException) -> bool:
     "Couldn't deserialize thrift") carry no errno, failed system calls do.
     """
     return isinstance(exc, OSError) and exc.errno is not None
+
+
+def stat_matches(file: InputFile, stat) -> bool:
+    """Whether a stat of ``file`` (None: not there) shows the size and modification time it was planned
+    with: the first test of ``is_unchanged``, and of a reader opening the file (reader.py)."""
+    return (
+        stat is not None and stat.size == file.size and not (file.mtime_ns and stat.mtime_ns != file.mtime_ns)
+    )
 
 
 def is_unchanged(file: InputFile) -> bool:
@@ -156,7 +159,7 @@ def is_unchanged(file: InputFile) -> bool:
     stat = storage_of(file.path).stat(file.path)
     if stat is None:
         raise FileNotFoundError(2, "No such file or directory", str(file.path))
-    if stat.size != file.size or (file.mtime_ns and stat.mtime_ns != file.mtime_ns):
+    if not stat_matches(file, stat):
         return False
     if not file.footer_hash:
         return True
@@ -196,7 +199,7 @@ def read_footer(index: int, path: AnyPath) -> InputFile:
             meta, schema = pf.metadata, pf.schema_arrow
         digest = footer_hash(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise _fail(path, f"not a readable Parquet file (truncated or corrupt? {_first_line(exc)})") from None
+        raise _fail(path, f"not a readable Parquet file (truncated or corrupt? {first_line(exc)})") from None
     row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     if sum(row_groups) == 0:
         raise _fail(path, "has no rows")

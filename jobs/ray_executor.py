@@ -32,7 +32,7 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
-from zsteer.core.errors import ZsteerError
+from zsteer.core.errors import ZsteerError, first_line
 
 from .commit import UnitDone, run_and_commit
 from .executor import JobWork
@@ -48,6 +48,10 @@ from .unit import UnitPlan
 UNITS_PER_WORKER = 2
 POLL_SECONDS = 1.0  # the driver wakes at least this often to see a stop signal (never blocks on a get)
 EXTRA_HINT = "pip install 'zsteer[ray]'"
+# Seconds to wait for a TCP answer from --ray-address before saying in one line that nothing is there
+# (Ray's own retries take a minute or more).
+CONNECT_SECONDS = 5.0
+RAY_CLIENT_PORT = 10001  # Ray Client's port when a ray:// address names none (Ray's default)
 
 
 def import_ray():
@@ -273,6 +277,8 @@ class RayExecutor:
                 f"--gpus-per-worker {self.gpus_per_worker:g} with --device {config.engine.device}: "
                 "the GPUs would sit idle; add --device cuda, or leave --gpus-per-worker at 0"
             )
+        if self.address is not None:
+            check_reachable(self.address)
 
     def run(self, work: JobWork) -> None:
         ray = import_ray()
@@ -396,6 +402,37 @@ class RayExecutor:
             work.stats.workers = workers.as_dict()
 
 
+def check_reachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
+    """Refuse, in one line, a ``host:port`` or ``ray://host[:port]`` address where nothing accepts a TCP
+    connection within ``timeout`` seconds.
+
+    Ray itself does not fail fast there: a GCS address where nothing listens is retried for a minute or
+    more (ray.init blocks, printing a warning every few seconds), a Ray Client address for 30 s. One
+    connection attempt says the same at once. "auto" and other forms are left to ray.init, which fails
+    quickly where no cluster is found.
+    """
+    client = address.startswith("ray://")
+    rest = address.removeprefix("ray://").split("/", 1)[0]
+    host, colon, port = rest.rpartition(":")
+    if not colon and client:  # ray://host: Ray Client's default port
+        host, port = rest, str(RAY_CLIENT_PORT)
+    if not host or not port.isdigit():
+        return
+    expected = (
+        f"a Ray Client server (`ray start --head` opens one on port {RAY_CLIENT_PORT} of the head node)"
+        if client
+        else "a Ray cluster's GCS (the address `ray start --head` prints, port 6379 by default)"
+    )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or exc
+        raise ZsteerError(
+            f"--ray-address {address}: nothing accepts connections at {host}:{port} ({reason}); expected "
+            f"{expected}, or leave --ray-address out for a local Ray instance"
+        ) from None
+
+
 def _init(ray, address: str | None) -> None:
     """ray.init (None: "local", a new instance, never a cluster found on this machine), keeping this process's SIGTERM handler: ray.init replaces it with sys.exit, which
     would kill the driver mid-commit instead of letting the job stop after its batch (jobs/signals.py)."""
@@ -408,9 +445,8 @@ def _init(ray, address: str | None) -> None:
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, **local)
     except (ConnectionError, ValueError, RuntimeError) as exc:  # no cluster there, a malformed address
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ZsteerError(
-            f"--ray-address {address}: {first} (start one with `ray start --head`, or leave --ray-address "
+            f"--ray-address {address}: {first_line(exc)} (start one with `ray start --head`, or leave --ray-address "
             "out for a local Ray instance)"
         ) from None
     finally:
@@ -458,6 +494,6 @@ def _get(ray, ref, cancelled_ok: bool = False):
                 raise ZsteerError(message) from None
             raise ZsteerError(f"--executor ray: a worker could not start: {last}") from None
         raise ZsteerError(
-            f"--executor ray: a worker died and could not be restarted ({str(exc).strip().splitlines()[0]}); "
+            f"--executor ray: a worker died and could not be restarted ({first_line(exc)}); "
             "its units are not committed: run the same command again to resume"
         ) from None

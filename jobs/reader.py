@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zsteer.core.errors import ZsteerError
+from zsteer.core.errors import ZsteerError, fault_reason, first_line
 
-from .manifest import InputFile, ManifestPlan, is_os_fault, is_unchanged
+from .manifest import InputFile, ManifestPlan, is_os_fault, is_unchanged, stat_matches
 from .rows import Unit
 from .storage import storage_of
 
@@ -59,15 +59,9 @@ class Piece:
     fault: str | None = None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _read_error(file: InputFile, what: str, exc: BaseException) -> ReadError:
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
     return ReadError(
-        f"{file.path}: cannot {what} ({reason}); nothing unfinished was committed: "
+        f"{file.path}: cannot {what} ({fault_reason(exc)}); nothing unfinished was committed: "
         "make the file readable and run the same command again to resume"
     )
 
@@ -83,11 +77,7 @@ def _changed(file: InputFile) -> ReadError:
 def _check_unchanged(file: InputFile, pf: pq.ParquetFile, stat) -> None:
     """Refuse a file written again since the job planned it: its rows are not the rows job.json names."""
     groups = tuple(pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups))
-    if (
-        stat is None
-        or (stat.size, groups) != (file.size, file.row_groups)
-        or (file.mtime_ns and stat.mtime_ns != file.mtime_ns)
-    ):
+    if not stat_matches(file, stat) or groups != file.row_groups:
         raise _changed(file)
 
 
@@ -112,7 +102,7 @@ class _RowGroupStream:
             except Exception as exc:
                 if is_os_fault(exc):
                     raise
-                raise _Undecodable(_first_line(exc)) from exc
+                raise _Undecodable(first_line(exc)) from exc
             if batch is None or batch.num_rows == 0:
                 raise _Undecodable(f"read {self.pos} rows, the footer says {self.size}")
             self._head = batch

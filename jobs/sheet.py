@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 from PIL import Image, ImageDraw
 
-from zsteer.core.errors import ZsteerError
+from zsteer.core.errors import ZsteerError, first_line
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.directions import blend_classes
 from zsteer.pipeline.engine import to_uint8_images
@@ -48,9 +48,8 @@ def read_shard(shard: AnyPath) -> pa.Table:
         with storage_of(shard).parquet_file(shard) as pf:
             return pf.read()
     except (pa.ArrowException, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ZsteerError(
-            f"{shard}: unreadable ({first}); `zsteer verify {shard.parent.parent}` lists the damaged files, "
+            f"{shard}: unreadable ({first_line(exc)}); `zsteer verify {shard.parent.parent}` lists the damaged files, "
             "and running the job's `zsteer edit` command again redoes them"
         ) from None
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from zsteer.core.errors import ZsteerError
+from zsteer.core.errors import ZsteerError, first_line
 from zsteer.core.status import count_stop_reasons
 from zsteer.pipeline.editor import EditBatch, EditCancelled, Editor
 
@@ -123,8 +123,7 @@ def _validate(validator: RowValidator, piece: Piece) -> list[RowChunk]:
         except (OSError, ZsteerError, MemoryError):  # the system's faults, not the row's: never rejects
             raise
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            reason = f"the row could not be validated ({type(exc).__name__}: {first})"
+            reason = f"the row could not be validated ({type(exc).__name__}: {first_line(exc)[:200]})"
             chunks.append(validator.unreadable(piece.unit, piece.offset + i, 1, reason))
     return chunks
 

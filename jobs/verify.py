@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from zsteer.core.errors import ZsteerError
+from zsteer.core.errors import ZsteerError, fault_reason
 
 from .folder import JOB_JSON, Commit, JobFolder, MarkerError
 from .storage import AnyPath, locate
@@ -76,10 +76,7 @@ def check_commit(folder: JobFolder, commit: Commit, checksums: bool = True) -> l
         except FileNotFoundError:
             problems.append(Problem(path, "missing", commit.unit))
         except (OSError, pa.ArrowException) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            problems.append(
-                Problem(path, f"unreadable ({getattr(exc, 'strerror', None) or first})", commit.unit)
-            )
+            problems.append(Problem(path, f"unreadable ({fault_reason(exc)})", commit.unit))
     if (
         not commit.files
         and not problems
