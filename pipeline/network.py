@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import LoadedModel
+from .phase_conv import PhaseLayer, runs_by_phases
 
 SUPPORTED_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.Tanh)
 
@@ -88,7 +89,32 @@ def _transpose_then_bias(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Te
     y = F.conv_transpose2d(
         x, layer.weight, None, layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation
     )
-    return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
+    return y if layer.bias is None else y.add_(layer.bias.view(1, -1, 1, 1))  # y is fresh: add in place
+
+
+def runtime_layers(layers: nn.Sequential, phases: bool) -> nn.ModuleList:
+    """The layers a network calls: ``layers`` themselves, with the narrow convolutions run by phases
+    (pipeline/phase_conv.py) when ``phases``; parameters are shared, not copied."""
+    return nn.ModuleList(PhaseLayer(layer) if phases and runs_by_phases(layer) else layer for layer in layers)
+
+
+def run_layers(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through ``layers``. An activation right after a convolution runs in place on the
+    convolution's fresh output (one pass over the largest tensors less, forward and backward alike)."""
+    fresh = False  # whether x is a convolution's own output, which nothing else holds
+    for layer in layers:
+        if isinstance(layer, nn.ConvTranspose2d):
+            x, fresh = _transpose_then_bias(layer, x), True
+        elif isinstance(layer, nn.ReLU) and fresh:
+            x = x.relu_()
+        elif isinstance(layer, nn.LeakyReLU) and fresh and layer.negative_slope > 0:
+            # autograd recomputes the mask from the output, which needs a positive slope
+            x = F.leaky_relu_(x, layer.negative_slope)
+        elif isinstance(layer, nn.Tanh) and fresh:
+            x = x.tanh_()
+        else:
+            x, fresh = layer(x), isinstance(layer, nn.Conv2d | PhaseLayer)
+    return x
 
 
 class EditNet(nn.Module):
@@ -100,7 +126,12 @@ class EditNet(nn.Module):
         classifier: LoadedModel,
         fold: bool = True,
         channels_last: bool = True,
+        phases: bool = False,
     ):
+        """``fold`` BatchNorm into the convolutions, ``channels_last`` activations, and the 3-channel layers
+        run by ``phases`` (pipeline/phase_conv.py; the engine's fast layout turns it on, generic_net.build_net).
+        Each changes results only by rounding. Off, the network runs the plain layers ``gen`` / ``cls``
+        that the ONNX exporter's gradient is built from, bit for bit."""
         super().__init__()
         gspec, cspec = generator.spec, classifier.spec
         self.z_dim = gspec.z_dim
@@ -119,6 +150,8 @@ class EditNet(nn.Module):
             self.gen, self.cls = fold_batchnorm(gen_layers), fold_batchnorm(cls_layers)
         else:
             self.gen, self.cls = nn.Sequential(*gen_layers).eval(), nn.Sequential(*cls_layers).eval()
+        # gen / cls stay the plain stacks (the ONNX exporter builds its gradient from them); these run.
+        self.run_gen, self.run_cls = runtime_layers(self.gen, phases), runtime_layers(self.cls, phases)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
         for p in self.parameters():
@@ -130,13 +163,11 @@ class EditNet(nn.Module):
 
     def generate(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> [N, C, H, W] in [-1, 1]
         x = z_in.reshape(-1, self.input_dim, 1, 1).contiguous(memory_format=self.memory_format)
-        for layer in self.gen:
-            x = _transpose_then_bias(layer, x) if isinstance(layer, nn.ConvTranspose2d) else layer(x)
-        return x
+        return run_layers(self.run_gen, x)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, A]
         images = fit_to_classifier(images, self.class_chan, self.class_size, self.class_size)
-        return self.cls(images).flatten(1)
+        return run_layers(self.run_cls, images).flatten(1)
 
     def forward(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> logits [N, A]
         return self.classify(self.generate(z_in))

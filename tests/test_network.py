@@ -8,6 +8,7 @@ from exportkit import gain_models
 from torch import nn
 
 from zsteer.pipeline.network import EditNet, _transpose_then_bias
+from zsteer.pipeline.phase_conv import PhaseLayer
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -27,12 +28,31 @@ def test_bias_after_the_transposed_conv_is_the_layer(bias, geometry):
         torch.testing.assert_close(_transpose_then_bias(layer, x), layer(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("phases", [True, False])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_generate_and_classify_match_the_course_modules(channels_last):
+def test_generate_and_classify_match_the_course_modules(channels_last, phases):
     generator, classifier = gain_models(z_dim=8, hidden_dim=8, n_attributes=5)
-    net = EditNet(generator, classifier, channels_last=channels_last)
+    net = EditNet(generator, classifier, channels_last=channels_last, phases=phases)
+    assert sum(isinstance(m, PhaseLayer) for m in net.modules()) == (2 if phases else 0)
     z = torch.randn(9, 8)
     with torch.no_grad():
         images = generator.module(z)
         torch.testing.assert_close(net.generate(z), images, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(net(z), classifier.module(images), rtol=1e-4, atol=1e-4)
+
+
+def test_the_fast_input_gradient_is_autograd_through_the_plain_layers():
+    """The engine's VJP (in-place activations, the 3-channel layers by phases) against autograd through
+    the same folded layers run plainly, in float64 so that only the algebra is compared."""
+    generator, classifier = gain_models(z_dim=8, hidden_dim=8, n_attributes=5)
+    fast = EditNet(generator, classifier, phases=True).double()
+    plain = EditNet(generator, classifier, phases=False).double()
+    z = torch.randn(7, 8, dtype=torch.float64)
+    grad = torch.randn(7, 5, dtype=torch.float64)
+    logits, vjp = torch.func.vjp(fast, z)
+    (got,) = vjp(grad)
+    leaf = z.clone().requires_grad_(True)
+    want_logits = plain.cls(plain.gen(leaf.view(7, 8, 1, 1))).flatten(1)  # the Sequentials, no fast path
+    (want,) = torch.autograd.grad(want_logits, leaf, grad)
+    torch.testing.assert_close(logits, want_logits.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,143 @@
+"""The course's 3-channel layers on the CPU: a transposed convolution as one convolution and a pixel shuffle.
+
+oneDNN runs a transposed convolution with 3 output channels (the generator's last layer, and the input
+gradient of the classifier's first convolution) at about 30 GFLOP/s, an eighth of what it reaches on the
+wide layers. Where the kernel is a multiple of the stride (k = m * s, the course's 4 = 2 * 2), the
+transposed convolution splits into s * s phases, each a stride-1 convolution with an m x m kernel:
+
+    conv_transpose2d(x, w, stride=s) == pixel_shuffle(conv2d(x, phase_weight(w, s), padding=m - 1), s)
+
+so the 64 -> 3 layer becomes one 64 -> 12 convolution with a 2 x 2 kernel, which oneDNN runs about 2x
+faster (docs/NOTES.md, "The 3-channel layers"). Same sums, in another order: equal up to rounding.
+
+The other direction of the pair, conv2d(g, w, stride=s), is the adjoint and already fast. So each layer
+gets a custom input gradient (no weight gradient: the networks are frozen):
+- ``PhaseConvTranspose``: forward by phases, input gradient by the plain convolution;
+- ``ConvPhaseGrad``: forward by the plain convolution (bias fused), input gradient by phases.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# A transposed convolution with at most this many output channels runs by phases (and so does the input
+# gradient of a convolution with at most this many input channels): oneDNN is slow only there. Measured
+# at batch 128 on 2 cores: 64 -> 3 by phases 10.3 ms against 20.2 ms (docs/NOTES.md).
+NARROW_CHANNELS = 4
+
+
+def phase_weight(weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """[Cin, Cout, k, k] transposed-convolution weight -> [Cout * s * s, Cin, m, m] convolution weight.
+
+    Output channel c * s * s + a * s + b computes the phase (a, b) of channel c (pixel_shuffle's order);
+    its tap (ty, tx) is the kernel entry (a + s * (m - 1 - ty), b + s * (m - 1 - tx)): flipped, because
+    a convolution correlates where the transposed one scatters.
+    """
+    cin, cout, kh, kw = weight.shape
+    s = stride
+    mh, mw = kh // s, kw // s
+    taps = weight.reshape(cin, cout, mh, s, mw, s).flip(2, 4)  # [Cin, Cout, ty, a, tx, b]
+    return taps.permute(1, 3, 5, 0, 2, 4).reshape(cout * s * s, cin, mh, mw)
+
+
+def transpose_by_phases(x: torch.Tensor, phases: torch.Tensor, stride: int, size: tuple[int, int]):
+    """conv_transpose2d(x, w, stride) computed from ``phases = phase_weight(w, stride)``, then zero-padded
+    at the bottom and right to ``size`` (a convolution's input rows that no output reads get no gradient).
+
+    x [N, Cin, H, W] -> [N, Cout, size[0], size[1]], size >= ((H - 1) * s + k, (W - 1) * s + k)."""
+    mh, mw = phases.shape[-2:]
+    y = F.pixel_shuffle(F.conv2d(x, phases, None, 1, (mh - 1, mw - 1)), stride)
+    pad_h, pad_w = size[0] - y.shape[-2], size[1] - y.shape[-1]
+    return F.pad(y, (0, pad_w, 0, pad_h)) if pad_h or pad_w else y
+
+
+class PhaseConvTranspose(torch.autograd.Function):
+    """conv_transpose2d(x, weight, stride) by phases; input gradient conv2d(g, weight, stride)."""
+
+    @staticmethod
+    def forward(x, weight, phases, stride: int):  # x [N, Cin, H, W] -> [N, Cout, (H-1)s+k, (W-1)s+k]
+        h, w = x.shape[-2:]
+        k = weight.shape[-2:]
+        return transpose_by_phases(x, phases, stride, ((h - 1) * stride + k[0], (w - 1) * stride + k[1]))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, weight, _, stride = inputs
+        ctx.save_for_backward(weight)
+        ctx.stride = stride
+
+    @staticmethod
+    def backward(ctx, grad):  # [N, Cout, Ho, Wo] -> [N, Cin, H, W]
+        (weight,) = ctx.saved_tensors
+        return F.conv2d(grad, weight, None, ctx.stride), None, None, None
+
+
+class ConvPhaseGrad(torch.autograd.Function):
+    """conv2d(x, weight, bias, stride); input gradient conv_transpose2d(g, weight, stride) by phases."""
+
+    @staticmethod
+    def forward(x, weight, bias, phases, stride: int):  # x [N, Cin, H, W] -> [N, Cout, Ho, Wo]
+        return F.conv2d(x, weight, bias, stride)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, _, phases, stride = inputs
+        ctx.save_for_backward(phases)
+        ctx.stride, ctx.size = stride, tuple(x.shape[-2:])
+
+    @staticmethod
+    def backward(ctx, grad):  # [N, Cout, Ho, Wo] -> [N, Cin, H, W]
+        (phases,) = ctx.saved_tensors
+        return transpose_by_phases(grad, phases, ctx.stride, ctx.size), None, None, None, None
+
+
+def _plain(layer: nn.Conv2d | nn.ConvTranspose2d) -> bool:
+    """No padding, dilation, groups or output padding, and a kernel that is a multiple of the stride."""
+    extra = getattr(layer, "output_padding", (0, 0))
+    return (
+        layer.padding == (0, 0)
+        and layer.dilation == (1, 1)
+        and layer.groups == 1
+        and tuple(extra) == (0, 0)
+        and layer.stride[0] == layer.stride[1]
+        and layer.kernel_size[0] % layer.stride[0] == 0
+        and layer.kernel_size[1] % layer.stride[1] == 0
+    )
+
+
+def runs_by_phases(layer: nn.Module) -> bool:
+    """Whether ``layer`` is one of the narrow layers this module speeds up (see NARROW_CHANNELS)."""
+    if isinstance(layer, nn.ConvTranspose2d):
+        return _plain(layer) and layer.out_channels <= NARROW_CHANNELS
+    if isinstance(layer, nn.Conv2d):
+        return _plain(layer) and layer.in_channels <= NARROW_CHANNELS
+    return False
+
+
+class PhaseLayer(nn.Module):
+    """A frozen narrow Conv2d / ConvTranspose2d that runs through the functions above.
+
+    It shares the layer's weight and bias and holds the phase weight as a buffer (moved and cast with the
+    network). The transposed convolution adds its bias after the convolution, as the network's other
+    transposed layers do."""
+
+    def __init__(self, layer: nn.Conv2d | nn.ConvTranspose2d):
+        super().__init__()
+        if not runs_by_phases(layer):
+            raise ValueError(f"{layer} does not run by phases")
+        self.transposed = isinstance(layer, nn.ConvTranspose2d)
+        self.stride = layer.stride[0]
+        self.weight, self.bias = layer.weight, layer.bias
+        with torch.no_grad():
+            # A Conv2d weight [Cout, Cin, k, k] is the weight of its adjoint transposed convolution.
+            phases = phase_weight(layer.weight.detach(), self.stride)
+        # Laid out (channels_last) and cast with the network by its .to().
+        self.register_buffer("phases", phases.contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            y = PhaseConvTranspose.apply(x, self.weight, self.phases, self.stride)
+            return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))  # y is fresh
+        return ConvPhaseGrad.apply(x, self.weight, self.bias, self.phases, self.stride)
