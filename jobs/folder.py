@@ -18,6 +18,13 @@ it records each file's size and sha256, so a resume (and `zsteer verify`) can te
 was later deleted, truncated or altered (jobs/verify.py). Markers are keyed by unit, so workers that
 commit different units never share a counter or a file (docs/ARCHITECTURE.md, "Exactly once").
 File names come from the unit's counters only, never from row ids.
+
+On an object store (``--out s3://...``, jobs/storage.py), where rename is a copy and a delete, nothing is
+renamed: each file is written once, whole; a unit's shards end in a token of their attempt
+(``part-F-G-C-K-<token>.parquet``), so no attempt overwrites another's; the marker is created only if
+it is not there (a create-only write), so the first attempt of a unit wins and a later one
+(``CommittedElsewhere``) removes its shards; and readers take the names from the markers
+(``committed_parts``), never from a listing of parts/. ``.lock`` is then a lease object (lock.py).
 """
 
 from __future__ import annotations

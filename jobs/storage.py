@@ -181,7 +181,8 @@ class LocalStorage:
         return write_parquet_atomic(table, path)
 
     def create_only(self, path: Path, data: bytes) -> bool:
-        """Not used by the local protocol (markers are renamed into place under the folder's flock)."""
+        """Create ``path`` unless it exists (the local job renames its markers into place instead: its
+        flock keeps a second writer out, and a retried unit rewrites the same names)."""
         return _link_create(path, data)
 
     def remove(self, path: Path) -> None:
@@ -452,8 +453,10 @@ def is_uri(text: str) -> bool:
 def locate(text: str | Path, field: str) -> AnyPath:
     """``-m`` / ``--out`` as given: a plain path stays a Path; a URI becomes a StorePath on its file
     system. A URI pyarrow cannot open (an unknown scheme, no bucket) is one line naming ``field``."""
-    if isinstance(text, (Path, StorePath)) or not is_uri(text):
-        return Path(text) if not isinstance(text, StorePath) else text
+    if isinstance(text, (Path, StorePath)):
+        return text
+    if not is_uri(text):
+        return Path(text)
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     opener = SCHEMES.get(scheme, lambda uri, query: (*pafs.FileSystem.from_uri(uri), None))

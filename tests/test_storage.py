@@ -276,3 +276,40 @@ def test_a_job_from_s3_to_s3_writes_the_local_rows_and_resumes_after_a_crash(
     assert report.ok and report.units == 10 and not report.strays
     summary = json.loads(root.store.read_bytes(root / "summary.json"))
     assert summary["complete"] and summary["rows_done"] == N_A + N_B
+
+
+def test_the_command_line_takes_uris_for_manifests_out_and_verify(data, job_models, local_job, tmp_path):
+    """`zsteer edit -m file://... --out file://...` (click.Path would have made `file:/...` of them), then
+    `zsteer verify` by URI; a bad --out URI is exit 2 with one line."""
+    from click.testing import CliRunner
+
+    from zsteer.cli.main import main
+
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    out = f"file://{tmp_path / 'job'}"
+    edit = ["edit", "-m", f"file://{data}", "--generator", job_models[0], "--classifier", job_models[1]]
+    edit += [
+        "-t",
+        "attr1",
+        "--steps",
+        3,
+        "--lr",
+        0.5,
+        "--images",
+        "none",
+        "--unit-rows",
+        20,
+        "--read-rows",
+        16,
+    ]
+    edit += ["--rows-per-shard", 64, "--workers", 0, "--batch-size", 16]
+    result = run(*edit, "--out", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    parts, _ = read_committed(out)
+    assert parts.sort_by("id").equals(read_parts(local_job).sort_by("id"))
+    assert run("verify", out).exit_code == 0
+    bad = run(*edit, "--out", "nope://bucket/job")
+    lines = bad.stderr.strip().splitlines()
+    assert bad.exit_code == 2 and len(lines) == 1 and "--out nope://bucket/job: not a location" in lines[0]
