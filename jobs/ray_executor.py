@@ -442,6 +442,8 @@ def _init(ray, address: str | None) -> None:
     # the driver's priority, not less than any other process on the machine. A cluster's nodes keep
     # their own setting (RAY_worker_niceness when `ray start` runs).
     local = {"_system_config": {"worker_niceness": 0}} if address is None else {}
+    if address is not None:
+        check_reachable(address)  # also here: a library caller may run() without check()
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, **local)
     except (ConnectionError, ValueError, RuntimeError) as exc:  # no cluster there, a malformed address

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -259,6 +260,43 @@ def test_no_cluster_at_the_ray_address_is_one_line():
         ZsteerError, match=r"^--ray-address auto: Could not find any running Ray instance\. \(start"
     ):
         _init(NoCluster(), "auto")
+
+
+@pytest.mark.timeout(60)  # Ray's own retries at such an address last a minute or more
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_unreachable_ray_address_fails_fast_in_one_line(tmp_path, job_models, data, scheme):
+    """Nothing listens at --ray-address (a closed local port): one line naming the address and what was
+    expected there, before anything is written, instead of hanging in Ray's retries."""
+    from click.testing import CliRunner
+
+    from zsteer.cli.main import main
+
+    with socket.socket() as closed:  # a port nothing listens on once closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    address = f"{scheme}127.0.0.1:{port}"
+    args = ["edit", "-m", data, "--generator", job_models[0], "--classifier", job_models[1], "-t", "attr1",
+            "--steps", 2, "--images", "none", "--executor", "ray", "--ray-address", address,
+            "--out", tmp_path / "job"]  # fmt: skip
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"zsteer: error: --ray-address {address}: nothing accepts connections at 127.0.0.1:{port} ("
+    ), lines
+    assert ("a Ray Client server" if scheme else "a Ray cluster's GCS") in lines[0], lines
+    assert not (tmp_path / "job").exists()
+
+
+def test_a_listening_ray_address_and_auto_are_left_to_ray():
+    from zsteer.jobs.ray_executor import check_reachable
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")
+        check_reachable(f"ray://127.0.0.1:{port}")
+    check_reachable("auto")  # ray.init finds (or not) the cluster itself, quickly
 
 
 def test_executor_ray_without_ray_installed_is_one_line_naming_the_extra(
