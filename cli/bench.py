@@ -18,6 +18,7 @@ from zsteer.jobs.backends import BACKENDS
 from zsteer.jobs.bench.config import COMPILED, IMAGE_FORMATS, MODES, QUICK, BenchConfig, RunControl, matrix
 from zsteer.jobs.bench.report import compare, markdown, read_report, regressions, table, write_csv, write_json
 from zsteer.jobs.bench.run import run_bench
+from zsteer.pipeline.config import PRECISIONS
 
 from .models import model_options, model_source
 from .paths import check_out_parent
@@ -117,6 +118,9 @@ def _axis(flag: str, dest: str, what: str, default: str):
 @_axis("--images", "images", "png (render; in job mode also encode and write) or none.", "none")
 @_axis("--device", "devices", "torch device.", "cpu")
 @_axis("--threads", "threads", "torch (and onnxruntime) CPU threads.", "torch's choice")
+@_axis(
+    "--precision", "precisions", "fp32, or bf16 (opt-in, torch backend: see `zsteer edit --help`).", "fp32"
+)
 @click.option(
     "--warmup-seconds",
     type=click.FloatRange(min=0),
@@ -255,6 +259,7 @@ def bench(**opt):  # fmt: skip
         images=_choices(_values(opt["images"], ["none"]), IMAGE_FORMATS, "--images"),
         device=_values(opt["devices"], ["cpu"]),
         threads=_values(opt["threads"], [None], _positive_int, "--threads"),
+        precision=_choices(_values(opt["precisions"], ["fp32"]), PRECISIONS, "--precision"),
     )
     outputs = ((opt["json_path"], "--json"), (opt["csv_path"], "--csv"), (opt["markdown_path"], "--markdown"))
     for path, flag in outputs:  # before any work, not after minutes of measuring

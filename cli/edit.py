@@ -21,7 +21,7 @@ from zsteer.jobs.executor import EXECUTORS
 from zsteer.jobs.method import method_class, method_names
 from zsteer.jobs.runner import run_job
 from zsteer.kernels.dispatch import triton_available
-from zsteer.pipeline.config import MAX_STEPS, AscentConfig, EngineConfig
+from zsteer.pipeline.config import MAX_STEPS, PRECISIONS, AscentConfig, EngineConfig
 
 from .method_options import METHOD_PARSERS, method_options, refuse_method_flags
 from .models import model_options, model_source
@@ -87,6 +87,10 @@ def _edit_options(fn):
                      show_default=True, help="torch.compile the step (auto: on CUDA only)."),
         click.option("--impl", type=click.Choice(["auto", "triton", "torch"]), default=e.impl,
                      show_default=True, help="Kernels: Triton or the torch reference (auto: Triton on CUDA)."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=e.precision, show_default=True,
+                     help="Arithmetic of the networks. bf16 (opt-in; torch backend, course models) is faster "
+                     "on CPUs with AMX/AVX512-BF16 but moves edits beyond fp32 rounding (README, "
+                     "'Performance'); it is part of the job's identity."),
         click.option("--images", type=click.Choice(["png", "none"]), default="png", show_default=True,
                      help="Write each edited image as PNG bytes in an 'image' column, or not."),
         click.option("--workers", type=click.IntRange(min=0), default=workers, show_default=True,
@@ -206,6 +210,7 @@ def edit(ctx, **opt):
                 device=opt["device"],
                 compile=opt["compile_mode"],
                 impl=opt["impl"],
+                precision=opt["precision"],
             ),
             backend=BackendConfig(opt["backend"], opt["onnx_dir"], opt["threads"], opt["cpu_fallback"]),
             executor=opt["executor"],

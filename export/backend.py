@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsteer.core.errors import ExportError
+from zsteer.core.errors import ExportError, ZsteerError
 from zsteer.pipeline.ascent_loop import AscentLoop, StepOut, StepRows
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.config import AscentConfig, EngineConfig
@@ -245,6 +245,8 @@ def onnxruntime_backend(
     ``backend``: its ``onnx_dir`` (graphs written by `zsteer export`, checked against the models'
     fingerprints; None = export in memory), ``threads`` and ``cpu_fallback``.
     """
+    if engine is not None and engine.precision != "fp32":  # bf16 is the torch engine's (EngineConfig)
+        raise ZsteerError(f"--precision {engine.precision}: the onnxruntime backend runs fp32 only")
     options = {"threads": backend.threads, "cpu_fallback": backend.cpu_fallback}
     if is_imported(generator) or is_imported(classifier):  # export/imported_backend.py
         if ascent.steps == 0:  # a renderer (direction, interpolation): any graph runs forward

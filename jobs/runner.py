@@ -116,6 +116,8 @@ def prepare_job(config: JobConfig) -> PreparedJob:
         plan, generator, classifier, list(targets.targets), list(targets.preserve) if targets.preserve else None,
         method, config.output.images, config.unit_rows,
     )  # fmt: skip
+    if config.engine.precision != "fp32":  # bf16 moves results beyond rounding (EngineConfig.precision)
+        identity["precision"] = config.engine.precision
     runtime = {
         "engine": asdict(config.engine),
         "backend": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config.backend).items()},

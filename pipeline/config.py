@@ -57,9 +57,14 @@ class AscentConfig:
         return 1.0 / max(self.steps, 1) if self.lab_compat else 0.1
 
 
+# The arithmetic an engine's networks may run in (EngineConfig.precision).
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """Where and how the engine runs. Not part of a job's identity: results do not depend on it."""
+    """Where and how the engine runs. Results do not depend on it (up to rounding), so it is not part of a
+    job's identity, except ``precision``: bf16 moves results by more than rounding, and is recorded."""
 
     # Rows per forward/backward; the last batch and compacted batches are padded to fixed shapes.
     batch_size: int = 128
@@ -72,3 +77,13 @@ class EngineConfig:
     # Fold BatchNorm into the convolutions and use channels_last activations: faster, same numbers up to
     # rounding. Lab-compatible mode never does, so that it matches the notebook to the last bit.
     fast_layout: bool = True
+    # Arithmetic of the generator and classifier: "fp32" (the default) or "bf16", opt-in only: weights and
+    # activations in bfloat16 with fp32 accumulation inside the convolutions (oneDNN; AMX or AVX512-BF16
+    # on the CPU), while z, the logits, the objective and the update stay fp32. Faster where the hardware
+    # has bf16, but edits drift from fp32 (measured and judged: README "Performance"), so it is part of a
+    # job's identity. The torch backend on the course architectures only.
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

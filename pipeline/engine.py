@@ -26,7 +26,9 @@ import warnings
 from dataclasses import replace
 
 import torch
+from torch import nn
 
+from zsteer.core.errors import ZsteerError
 from zsteer.kernels.ascent_update import ascent_update, ascent_update_impl
 from zsteer.kernels.dispatch import triton_interpreted
 from zsteer.kernels.objective import objective_fn
@@ -78,7 +80,8 @@ class AscentEngine(AscentLoop):
         if impl == "auto" and dev.type == "cuda":
             with torch.no_grad():
                 n_attr = self.net(z_in[:1]).shape[1]
-        dtype = next(self.net.parameters()).dtype  # the kernels refuse some dtypes: ask with the real one
+        # The kernels refuse some dtypes: ask with the real one (a bf16 network's logits come out fp32).
+        dtype = torch.promote_types(next(self.net.parameters()).dtype, torch.float32)
         logits = torch.empty(0, n_attr, device=dev, dtype=dtype)
         z = torch.empty(0, self.net.z_dim, device=dev, dtype=dtype)
         rows = torch.empty(0, device=dev, dtype=dtype)
@@ -139,13 +142,27 @@ def make_engine(
     models run as their exported graphs (generic_net.ModelNet)."""
     engine = engine or EngineConfig()
     fast = engine.fast_layout and not ascent.lab_compat
-    net = build_net(generator, classifier, fast)
+    net = with_precision(build_net(generator, classifier, fast), engine.precision, ascent.lab_compat)
     if engine.compile == "auto" and getattr(net, "row_by_row", False):
         # A net that calls its graphs once per row (generic_net.ModelNet, imported models): a compiled step
         # would trace batch_size copies of the graphs, so "auto" leaves it eager; --compile on still
         # compiles (checked on CPU: same rows within 2e-6).
         engine = replace(engine, compile="off")
     return AscentEngine(net, ascent, engine)
+
+
+def with_precision(net: nn.Module, precision: str, lab_compat: bool = False) -> nn.Module:
+    """``net`` in the arithmetic of EngineConfig.precision: bf16 casts the course network's weights (its
+    inputs are cast on the way in and its logits come out fp32, network.EditNet); fp32 leaves it alone."""
+    if precision == "fp32":
+        return net
+    if lab_compat:
+        raise ZsteerError(f"--precision {precision}: lab-compatible mode reproduces the notebook in fp32")
+    if not isinstance(net, EditNet):
+        raise ZsteerError(
+            f"--precision {precision}: runs the course architectures only; imported models run in fp32"
+        )
+    return net.to(torch.bfloat16)
 
 
 def torch_backend(

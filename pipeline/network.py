@@ -162,15 +162,25 @@ class EditNet(nn.Module):
         return latent_input(z, labels, self.n_labels)
 
     def generate(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> [N, C, H, W] in [-1, 1]
-        x = z_in.reshape(-1, self.input_dim, 1, 1).contiguous(memory_format=self.memory_format)
+        x = z_in.reshape(-1, self.input_dim, 1, 1).to(self.compute_dtype, memory_format=self.memory_format)
         return run_layers(self.run_gen, x)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, A]
-        images = fit_to_classifier(images, self.class_chan, self.class_size, self.class_size)
+        images = fit_to_classifier(
+            images.to(self.compute_dtype), self.class_chan, self.class_size, self.class_size
+        )
         return run_layers(self.run_cls, images).flatten(1)
 
-    def forward(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> logits [N, A]
-        return self.classify(self.generate(z_in))
+    def forward(self, z_in: torch.Tensor) -> torch.Tensor:  # [N, input_dim] -> logits [N, A], at least fp32
+        logits = self.classify(self.generate(z_in))
+        # A bf16 network's logits leave it as fp32: the objective and the update run in fp32 whatever the
+        # network's precision (EngineConfig.precision); the cast's gradient brings d/dz back to z's dtype.
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the weights (float32, or bfloat16 under EngineConfig.precision="bf16")."""
+        return next(self.parameters()).dtype
 
 
 def fit_to_classifier(images: torch.Tensor, chan: int, height: int, width: int) -> torch.Tensor:

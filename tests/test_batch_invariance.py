@@ -38,8 +38,12 @@ def _rows(seed: int = 0):
     return z, weights, default_preserve(weights)
 
 
-def _edit(models, batch_size: int, **ascent):
-    engine = make_engine(*models, AscentConfig(**ascent), EngineConfig(batch_size=batch_size, impl="torch"))
+def _edit(models, batch_size: int, precision: str = "fp32", **ascent):
+    engine = make_engine(
+        *models,
+        AscentConfig(**ascent),
+        EngineConfig(batch_size=batch_size, impl="torch", precision=precision),
+    )
     z, w, p = _rows()
     return engine.edit(z, w, p, render=True)
 
@@ -57,14 +61,16 @@ def _assert_same(a, b, label: str) -> None:
         assert torch.equal(getattr(a, field), getattr(b, field)), f"{label}: {field} differs"
 
 
-@pytest.mark.parametrize("penalty", [0.0, 1.0])
-def test_every_batch_size_gives_the_same_bits(models, penalty):
-    ref = _edit(models, 16, steps=10, lr=0.05, penalty=penalty)
+@pytest.mark.parametrize(("penalty", "precision"), [(0.0, "fp32"), (1.0, "fp32"), (1.0, "bf16")])
+def test_every_batch_size_gives_the_same_bits(models, penalty, precision):
+    ref = _edit(models, 16, precision, steps=10, lr=0.05, penalty=penalty)
     moved = (ref.z_edited - _rows()[0]).abs().amax(dim=1)
     assert float(moved.min()) > 1e-3, "the edit moves every row (real gain)"
     for batch_size in BATCH_SIZES:
         _assert_same(
-            _edit(models, batch_size, steps=10, lr=0.05, penalty=penalty), ref, f"batch {batch_size}"
+            _edit(models, batch_size, precision, steps=10, lr=0.05, penalty=penalty),
+            ref,
+            f"batch {batch_size} {precision}",
         )
 
 

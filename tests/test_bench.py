@@ -16,6 +16,7 @@ from test_methods import IdentityMethod
 from zsteer.core.errors import ZsteerError
 from zsteer.jobs.bench.config import BenchCell, BenchConfig, RunControl, matrix
 from zsteer.jobs.bench.report import (
+    cell_key,
     compare,
     flat_rows,
     markdown,
@@ -283,3 +284,21 @@ def test_job_mode_builds_no_editor_of_its_own_before_the_peak_memory_is_read(job
     assert "error" not in result and result["flops_per_latent"] > 0 and result["compiled"] is False, result
     measured = events[: events.index("peak")]
     assert measured == ["job", "editor"] * measured.count("job"), "one editor per job run, none besides"
+
+
+def test_the_precision_axis_measures_bf16_beside_fp32_and_older_reports_are_fp32(job_models, tmp_path):
+    common = ["--generator", job_models[0], "--classifier", job_models[1], "--batch-size", "4", "--steps", "1",
+              "--warmup-seconds", "0", "--min-seconds", "0", "--min-iterations", "1", "--max-windows", "3",
+              "--tolerance", "0.99", "--peak-seconds", "0", "--threads", "1"]  # fmt: skip
+    run = _cli(*common, "--precision", "fp32,bf16", "--json", tmp_path / "p.json")
+    assert run.exit_code == 0, (run.output, run.exception)
+    cells = read_report(tmp_path / "p.json")["cells"]
+    assert [c["cell"]["precision"] for c in cells] == ["fp32", "bf16"]
+    assert all(c["result"]["latents_per_second"] > 0 for c in cells)
+    # The same FLOPs for both: the models' arithmetic, not the way a cell runs it.
+    assert cells[0]["result"]["flops_per_latent"] == cells[1]["result"]["flops_per_latent"]
+    older = {k: v for k, v in cells[0]["cell"].items() if k != "precision"}  # a report from before the axis
+    assert cell_key(older) == cell_key(cells[0]["cell"]) != cell_key(cells[1]["cell"])
+    assert "bf16" in run.output
+    bad = _cli(*common, "--precision", "fp8")
+    assert bad.exit_code == 2 and "--precision fp8: expected one of" in bad.stderr

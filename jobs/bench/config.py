@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from zsteer.pipeline.config import PRECISIONS
 from zsteer.pipeline.loading import ModelSource
 
 MODES = ("engine", "job")
@@ -76,12 +77,16 @@ class BenchCell:
     device: str = "cpu"
     # torch (and onnxruntime intra-op) threads; None = the library's default.
     threads: int | None = None
+    # Arithmetic of the networks (EngineConfig.precision): "fp32", or the opt-in "bf16".
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.images not in IMAGE_FORMATS:
             raise ValueError(f"images must be one of {IMAGE_FORMATS}, got {self.images!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.batch_size < 1 or self.steps < 0 or (self.threads is not None and self.threads < 1):
             raise ValueError("batch_size and threads must be >= 1, steps >= 0")
 

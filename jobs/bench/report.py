@@ -17,7 +17,8 @@ from ..folder import write_bytes_atomic
 from .config import BenchCell
 from .run import FORMAT
 
-KEY = tuple(BenchCell().settings())
+_DEFAULT_CELL = BenchCell().settings()
+KEY = tuple(_DEFAULT_CELL)
 LATENCY = ("min", "median", "p90", "p95", "p99")
 # Result fields copied into a flat row as they are.
 RESULT_FIELDS = (
@@ -28,7 +29,9 @@ RESULT_FIELDS = (
 
 
 def cell_key(cell: dict) -> tuple:
-    return tuple(cell.get(name) for name in KEY)
+    """A cell's settings in KEY order; a setting a report of an older zsteer lacks is the default it ran
+    with then (precision: fp32)."""
+    return tuple(cell.get(name, _DEFAULT_CELL[name]) for name in KEY)
 
 
 def read_report(path: str | Path) -> dict:

@@ -89,7 +89,7 @@ def runtime_configs(cell: BenchCell, config: BenchConfig) -> tuple[EngineConfig,
         )
     engine = EngineConfig(
         batch_size=cell.batch_size, device=cell.device, compile="on" if cell.backend == COMPILED else "off",
-        impl=config.impl,
+        impl=config.impl, precision=cell.precision,
     )  # fmt: skip
     return engine, BackendConfig(name, config.onnx_dir if name == "onnxruntime" else None, cell.threads)
 
@@ -201,7 +201,11 @@ class _Bench:
         """The net the editor runs (the torch engine's), else the EditNet of the models (onnxruntime runs
         the same graph); None for a net the counter cannot take."""
         try:
-            net = getattr(editor, "net", None) or EditNet(self.generator, self.classifier)
+            net = getattr(editor, "net", None)
+            if net is None or isinstance(net, EditNet):
+                # The models' arithmetic, not the editor's way of running it (phases, bf16): every cell
+                # of the course models is held against the same FLOPs.
+                net = EditNet(self.generator, self.classifier)
             return ascent_flops_per_latent(net, steps)
         except (TypeError, ValueError, AttributeError, RuntimeError):
             return None
@@ -392,7 +396,11 @@ class _CellRun:
 
 def _label(cell: BenchCell) -> str:
     threads = "" if cell.threads is None else f" t{cell.threads}"
-    return f"{cell.mode} {cell.backend} {cell.method} b{cell.batch_size} s{cell.steps} {cell.images} {cell.device}{threads}"
+    precision = "" if cell.precision == "fp32" else f" {cell.precision}"
+    return (
+        f"{cell.mode} {cell.backend} {cell.method} b{cell.batch_size} s{cell.steps} {cell.images} "
+        f"{cell.device}{threads}{precision}"
+    )
 
 
 def _summary(
