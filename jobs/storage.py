@@ -27,6 +27,7 @@ import os
 import secrets
 import stat as stat_module
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -232,6 +233,7 @@ class LocalCreateOnly:
         return _link_create(Path(path), data)
 
 
+CONFLICT_RETRIES = 5  # tries of a create-only write that S3 answered 409 (a concurrent conditional write)
 _S3_CLIENTS: dict = {}  # S3CreateOnly -> its boto3 client (made once per process; clients are thread-safe)
 _S3_LOCK = threading.Lock()
 
@@ -244,8 +246,9 @@ class S3CreateOnly:
 
     endpoint_url: str | None = None
     region: str | None = None
-    access_key: str | None = None
-    secret_key: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
 
     def client(self):
         with _S3_LOCK:
@@ -254,6 +257,7 @@ class S3CreateOnly:
                 _S3_CLIENTS[self] = boto3.client(
                     "s3", endpoint_url=self.endpoint_url, region_name=self.region,
                     aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                    aws_session_token=self.session_token,
                 )  # fmt: skip
             return _S3_CLIENTS[self]
 
@@ -261,13 +265,21 @@ class S3CreateOnly:
         from botocore.exceptions import ClientError
 
         bucket, _, key = path.partition("/")
-        try:
-            self.client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-                return False
-            raise OSError(None, f"S3 refused the write ({exc})", f"s3://{path}") from None
-        return True
+        tries = 0
+        while True:
+            try:
+                self.client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "412"):
+                    return False
+                # 409: another conditional write of the key was in flight; once it is done, a retry
+                # gets 412 (it won) or succeeds (it failed), as S3's documentation says to do.
+                tries += 1
+                if code not in ("ConditionalRequestConflict", "409") or tries == CONFLICT_RETRIES:
+                    raise OSError(None, f"S3 refused the write ({exc})", f"s3://{path}") from None
+                time.sleep(0.1 * 2**tries)
 
     @staticmethod
     def from_query(query: dict[str, list[str]]) -> S3CreateOnly:
@@ -275,7 +287,13 @@ class S3CreateOnly:
         endpoint = one.get("endpoint_override")
         if endpoint and "://" not in endpoint:
             endpoint = f"{one.get('scheme', 'https')}://{endpoint}"
-        return S3CreateOnly(endpoint, one.get("region"), one.get("access_key"), one.get("secret_key"))
+        return S3CreateOnly(
+            endpoint,
+            one.get("region"),
+            one.get("access_key"),
+            one.get("secret_key"),
+            one.get("session_token"),
+        )
 
 
 def import_boto3(where: str):

@@ -313,3 +313,27 @@ def test_the_command_line_takes_uris_for_manifests_out_and_verify(data, job_mode
     bad = run(*edit, "--out", "nope://bucket/job")
     lines = bad.stderr.strip().splitlines()
     assert bad.exit_code == 2 and len(lines) == 1 and "--out nope://bucket/job: not a location" in lines[0]
+
+
+@pytest.mark.parametrize(("second", "created"), [("PreconditionFailed", False), (None, True)])
+def test_s3_retries_a_create_that_met_a_concurrent_conditional_write(second, created, monkeypatch):
+    """S3 answers 409 ConditionalRequestConflict while another conditional write of the key is in flight;
+    the retry then loses (412: the other one created it) or wins (the other one failed)."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 (the s3 extra) is not installed")
+    from botocore.stub import Stubber
+
+    from zsteer.jobs import storage
+
+    creator = storage.S3CreateOnly(endpoint_url="http://stubbed.invalid", region="us-east-1")
+    client = boto3.client("s3", endpoint_url=creator.endpoint_url, region_name="us-east-1",
+                          aws_access_key_id="x", aws_secret_access_key="x")  # fmt: skip
+    monkeypatch.setitem(storage._S3_CLIENTS, creator, client)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    with Stubber(client) as stub:
+        stub.add_client_error("put_object", "ConditionalRequestConflict", http_status_code=409)
+        if second is None:
+            stub.add_response("put_object", {})
+        else:
+            stub.add_client_error("put_object", second, http_status_code=412)
+        assert creator(None, "bucket/commits/commit-000000-000000-000000.json", b"{}") is created
+        stub.assert_no_pending_responses()
