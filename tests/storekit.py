@@ -10,6 +10,7 @@ modules, so the Ray test registers this module to be pickled by value, as tests/
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from urllib.parse import urlsplit
 
@@ -103,6 +104,7 @@ def s3_server():
     env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
     before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
