@@ -98,8 +98,7 @@ class DuplicateIndex:
 
     @staticmethod
     def load(path: AnyPath) -> DuplicateIndex:
-        source = path if isinstance(path, Path) else io.BytesIO(storage_of(path).read_bytes(path))
-        with np.load(source, allow_pickle=False) as doc:
+        with np.load(io.BytesIO(storage_of(path).read_bytes(path)), allow_pickle=False) as doc:
             return DuplicateIndex(doc["keys"], doc["first"])
 
 
