@@ -97,19 +97,21 @@ def uri(path) -> str:
 @contextlib.contextmanager
 def s3_server():
     """A local S3 (moto's threaded server) with one bucket; yields the URI query that reaches it
-    (``?endpoint_override=...&scheme=http&region=...``). Credentials are any, through the environment."""
+    (``?endpoint_override=...&scheme=http&region=...``). The environment points pyarrow and boto3 at it
+    too (``AWS_ENDPOINT_URL``, as for MinIO), so plain ``s3://bucket/key`` URIs reach it; any keys."""
     import boto3
     from moto.server import ThreadedMotoServer
 
-    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
+    env["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        host, port = server.get_host_and_port()
-        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket=BUCKET)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
         yield f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
     finally:
         server.stop()
