@@ -328,3 +328,26 @@ def test_a_label_to_interpolation_is_judged_at_each_frames_blended_class(tmp_pat
             judge, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         )
     np.testing.assert_array_equal(after, want)
+
+
+def test_the_sheet_draws_an_image_less_label_to_frame_at_its_blended_class(tmp_path):
+    from zsteer.jobs.interpolate_method import InterpolateMethod
+    from zsteer.pipeline.checkpoints import load_generator
+    from zsteer.pipeline.models import GeneratorSpec
+
+    gspec = GeneratorSpec(
+        kind="course_conditional_generator", z_dim=TINY_GENERATOR.z_dim, n_classes=3, hidden_dim=4
+    )
+    models = write_models(tmp_path / "models", gspec, TINY_CLASSIFIER)
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(1), "z": latents(1, seed=7), "label": [0], "label_to": [1]}
+    )
+    run_job(job_config(manifest, tmp_path / "job", models, targets=(), method=InterpolateMethod(frames=3)))
+    sheet = np.asarray(
+        Image.open(job_sheet(SheetConfig(tmp_path / "job", tmp_path / "s.png", rows=1, scale=1)))
+    )
+    z = np.asarray(pq.read_table(tmp_path / "job" / "parts").column("z_edited").to_pylist(), np.float32)
+    want = render_latents(load_generator(models[0]), z[1:2], np.array([[0.5, 0.5, 0.0]], np.float32))[0]
+    size, pad, y = want.shape[0], 2, 11 + 2 + 11  # below the headers and the caption
+    x = pad + 2 * (size + pad)  # before, frame 0, frame 1
+    np.testing.assert_array_equal(sheet[y : y + size, x : x + size], want)
