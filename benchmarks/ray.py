@@ -1,19 +1,23 @@
 """The local executor against the Ray executor: the same rows and settings, side by side in one run.
 
-    flock /tmp/zsteer-heavy.lock python benchmarks/ray.py [--rows 10000 1000000] [--steps 1] [--hidden 1]
-        [--batch-size 256] [--cpus 2] [--ray-shapes 1x2 2x1] [--rounds 1] [--skip-local]
+    flock /tmp/zsteer-heavy.lock python benchmarks/ray.py [--rows 4096] [--steps 10] [--hidden 64]
+        [--batch-size 128] [--unit-rows 512] [--cpus 2] [--ray-shapes 1x2 2x1] [--rounds 1] [--skip-local]
         [--memory-rows 10000 1000000] [--skip-memory]
 
 Each variant is `zsteer edit` as its own process (so its peak memory is its own), images off, on one
 manifest per size (`zsteer sample`, row groups of 8192), with the course architectures at width --hidden
-(z_dim 64, 40 attributes, random weights; benchmarks/job.py). Equal cores: the local job runs torch on
---cpus threads; a Ray shape WxC is W workers of C CPUs each (W*C = --cpus) on a local Ray instance the
-job starts itself, so Ray's start-up is part of what is measured. Variants alternate for --rounds rounds.
+(z_dim 64, 40 attributes, random weights; benchmarks/job.py; 64 is the course's size) and the default
+10-step ascent: real work, so that a run lasts a minute or more and Ray's start-up is not all there is
+to measure. Equal cores: the local job runs torch on --cpus threads; a Ray shape WxC is W workers of C
+CPUs each (W*C = --cpus) on a local Ray instance the job starts itself. Variants alternate for --rounds
+rounds.
 
-Reported per variant: wall seconds of the process, latents/s (edited rows over that wall time), the
-overhead against the local job of the same round, the time from the process start to its first committed
-unit (a marker in commits/), and the driver's peak RSS (summary.json: the process that runs the job; the
-Ray actors' memory is their own, and bounded the same way as the local job's).
+Reported per variant: wall seconds of the process (start-up included), latents/s over that wall time and
+its overhead against the local job of the same round; the time from the process start to its first
+committed unit (a marker in commits/); the steady rate, edited rows committed after that first marker
+over the seconds from it to the last marker (start-up and shut-down left out), and its overhead; and
+the driver's peak RSS (summary.json: the process that runs the job; the Ray actors' memory is their own,
+and bounded the same way as the local job's).
 
 Memory at scale (--memory-rows): the driver's peak RSS at 10k and 1M rows, local and Ray 2x1, with the
 models' compute replaced by a constant editor (z unchanged, zero logits; `run_job(editor_factory=...)`),
@@ -56,22 +60,57 @@ def sample(rows: int, seed: int, path: Path) -> Path:
     return path
 
 
+class Markers:
+    """The commit markers of a running job as they appear: when the first and the last came, and the
+    edited rows committed after the first one (the steady rate's numerator)."""
+
+    def __init__(self, out: Path):
+        self.commits, self.seen = out / "commits", set()
+        self.first = self.last = None  # seconds from the process start
+        self.edited_after_first = 0
+
+    def poll(self, now: float) -> None:
+        if not self.commits.is_dir():
+            return
+        new = [p for p in self.commits.glob("commit-*.json") if p.name not in self.seen]
+        if not new:
+            return
+        edited = 0
+        for path in new:
+            self.seen.add(path.name)
+            edited += json.loads(path.read_text())["edited"]
+        if self.first is None:
+            self.first = now  # the rows of the markers found first count as start-up
+        else:
+            self.edited_after_first += edited
+        self.last = now
+
+    @property
+    def steady(self) -> float | None:
+        """latents/s from the first marker to the last (None: they all came at once)."""
+        if self.first is None or self.last is None or self.last <= self.first:
+            return None
+        return self.edited_after_first / (self.last - self.first)
+
+
 def run_variant(cmd: list[str], out: Path) -> dict:
-    """Run one `zsteer edit`; its wall time, time to the first commit marker, and its summary.json."""
+    """Run one `zsteer edit`: its wall time, the first and last commit markers' times, its steady rate
+    after the first marker, and its summary.json."""
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = None
+    markers = Markers(out)
     while proc.poll() is None:
-        if first is None and (out / "commits").is_dir() and any((out / "commits").glob("commit-*.json")):
-            first = time.perf_counter() - start
+        markers.poll(time.perf_counter() - start)
         time.sleep(0.05)
     wall = time.perf_counter() - start
     err = proc.stderr.read()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}\nfailed (rc {proc.returncode}):\n{err[-3000:]}")
+    markers.poll(wall)  # any that came in the last interval
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall": wall, "first": first if first is not None else wall, "summary": summary}
+    first = markers.first if markers.first is not None else wall
+    return {"wall": wall, "first": first, "steady": markers.steady, "summary": summary}
 
 
 class ConstantEditor:
@@ -153,10 +192,11 @@ def main() -> None:
         memory_child(manifest, out, [gen, cls], executor, int(batch))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000])
-    parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--hidden", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rows", type=int, nargs="+", default=[4096])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--unit-rows", type=int, default=512, help="rows per unit: several units per worker")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--ray-shapes", nargs="+", default=["1x2", "2x1"], help="WORKERSxCPUS_PER_WORKER")
     parser.add_argument("--rounds", type=int, default=1)
@@ -169,20 +209,20 @@ def main() -> None:
     try:
         models = make_models(tmp, args.hidden)
         print(
-            f"zsteer edit, images none, {args.steps}-step edit, batch {args.batch_size}, course architectures "
-            f"at hidden {args.hidden} (z 64, 40 attributes); {args.cpus} CPUs for each variant; "
-            f"Python {sys.version.split()[0]}"
+            f"zsteer edit, images none, {args.steps}-step edit, batch {args.batch_size}, units of "
+            f"{args.unit_rows} rows, course architectures at hidden {args.hidden} (z 64, 40 attributes); "
+            f"{args.cpus} CPUs for each variant; Python {sys.version.split()[0]}"
         )
         print(
             f"{'rows':>9} {'round':>5} {'variant':>12} {'wall s':>8} {'latents/s':>10} {'overhead':>9} "
-            f"{'first unit s':>12} {'driver peak MB':>15}"
+            f"{'first unit s':>12} {'steady/s':>9} {'overhead':>9} {'driver peak MB':>15}"
         )
         for rows in args.rows:
             manifest = sample(rows, 1, tmp / f"m{rows}.parquet")
             base = [
                 ZSTEER, "edit", "-m", str(manifest), "--generator", str(models[0]), "--classifier",
                 str(models[1]), "-t", ATTRIBUTE, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                "--images", "none", "--workers", "0",
+                "--unit-rows", str(args.unit_rows), "--images", "none", "--workers", "0",
             ]  # fmt: skip
             variants = {} if args.skip_local else {"local": base + ["--threads", str(args.cpus)]}
             for shape in args.ray_shapes:
@@ -191,17 +231,23 @@ def main() -> None:
                     "--executor", "ray", "--num-workers", str(workers), "--cpus-per-worker", str(cpus),
                 ]  # fmt: skip
             for r in range(args.rounds):
-                local_wall = None
+                local = None  # the local run of this round
                 for name, cmd in variants.items():
                     out = tmp / f"out-{rows}-{name.replace(' ', '')}"
                     res = run_variant(cmd + ["--out", str(out)], out)
                     s = res["summary"]
                     assert s["complete"] and s["rows_done"] == rows, s
-                    local_wall = local_wall or res["wall"]
-                    overhead = "-" if args.skip_local else f"{res['wall'] / local_wall - 1:+.1%}"
+                    local = local or res
+                    overhead = "-" if args.skip_local else f"{res['wall'] / local['wall'] - 1:+.1%}"
+                    steady = "-" if res["steady"] is None else f"{res['steady']:.1f}"
+                    steady_overhead = (
+                        "-" if args.skip_local or res["steady"] is None or local["steady"] is None
+                        else f"{local['steady'] / res['steady'] - 1:+.1%}"
+                    )  # fmt: skip
                     print(
                         f"{rows:9d} {r + 1:5d} {name:>12} {res['wall']:8.1f} {s['edited'] / res['wall']:10.1f} "
-                        f"{overhead:>9} {res['first']:12.1f} {s['peak_rss_mb']:15.1f}",
+                        f"{overhead:>9} {res['first']:12.1f} {steady:>9} {steady_overhead:>9} "
+                        f"{s['peak_rss_mb']:15.1f}",
                         flush=True,
                     )
                     shutil.rmtree(out, ignore_errors=True)
