@@ -314,8 +314,11 @@ def _pyarrow_kind(info: pafs.FileInfo) -> str:
 
 @dataclass(frozen=True)
 class ObjectStorage:
-    """A pyarrow.fs file system reached by a URI. Every file is written whole in one write (one PUT on
-    an object store: visible whole or not at all), never renamed; markers by ``create_only``."""
+    """A pyarrow.fs file system reached by a URI. Every file is written in one write, never renamed;
+    markers by ``create_only``. On an object store one write is one PUT, visible whole or not at all.
+    pyarrow's LocalFileSystem (``file://``) writes in place instead: shards and markers keep exactly once
+    there too (unique names, markers linked whole), but a crash while job.json or summary.json is being
+    written again can leave it cut short, so a local disk is better given as a plain path."""
 
     fs: pafs.FileSystem = field(compare=False)
     scheme: str  # how paths are shown: "s3" -> s3://bucket/key
@@ -362,7 +365,7 @@ class ObjectStorage:
             return _digest(fh)
 
     def write_bytes(self, path: StorePath, data: bytes) -> None:
-        """One whole write (a reader sees the old object or the new one, never part of one)."""
+        """One write (on an object store, a reader sees the old object or the new one, never part of one)."""
         with naming(path), self.fs.open_output_stream(path.path) as out:
             out.write(data)
 
