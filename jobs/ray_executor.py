@@ -315,10 +315,11 @@ class RayExecutor:
             fit = min(fit, math.floor(gpus / self.gpus_per_worker + 1e-9))
         wanted = self.num_workers or max(fit, 1)
         if wanted > fit:
+            asked = f"--num-workers {wanted} with " if self.num_workers else ""  # not one the user gave
             raise ZsteerError(
-                f"--num-workers {wanted} with --cpus-per-worker {self.cpus_per_worker:g} and "
-                f"--gpus-per-worker {self.gpus_per_worker:g}: the Ray cluster has {cpus:g} CPUs and {gpus:g} "
-                f"GPUs, room for {fit} worker(s); ask for fewer or smaller workers"
+                f"{asked}--cpus-per-worker {self.cpus_per_worker:g} and --gpus-per-worker "
+                f"{self.gpus_per_worker:g}: the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs, room for "
+                f"{fit} worker(s); ask for fewer or smaller workers"
             )
         return max(1, min(wanted, n_units))
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import raykit
+import torch
 from jobkit import crash_at_commit, job_config, planted_manifests, read_parts, read_rejects
 
 from zsteer.core.errors import ZsteerError
@@ -234,6 +235,30 @@ def test_what_a_ray_run_cannot_honour_is_refused_before_anything_is_written(
             make_executor(config)
     with pytest.raises(ZsteerError, match="--executor ray: unexpected|--executor ray: .*bogus"):
         run_job(_config(data, out, job_models, executor="ray", executor_options=(("bogus", 1),)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU exists")
+def test_gpu_workers_where_no_gpu_exists_are_refused_in_one_line(tmp_path, job_models, data):
+    """--gpus-per-worker 1 with no GPU: the CLI says so in one line before anything is written (and Ray
+    is not started); a cluster without GPUs is sized to no worker, in one line, instead of waiting."""
+    from click.testing import CliRunner
+
+    from zsteer.cli.main import main
+    from zsteer.jobs.ray_executor import RayExecutor
+
+    args = ["edit", "-m", data, "--generator", job_models[0], "--classifier", job_models[1], "-t", "attr1",
+            "--steps", 2, "--images", "none", "--device", "cuda", "--executor", "ray",
+            "--gpus-per-worker", 1, "--out", tmp_path / "job"]  # fmt: skip
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "not available" in lines[0], lines
+    assert not (tmp_path / "job").exists()
+    with pytest.raises(
+        ZsteerError,
+        match=r"^--cpus-per-worker 1 and --gpus-per-worker 1: .* 2 CPUs and 0 GPUs, room for 0 worker",
+    ):
+        RayExecutor(gpus_per_worker=1)._size({"CPU": 2.0}, n_units=4)
 
 
 def test_a_worker_that_cannot_see_the_job_folder_stops_the_run_in_one_line(cluster, tmp_path):
