@@ -1,6 +1,6 @@
 """Latents/s for a 10-step edit of the course models: zsteer vs the C1W4B notebook loop, and the bound.
 
-    python benchmarks/ascent.py [--steps 10] [--seconds 2] [--compile]
+    python benchmarks/ascent.py [--steps 10] [--seconds 2] [--compile] [--levers]
 
 The bound is the machine's measured fp32 matmul peak divided by the FLOPs of one 10-step edit (forward
 and input-gradient of generator and classifier, counted by torch's FlopCounterMode): both from
@@ -9,7 +9,8 @@ warm-up, windows until three agree), so these figures and `zsteer bench`'s are m
 All variants run in one process, taking turns window by window, so their ratios hold on a noisy machine.
 The glibc allocator is told to keep large blocks (docs/NOTES.md, "glibc allocator settings"): the script
 re-executes itself with those variables. `zsteer bench` measures the zsteer rows of this table too; this
-script adds the notebook's loop beside them.
+script adds the notebook's loop beside them. ``--levers`` adds, at batch 128, the engine with its
+3-channel layers run plainly by oneDNN (as before pipeline/phase_conv.py) and the opt-in bf16 network.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="shortest measurement window per variant")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
+    parser.add_argument("--levers", action="store_true", help="also time the step without phases and in bf16")
     args = parser.parse_args()
     reexec_with_malloc_settings()
 
@@ -37,12 +39,14 @@ def main() -> None:
     from zsteer.pipeline.checkpoints import LoadedModel
     from zsteer.pipeline.engine import (
         AscentConfig,
+        AscentEngine,
         EngineConfig,
         default_preserve,
         make_engine,
         target_vector,
     )
     from zsteer.pipeline.models import ClassifierSpec, CourseClassifier, CourseGenerator, GeneratorSpec
+    from zsteer.pipeline.network import EditNet
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -66,20 +70,22 @@ def main() -> None:
             (current[:, smiling].mean() + penalty).backward()
             noise.data = noise + noise.grad * (1 / args.steps)
 
-    def zsteer_edit(n: int, compile_mode: str):
-        engine = make_engine(
-            gen_m,
-            cls_m,
+    def zsteer_edit(n: int, compile_mode: str, precision: str = "fp32", phases: bool = True):
+        ascent, config = (
             AscentConfig(steps=args.steps, lr=0.1),
-            EngineConfig(batch_size=n, compile=compile_mode),
+            EngineConfig(n, compile=compile_mode, precision=precision),
         )
+        if phases:
+            engine = make_engine(gen_m, cls_m, ascent, config)
+        else:  # the fast layout with the 3-channel layers left to oneDNN
+            engine = AscentEngine(EditNet(gen_m, cls_m, phases=False), ascent, config)
         w = target_vector([(smiling, 1.0)], 40).expand(n, 40)
         p = default_preserve(w)
         return lambda: engine.edit(torch.randn(n, 64), w, p, render=False)
 
-    # FLOPs of one edit per latent (input gradients only, then the final forward), counted on the zsteer net.
-    probe = make_engine(gen_m, cls_m, AscentConfig(steps=1), EngineConfig(batch_size=8, compile="off"))
-    flops_per_latent = ascent_flops_per_latent(probe.net, args.steps)
+    # FLOPs of one edit per latent (input gradients only, then the final forward), counted on the plain
+    # folded network: the models' arithmetic, as `zsteer bench` counts it.
+    flops_per_latent = ascent_flops_per_latent(EditNet(gen_m, cls_m), args.steps)
     matmul_rate = matmul_peak("cpu", torch.float32, 1.0)["gflops"] * 1e9
     bound = matmul_rate / flops_per_latent
 
@@ -88,6 +94,9 @@ def main() -> None:
         variants[f"zsteer eager, batch {n}"] = (zsteer_edit(n, "off"), n)
     if args.compile:
         variants["zsteer compiled, batch 128"] = (zsteer_edit(128, "on"), 128)
+    if args.levers:
+        variants["zsteer eager, 128, no phases"] = (zsteer_edit(128, "off", phases=False), 128)
+        variants["zsteer eager, 128, bf16"] = (zsteer_edit(128, "off", precision="bf16"), 128)
     # The variants take turns window by window (the bench's --interleave), so their ratios hold on a
     # shared machine.
     measured = measure_interleaved({name: Meter(fn, n, control) for name, (fn, n) in variants.items()})
