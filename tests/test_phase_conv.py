@@ -22,6 +22,16 @@ def _input_gradient(
     return y.detach(), gx
 
 
+def _assert_same_layer(fast: nn.Module, layer: nn.Module, x: torch.Tensor, rtol: float, atol: float) -> None:
+    """``fast`` gives ``layer``'s output and autograd's input gradient for a random output gradient."""
+    with torch.no_grad():
+        grad = torch.randn_like(layer(x))
+    y_ref, g_ref = _input_gradient(layer, x, grad)
+    y, g = _input_gradient(fast, x, grad)
+    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(g, g_ref, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize(("dtype", "rtol", "atol"), TOLERANCES)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize(
@@ -36,13 +46,7 @@ def test_transposed_layer_by_phases_is_the_layer(
     fast = PhaseLayer(layer)
     layer, fast = layer.to(dtype, memory_format=memory_format), fast.to(dtype, memory_format=memory_format)
     x = torch.randn(3, cin, *size, dtype=dtype).contiguous(memory_format=memory_format)
-    y_ref, g_ref = None, None
-    with torch.no_grad():
-        grad = torch.randn_like(layer(x))
-    y_ref, g_ref = _input_gradient(layer, x, grad)
-    y, g = _input_gradient(fast, x, grad)
-    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol)
-    torch.testing.assert_close(g, g_ref, rtol=rtol, atol=atol)
+    _assert_same_layer(fast, layer, x, rtol, atol)
 
 
 @pytest.mark.parametrize(("dtype", "rtol", "atol"), TOLERANCES)
@@ -58,12 +62,7 @@ def test_convolution_with_its_gradient_by_phases_is_the_layer(
     layer = nn.Conv2d(cin, cout, kernel, stride).eval().requires_grad_(False).to(dtype)
     fast = PhaseLayer(layer)
     x = torch.randn(2, cin, *size, dtype=dtype)
-    with torch.no_grad():
-        grad = torch.randn_like(layer(x))
-    y_ref, g_ref = _input_gradient(layer, x, grad)
-    y, g = _input_gradient(fast, x, grad)
-    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol)
-    torch.testing.assert_close(g, g_ref, rtol=rtol, atol=atol)
+    _assert_same_layer(fast, layer, x, rtol, atol)
 
 
 def test_phase_weight_reproduces_conv_transpose_exactly_in_float64():
