@@ -18,6 +18,8 @@ gets a custom input gradient (no weight gradient: the networks are frozen):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +31,8 @@ NARROW_CHANNELS = 4
 
 
 def phase_weight(weight: torch.Tensor, stride: int) -> torch.Tensor:
-    """[Cin, Cout, k, k] transposed-convolution weight -> [Cout * s * s, Cin, m, m] convolution weight.
+    """[Cin, Cout, k, k] transposed-convolution weight -> [Cout * s * s, Cin, m, m] convolution weight,
+    for a kernel that is a multiple of the stride (k = m * s).
 
     Output channel c * s * s + a * s + b computes the phase (a, b) of channel c (pixel_shuffle's order);
     its tap (ty, tx) is the kernel entry (a + s * (m - 1 - ty), b + s * (m - 1 - tx)): flipped, because
@@ -42,78 +45,106 @@ def phase_weight(weight: torch.Tensor, stride: int) -> torch.Tensor:
     return taps.permute(1, 3, 5, 0, 2, 4).reshape(cout * s * s, cin, mh, mw)
 
 
-def transpose_by_phases(x: torch.Tensor, phases: torch.Tensor, stride: int, size: tuple[int, int]):
-    """conv_transpose2d(x, w, stride) computed from ``phases = phase_weight(w, stride)``, then zero-padded
-    at the bottom and right to ``size`` (a convolution's input rows that no output reads get no gradient).
+def phase_weights(weight: torch.Tensor, stride: int) -> list[torch.Tensor]:
+    """The convolution weights of the phases of a transposed convolution [Cin, Cout, kh, kw]: one
+    (``phase_weight``) where the kernel is a multiple of the stride, else one per phase (a, b), at index
+    a * s + b: [Cout, Cin, ceil((kh - a) / s), ceil((kw - b) / s)], the taps a, a + s, ... flipped."""
+    s = stride
+    if weight.shape[-2] % s == 0 and weight.shape[-1] % s == 0:
+        return [phase_weight(weight, s)]
+    return [weight[:, :, a::s, b::s].flip(2, 3).transpose(0, 1) for a in range(s) for b in range(s)]
+
+
+def transpose_by_phases(x: torch.Tensor, phases: Sequence[torch.Tensor], stride: int, size: tuple[int, int]):
+    """conv_transpose2d(x, w, stride) computed from ``phases = phase_weights(w, stride)``, zero-padded at
+    the bottom and right to ``size`` (a convolution's input rows that no output reads get no gradient).
 
     x [N, Cin, H, W] -> [N, Cout, size[0], size[1]], size >= ((H - 1) * s + k, (W - 1) * s + k)."""
-    mh, mw = phases.shape[-2:]
-    y = F.pixel_shuffle(F.conv2d(x, phases, None, 1, (mh - 1, mw - 1)), stride)
-    pad_h, pad_w = size[0] - y.shape[-2], size[1] - y.shape[-1]
-    return F.pad(y, (0, pad_w, 0, pad_h)) if pad_h or pad_w else y
+    if len(phases) == 1:  # one convolution computes every phase; pixel_shuffle interleaves them
+        mh, mw = phases[0].shape[-2:]
+        y = F.pixel_shuffle(F.conv2d(x, phases[0], None, 1, (mh - 1, mw - 1)), stride)
+        pad_h, pad_w = size[0] - y.shape[-2], size[1] - y.shape[-1]
+        return F.pad(y, (0, pad_w, 0, pad_h)) if pad_h or pad_w else y
+    # Phases of different kernel sizes: one convolution each, written into its rows and columns.
+    layout = (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
+    y = torch.zeros(x.shape[0], phases[0].shape[0], *size, dtype=x.dtype, device=x.device).contiguous(
+        memory_format=layout
+    )
+    for index, kernel in enumerate(phases):
+        a, b = divmod(index, stride)
+        mh, mw = kernel.shape[-2:]
+        part = F.conv2d(x, kernel, None, 1, (mh - 1, mw - 1))  # [N, Cout, H + mh - 1, W + mw - 1]
+        y[:, :, a : a + stride * part.shape[-2] : stride, b : b + stride * part.shape[-1] : stride] = part
+    return y
 
 
 class PhaseConvTranspose(torch.autograd.Function):
     """conv_transpose2d(x, weight, stride) by phases; input gradient conv2d(g, weight, stride)."""
 
     @staticmethod
-    def forward(x, weight, phases, stride: int):  # x [N, Cin, H, W] -> [N, Cout, (H-1)s+k, (W-1)s+k]
+    def forward(x, weight, stride: int, *phases):  # x [N, Cin, H, W] -> [N, Cout, (H-1)s+k, (W-1)s+k]
         h, w = x.shape[-2:]
         k = weight.shape[-2:]
         return transpose_by_phases(x, phases, stride, ((h - 1) * stride + k[0], (w - 1) * stride + k[1]))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, weight, _, stride = inputs
+        _, weight, stride, *_ = inputs
         ctx.save_for_backward(weight)
-        ctx.stride = stride
+        ctx.stride, ctx.n_phases = stride, len(inputs) - 3
 
     @staticmethod
     def backward(ctx, grad):  # [N, Cout, Ho, Wo] -> [N, Cin, H, W]
         (weight,) = ctx.saved_tensors
-        return F.conv2d(grad, weight, None, ctx.stride), None, None, None
+        return F.conv2d(grad, weight, None, ctx.stride), None, None, *([None] * ctx.n_phases)
 
 
 class ConvPhaseGrad(torch.autograd.Function):
     """conv2d(x, weight, bias, stride); input gradient conv_transpose2d(g, weight, stride) by phases."""
 
     @staticmethod
-    def forward(x, weight, bias, phases, stride: int):  # x [N, Cin, H, W] -> [N, Cout, Ho, Wo]
+    def forward(x, weight, bias, stride: int, *phases):  # x [N, Cin, H, W] -> [N, Cout, Ho, Wo]
         return F.conv2d(x, weight, bias, stride)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, _, phases, stride = inputs
-        ctx.save_for_backward(phases)
+        x, _, _, stride, *phases = inputs
+        ctx.save_for_backward(*phases)
         ctx.stride, ctx.size = stride, tuple(x.shape[-2:])
 
     @staticmethod
     def backward(ctx, grad):  # [N, Cout, Ho, Wo] -> [N, Cin, H, W]
-        (phases,) = ctx.saved_tensors
-        return transpose_by_phases(grad, phases, ctx.stride, ctx.size), None, None, None, None
+        phases = ctx.saved_tensors
+        dx = transpose_by_phases(grad, phases, ctx.stride, ctx.size)
+        return dx, None, None, None, *([None] * len(phases))
 
 
-def _plain(layer: nn.Conv2d | nn.ConvTranspose2d) -> bool:
-    """No padding, dilation, groups or output padding, and a kernel that is a multiple of the stride."""
+def can_run_by_phases(layer: nn.Module) -> bool:
+    """A Conv2d / ConvTranspose2d without padding, dilation, groups or output padding, with one stride
+    for both sides and a kernel at least as large: what the functions above compute."""
+    if not isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+        return False
     extra = getattr(layer, "output_padding", (0, 0))
+    s = layer.stride[0]
     return (
         layer.padding == (0, 0)
         and layer.dilation == (1, 1)
         and layer.groups == 1
         and tuple(extra) == (0, 0)
-        and layer.stride[0] == layer.stride[1]
-        and layer.kernel_size[0] % layer.stride[0] == 0
-        and layer.kernel_size[1] % layer.stride[1] == 0
+        and layer.stride[1] == s
+        and min(layer.kernel_size) >= s
     )
 
 
 def runs_by_phases(layer: nn.Module) -> bool:
-    """Whether ``layer`` is one of the narrow layers this module speeds up (see NARROW_CHANNELS)."""
+    """Whether the engine runs ``layer`` by phases: the narrow layers (see NARROW_CHANNELS)."""
+    if not can_run_by_phases(layer):
+        return False
     if isinstance(layer, nn.ConvTranspose2d):
-        return _plain(layer) and layer.out_channels <= NARROW_CHANNELS
-    if isinstance(layer, nn.Conv2d):
-        return _plain(layer) and layer.in_channels <= NARROW_CHANNELS
-    return False
+        return layer.out_channels <= NARROW_CHANNELS
+    return layer.in_channels <= NARROW_CHANNELS
 
 
 class PhaseLayer(nn.Module):
@@ -125,19 +156,22 @@ class PhaseLayer(nn.Module):
 
     def __init__(self, layer: nn.Conv2d | nn.ConvTranspose2d):
         super().__init__()
-        if not runs_by_phases(layer):
+        if not can_run_by_phases(layer):
             raise ValueError(f"{layer} does not run by phases")
         self.transposed = isinstance(layer, nn.ConvTranspose2d)
         self.stride = layer.stride[0]
         self.weight, self.bias = layer.weight, layer.bias
         with torch.no_grad():
             # A Conv2d weight [Cout, Cin, k, k] is the weight of its adjoint transposed convolution.
-            phases = phase_weight(layer.weight.detach(), self.stride)
+            phases = phase_weights(layer.weight.detach(), self.stride)
         # Laid out (channels_last) and cast with the network by its .to().
-        self.register_buffer("phases", phases.contiguous())
+        self.n_phases = len(phases)
+        for index, phase in enumerate(phases):
+            self.register_buffer(f"phase{index}", phase.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        phases = [getattr(self, f"phase{index}") for index in range(self.n_phases)]
         if self.transposed:
-            y = PhaseConvTranspose.apply(x, self.weight, self.phases, self.stride)
+            y = PhaseConvTranspose.apply(x, self.weight, self.stride, *phases)
             return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))  # y is fresh
-        return ConvPhaseGrad.apply(x, self.weight, self.bias, self.phases, self.stride)
+        return ConvPhaseGrad.apply(x, self.weight, self.bias, self.stride, *phases)
