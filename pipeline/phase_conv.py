@@ -139,8 +139,9 @@ def can_run_by_phases(layer: nn.Module) -> bool:
 
 
 def runs_by_phases(layer: nn.Module) -> bool:
-    """Whether the engine runs ``layer`` by phases: the narrow layers (see NARROW_CHANNELS)."""
-    if not can_run_by_phases(layer):
+    """Whether the engine runs ``layer`` by phases: the narrow layers (see NARROW_CHANNELS) whose kernel
+    is a multiple of the stride (one convolution for all phases: the case that was measured)."""
+    if not can_run_by_phases(layer) or any(k % layer.stride[0] for k in layer.kernel_size):
         return False
     if isinstance(layer, nn.ConvTranspose2d):
         return layer.out_channels <= NARROW_CHANNELS
