@@ -343,3 +343,22 @@ def test_s3_retries_a_create_that_met_a_concurrent_conditional_write(second, cre
             stub.add_client_error("put_object", second, http_status_code=412)
         assert creator(None, "bucket/commits/commit-000000-000000-000000.json", b"{}") is created
         stub.assert_no_pending_responses()
+
+
+def test_interpolation_by_id_to_on_a_uri_out_is_one_line(job_models, tmp_path):
+    """Its lookup is memory-mapped in the job folder, which an object store cannot hold: refused in one line
+    naming --out (docs/SCALING.md, "Object storage", what is not supported)."""
+    import numpy as np
+    from jobkit import latents, write_manifest
+
+    from zsteer.jobs.interpolate_method import InterpolateMethod
+
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(8), "z": latents(8), "id_to": np.arange(8)[::-1].copy()}
+    )
+    out = storekit.uri(tmp_path / "job")
+    with pytest.raises(ZsteerError) as info:
+        run_job(_config(manifest, out, job_models, method=InterpolateMethod(frames=2), targets=()))
+    assert str(info.value).startswith(f"--out {out}: interpolation with id_to") and "\n" not in str(
+        info.value
+    )
