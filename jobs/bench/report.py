@@ -108,7 +108,7 @@ def _pct(value) -> str:
 
 
 _COLUMNS = (
-    "mode", "backend", "method", "batch", "steps", "images", "device", "threads", "latents/s", "images/s",
+    "mode", "backend", "method", "batch", "steps", "images", "device", "threads", "precision", "latents/s", "images/s",
     "p50 ms", "p90 ms", "p99 ms", "GFLOP/s", "of fp32 peak", "first call s", "peak RSS MiB", "stable",
 )  # fmt: skip
 
@@ -118,7 +118,7 @@ def _table_rows(report: dict) -> list[list[str]]:
     for entry in report["cells"]:
         c, r = entry["cell"], entry["result"]
         head = [c["mode"], c["backend"], c["method"], str(c["batch_size"]), str(c["steps"]), c["images"],
-                c["device"], _num(r.get("threads", c["threads"]))]  # fmt: skip
+                c["device"], _num(r.get("threads", c["threads"])), c.get("precision", "fp32")]  # fmt: skip
         if "error" in r:
             rows.append(head + [f"error: {r['error']}"] + [""] * (len(_COLUMNS) - len(head) - 1))
             continue
@@ -139,7 +139,9 @@ def _stage_lines(report: dict) -> list[str]:
         if stages:
             c = entry["cell"]
             shown = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-            lines.append(f"  {c['mode']} {c['backend']} b{c['batch_size']} {c['images']}: {shown}")
+            precision = c.get("precision", "fp32")
+            precision = "" if precision == "fp32" else f" {precision}"
+            lines.append(f"  {c['mode']} {c['backend']} b{c['batch_size']} {c['images']}{precision}: {shown}")
     return lines
 
 
@@ -157,7 +159,7 @@ def _align(rows: list[list[str]], right_from: int) -> list[str]:
 
 def table(report: dict) -> str:
     """The terminal table: one line per cell, then the stages (ms per batch) and the matmul peaks."""
-    lines = _align([list(_COLUMNS), *_table_rows(report)], right_from=8)
+    lines = _align([list(_COLUMNS), *_table_rows(report)], right_from=_COLUMNS.index("latents/s"))
     stages = _stage_lines(report)
     if stages:
         lines += ["", "time per stage, ms per batch (exclusive):", *stages]
