@@ -8,8 +8,11 @@ gradient of the edit score with respect to z is spelled out layer by layer, in r
 - ConvTranspose2d: the adjoint is a Conv2d with the same weights and geometry;
 - eval-mode BatchNorm2d: a per-channel affine map, so its adjoint is the same per-channel scale
   (EditNet folds it into the convolution anyway);
-- ReLU / LeakyReLU: the incoming gradient masked by the sign of the pre-activation (multiplied by the
-  mask rather than selected with where, which onnxruntime runs much slower);
+- ReLU / LeakyReLU: the incoming gradient masked where the activation's output is > 0, which is exactly
+  where the pre-activation is (for a LeakyReLU slope >= 0). The mask is multiplied in rather than
+  selected with where, which onnxruntime runs much slower, and it is read from the output so that the
+  exported forward reads a convolution's output only through its activation: onnxruntime then fuses the
+  two (see ``VJPStack``);
 - Tanh: times 1 - y^2, with y the layer's output;
 - the classifier's bilinear input resize: two interpolation matrices, so the adjoint is their transposes;
 - a 1-channel image fed to a 3-channel classifier (expand): the sum over the channels.
@@ -114,13 +117,16 @@ class VJPStack(nn.Module):
         return x
 
     def forward_tape(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Output and tape: the pre-activation of each ReLU / LeakyReLU, the output of each Tanh."""
+        """Output and tape: the output of each Tanh, ReLU and LeakyReLU (the pre-activation of a LeakyReLU
+        with a negative slope, whose output is > 0 on both sides)."""
         tape: list[torch.Tensor | None] = []
         for i, layer in enumerate(self.layers):
             y = self._run_layer(i, layer, x)
-            if isinstance(layer, nn.ReLU | nn.LeakyReLU):
+            if isinstance(layer, nn.LeakyReLU) and layer.negative_slope < 0:
                 tape.append(x)
-            elif isinstance(layer, nn.Tanh):
+            elif isinstance(layer, nn.ReLU | nn.LeakyReLU | nn.Tanh):
+                # The output, not the pre-activation: the exported forward then reads the convolution's
+                # output only through the activation, and onnxruntime fuses the two (docs/NOTES.md).
                 tape.append(y)
             else:
                 tape.append(None)  # linear layers need nothing: their adjoint depends on the weights only
@@ -133,14 +139,16 @@ class VJPStack(nn.Module):
         for i in range(len(self.layers) - 1, -1, -1):
             layer, saved = self.layers[i], tape[i]
             if isinstance(layer, nn.ReLU):
-                # torch's threshold_backward: 0 at exactly 0 as well.
+                # torch's threshold_backward: 0 at exactly 0 as well (saved = relu(x) > 0 where x > 0).
+                # Greater and Cast, not Sign: onnxruntime's Sign ran 2x slower than the two (docs/NOTES.md).
                 mul = self.mask_by_multiply
                 g = g * (saved > 0).to(g.dtype) if mul else torch.where(saved > 0, g, 0.0)
             elif isinstance(layer, nn.LeakyReLU):
                 slope = layer.negative_slope
                 if self.mask_by_multiply and 0.0 <= slope <= 1.0:
-                    # max(mask, slope) is exactly 1 or slope, so the same products as the where below; a
-                    # Greater, Cast, Clip and Mul, which onnxruntime runs about 3x faster than a Where.
+                    # saved = leaky_relu(x), > 0 exactly where x > 0; max(mask, slope) is exactly 1 or slope,
+                    # so the same products as the where below; a Greater, Cast, Clip and Mul, which
+                    # onnxruntime runs about 3x faster than a Where.
                     g = g * (saved > 0).to(g.dtype).clamp(min=slope)
                 else:
                     g = torch.where(saved > 0, g, g * slope)

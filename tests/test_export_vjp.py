@@ -48,6 +48,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
             (3, 17, 17),
         ),
         ([nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2), nn.ReLU(), nn.Tanh()], (4, 12, 11)),
+        # The masks are read from the activations' outputs; a negative or zero slope, or one above 1, is
+        # where that needs care (a negative slope's output is > 0 on both sides: its input is taped).
+        (
+            [nn.Conv2d(3, 5, 3), nn.LeakyReLU(-0.3), nn.Conv2d(5, 5, 3), nn.LeakyReLU(0.0)]
+            + [nn.Conv2d(5, 4, 3), nn.LeakyReLU(1.5)],
+            (3, 11, 11),
+        ),
         (
             [
                 nn.ConvTranspose2d(6, 4, 3, stride=2),

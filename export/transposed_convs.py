@@ -1,0 +1,237 @@
+"""ConvTranspose nodes rewritten as ops that onnxruntime's CPU provider runs faster.
+
+onnxruntime's CPU ConvTranspose is a GEMM and a col2im per image, outside its blocked (NCHWc) convolution
+path; in a profiled course ascent step it took about half of the step at roughly a third of the GFLOP/s
+of its Conv (docs/NOTES.md, "ONNX: transposed convolutions"). Two rewrites, both exact up to fp32
+rounding (the same sums in another order):
+
+**A 1x1 input** (the generator's first layer, the classifier's last layer's adjoint) is a matrix product:
+the output is the kernel weighted by the input's channels. A per-image GEMM of one column became one
+GEMM over the batch: ``[N, C_in] @ [C_in, C_out*Ho*Wo]``, then a reshape and the bias.
+
+**Few output channels** (the 64 -> 3 layers): the sub-pixel convolution. A stride-s transposed
+convolution is s x s ordinary convolutions, one per output phase, on the same input (the phase
+decomposition, or "sub-pixel convolution"):
+
+    full[s*q + r] = sum_j x[q - j] * w[r + s*j]          (per axis; r = phase, j = tap of that phase)
+
+So one stride-1 Conv with ``s*s*C_out`` output channels and a ``ceil(k/s)``-tap kernel (the phases' taps,
+reversed, zero where a phase has fewer taps) on the input padded by ``ceil(k/s) - 1``, followed by
+DepthToSpace (CRD: channel ``c*s*s + ry*s + rx`` goes to pixel ``(ry, rx)`` of channel ``c``) and a Slice
+for the transposed convolution's padding and output padding, gives the same sums. Where ``s`` divides ``k``
+no multiply is wasted; a k=3, s=2 layer multiplies 16 taps for 9.
+
+The phases must then be interleaved into the image (DepthToSpace), and onnxruntime's DepthToSpace is slow:
+6-8x a plain copy of the same tensor. So the rewrite pays only where the transposed convolution writes few
+channels: measured on the course step graph, the two 64 -> 3 layers (the generator's last layer and the
+classifier's input-gradient) each gave 3-4% of the step, every 64- to 256-channel layer lost 2-6%
+(docs/NOTES.md). So only ConvTranspose nodes with at most ``MAX_OUT_CHANNELS`` output channels are rewritten this way.
+
+``rewrite_transposed_convs`` applies both to the nodes with a constant weight (and bias) and a geometry
+they cover (2-D, group 1, dilation 1, explicit pads, no output_shape; equal strides > 1 for the sub-pixel
+form); the others stay as they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .runtime import import_onnx
+
+
+def subpixel_weight(weight: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    """ConvTranspose weight [C_in, C_out, kh, kw] -> Conv weight [C_out*sh*sw, C_in, Kh, Kw], K = ceil(k/s).
+
+    Output channel ``co*sh*sw + ry*sw + rx``, tap ``(my, mx)`` holds ``weight[:, co, ry + sh*(Kh-1-my),
+    rx + sw*(Kw-1-mx)]`` (zero past the kernel's edge).
+    """
+    c_in, c_out, kh, kw = weight.shape
+    sh, sw = stride
+    big_h, big_w = math.ceil(kh / sh), math.ceil(kw / sw)
+    # Zero-pad the kernel to sh*Kh x sw*Kw taps, then split each axis's tap index t = r + s*j into (j, r).
+    padded = np.zeros((c_in, c_out, sh * big_h, sw * big_w), dtype=weight.dtype)
+    padded[:, :, :kh, :kw] = weight
+    phases = padded.reshape(c_in, c_out, big_h, sh, big_w, sw)  # [ci, co, jy, ry, jx, rx]
+    phases = phases[:, :, ::-1, :, ::-1, :]  # tap j -> position K-1-j of the correlation window
+    out = phases.transpose(1, 3, 5, 0, 2, 4)  # [co, ry, rx, ci, my, mx]
+    return np.ascontiguousarray(out.reshape(c_out * sh * sw, c_in, big_h, big_w))
+
+
+def _attributes(node, onnx) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _geometry(node, weight_shape, onnx) -> dict | None:
+    """Kernel, stride, pads and output padding of a ConvTranspose either rewrite covers, else None."""
+    attrs = _attributes(node, onnx)
+    if len(weight_shape) != 4 or attrs.get("group", 1) != 1 or "output_shape" in attrs:
+        return None
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        return None
+    pads = tuple(attrs.get("pads", [0, 0, 0, 0]))  # (top, left, bottom, right)
+    if any(p < 0 for p in pads):
+        return None
+    return {
+        "kernel": tuple(weight_shape[2:]),
+        "stride": tuple(attrs.get("strides", [1, 1])),
+        "pads": pads,
+        "out_pad": tuple(attrs.get("output_padding", [0, 0])),
+    }
+
+
+def _output_size(geometry: dict, in_hw: tuple[int, int]) -> tuple[int, int]:
+    """ONNX's ConvTranspose output size: s*(H-1) + op + k - pad_begin - pad_end, per axis."""
+    g = geometry
+    return tuple(
+        s * (h - 1) + op + k - pb - pe
+        for h, s, op, k, pb, pe in zip(in_hw, g["stride"], g["out_pad"], g["kernel"], g["pads"][:2], g["pads"][2:], strict=True)
+    )  # fmt: skip
+
+
+def _plan(geometry: dict) -> dict | None:
+    """The sub-pixel rewrite's geometry, or None where it does not apply."""
+    kernel, stride, pads, out_pad = (geometry[k] for k in ("kernel", "stride", "pads", "out_pad"))
+    # DepthToSpace has one block size; a stride-1 transposed conv has no phases to gain from.
+    if stride[0] != stride[1] or stride[0] < 2:
+        return None
+    taps = tuple(math.ceil(k / s) for k, s in zip(kernel, stride, strict=True))
+    # Rows the conv needs past the input's own K-1 of padding, so that its output covers the transposed
+    # conv's crop: ceil((op + k - pad_end) / s) - K, whatever the input's size.
+    extra = tuple(
+        max(0, math.ceil((op + k - pe) / s) - big)
+        for op, k, pe, s, big in zip(out_pad, kernel, pads[2:], stride, taps, strict=True)
+    )
+    return {**geometry, "stride": stride[0], "taps": taps, "extra": extra}
+
+
+def _subpixel_nodes(node, plan: dict, weight: np.ndarray, bias: np.ndarray | None, helper, numpy_helper):
+    """(nodes, initializers) that compute ``node``'s output as Conv -> DepthToSpace -> Slice."""
+    s, (big_h, big_w), (ey, ex) = plan["stride"], plan["taps"], plan["extra"]
+    top, left, bottom, right = plan["pads"]
+    (opy, opx), (kh, kw) = plan["out_pad"], plan["kernel"]
+    base = f"{node.name or node.output[0]}_subpixel"
+    inits = [numpy_helper.from_array(subpixel_weight(weight, (s, s)), f"{base}_weight")]
+    conv_inputs = [node.input[0], inits[0].name]
+    if bias is not None:  # every phase of output channel c gets c's bias
+        inits.append(numpy_helper.from_array(np.repeat(bias, s * s), f"{base}_bias"))
+        conv_inputs.append(inits[1].name)
+    # The full (uncropped) output is s * (H + K - 1 + extra) long; the transposed conv's output is its
+    # [top, top + Ho) with Ho = s*(H-1) + op + k - top - bottom, which ends op + k - bottom - s*(K + extra)
+    # (<= 0) from the full output's end.
+    ends = [opy + kh - bottom - s * (big_h + ey), opx + kw - right - s * (big_w + ex)]
+    ends = [e if e < 0 else np.iinfo(np.int64).max for e in ends]
+    inits += [
+        numpy_helper.from_array(np.array([top, left], dtype=np.int64), f"{base}_starts"),
+        numpy_helper.from_array(np.array(ends, dtype=np.int64), f"{base}_ends"),
+        numpy_helper.from_array(np.array([2, 3], dtype=np.int64), f"{base}_axes"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Conv", conv_inputs, [f"{base}_phases"], name=f"{base}_conv", kernel_shape=[big_h, big_w],
+            pads=[big_h - 1, big_w - 1, big_h - 1 + ey, big_w - 1 + ex], strides=[1, 1],
+        ),  # [N, C_out*s*s, H + K - 1 + extra, W + K - 1 + extra]
+        helper.make_node(
+            "DepthToSpace", [f"{base}_phases"], [f"{base}_full"], name=f"{base}_interleave", blocksize=s,
+            mode="CRD",
+        ),  # [N, C_out, s*(H + K - 1 + extra), s*(W + K - 1 + extra)]
+        helper.make_node(
+            "Slice", [f"{base}_full", f"{base}_starts", f"{base}_ends", f"{base}_axes"], list(node.output),
+            name=f"{base}_crop",
+        ),
+    ]  # fmt: skip
+    return nodes, inits
+
+
+def _matmul_nodes(node, geometry: dict, weight: np.ndarray, bias: np.ndarray | None, helper, numpy_helper):
+    """(nodes, initializers) that compute a 1x1-input ``node`` as Reshape -> MatMul (-> Add) -> Reshape."""
+    c_in, c_out = weight.shape[:2]
+    top, left = geometry["pads"][:2]
+    out_h, out_w = _output_size(geometry, (1, 1))
+    # The output is the kernel from (top, left) on, zero where the output padding reaches past it.
+    kernel = np.zeros((c_in, c_out, out_h, out_w), dtype=weight.dtype)
+    part = weight[:, :, top : top + out_h, left : left + out_w]
+    kernel[:, :, : part.shape[2], : part.shape[3]] = part
+    base = f"{node.name or node.output[0]}_matmul"
+    inits = [
+        numpy_helper.from_array(kernel.reshape(c_in, -1), f"{base}_weight"),  # [C_in, C_out*Ho*Wo]
+        numpy_helper.from_array(np.array([-1, c_in], dtype=np.int64), f"{base}_rows"),
+        numpy_helper.from_array(np.array([-1, c_out, out_h, out_w], dtype=np.int64), f"{base}_image"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", [node.input[0], inits[1].name], [f"{base}_x"], name=f"{base}_rows"),
+        helper.make_node("MatMul", [f"{base}_x", inits[0].name], [f"{base}_y"], name=f"{base}_gemm"),
+    ]
+    flat = f"{base}_y"
+    if bias is not None:
+        inits.append(numpy_helper.from_array(np.repeat(bias, out_h * out_w), f"{base}_bias"))
+        nodes.append(helper.make_node("Add", [flat, inits[-1].name], [f"{base}_biased"], name=f"{base}_bias"))
+        flat = f"{base}_biased"
+    nodes.append(helper.make_node("Reshape", [flat, inits[2].name], list(node.output), name=f"{base}_image"))
+    return nodes, inits
+
+
+# Sub-pixel convolutions only for transposed convolutions with at most this many output channels (module
+# docstring: onnxruntime's DepthToSpace makes the rewrite lose on wide layers).
+MAX_OUT_CHANNELS = 8
+
+
+def _spatial_sizes(model, onnx) -> dict[str, tuple[int, int]]:
+    """(H, W) of every 4-D value whose spatial sizes are static (ONNX shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    sizes = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+            sizes[value.name] = (dims[2].dim_value, dims[3].dim_value)
+    return sizes
+
+
+def rewrite_transposed_convs(model, max_out_channels: int = MAX_OUT_CHANNELS):
+    """A copy of ``model`` (onnx.ModelProto) with its ConvTranspose nodes that have a 1x1 input as a MatMul
+    and those with at most ``max_out_channels`` outputs as Conv + DepthToSpace + Slice (module docstring)."""
+    onnx = import_onnx()
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {init.name: init for init in graph.initializer}
+    sizes = None
+    nodes, rewritten = [], False
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if node.op_type == "ConvTranspose" else None
+        bias_name = node.input[2] if weight is not None and len(node.input) > 2 else ""
+        geometry = _geometry(node, list(weight.dims), onnx) if weight is not None else None
+        if geometry is None or (bias_name and bias_name not in inits):  # a computed bias: left alone
+            nodes.append(node)
+            continue
+        if sizes is None:
+            sizes = _spatial_sizes(model, onnx)
+        w = numpy_helper.to_array(weight)
+        bias = numpy_helper.to_array(inits[bias_name]) if bias_name else None
+        plan = _plan(geometry)
+        if sizes.get(node.input[0]) == (1, 1) and min(_output_size(geometry, (1, 1))) > 0:
+            new_nodes, new_inits = _matmul_nodes(node, geometry, w, bias, helper, numpy_helper)
+        elif plan is not None and w.shape[1] <= max_out_channels:
+            new_nodes, new_inits = _subpixel_nodes(node, plan, w, bias, helper, numpy_helper)
+        else:
+            nodes.append(node)
+            continue
+        nodes += new_nodes
+        graph.initializer.extend(new_inits)
+        rewritten = True
+    if not rewritten:
+        return out
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # Drop the transposed convolutions' weights where nothing else reads them (a generator's weight is
+    # also read by the adjoint Conv of the step graph).
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return out
