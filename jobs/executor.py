@@ -39,6 +39,8 @@ class JobWork:
     stats: RunStats  # per-stage seconds and counts of this run (thread-safe)
     progress: Progress  # rows done (thread-safe)
     stopped: Callable[[], bool]  # a signal asked the run to stop: take no new unit, drop unfinished ones
+    # The job's --device, for a worker to check it can use it when it starts (the driver may have none).
+    device: str = "cpu"
 
     def record(self, done: UnitDone) -> None:
         """Account a committed unit, the same whichever executor ran it: its stage seconds, counts and
@@ -52,7 +54,8 @@ class JobWork:
 
 class Executor(Protocol):
     def check(self, config) -> None:
-        """Refuse (ZsteerError, one line) job settings it cannot honour; called before anything is written."""
+        """Refuse (ZsteerError, one line) job settings it cannot honour; called before anything is written.
+        Whether --device can be used is checked here, where the editor will run (not on the driver)."""
         ...
 
     def run(self, work: JobWork) -> None:

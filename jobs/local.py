@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from zsteer.pipeline.editor import EditBatch, Editor, EditResult
 
 from .commit import run_and_commit
+from .device import require_device
 from .encode import Encoder
 from .executor import JobWork
 from .reader import ThreadReaders
@@ -62,7 +63,8 @@ class LocalExecutor:
     threads: int = 2
 
     def check(self, config) -> None:
-        """Every setting of a job runs here."""
+        """The editor runs in this process: --device must be usable here."""
+        require_device(config.engine.device, "in this torch build or machine")
 
     def run(self, work: JobWork) -> None:
         editor = SerializedEditor(work.make_editor())

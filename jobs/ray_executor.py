@@ -25,6 +25,7 @@ actor checks that it sees job.json before it takes work, and says so in one line
 from __future__ import annotations
 
 import math
+import os
 import signal
 import socket
 import threading
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from zsteer.core.errors import ZsteerError, first_line
 
 from .commit import UnitDone, run_and_commit
+from .device import require_device
 from .executor import JobWork
 from .folder import Commit, JobFolder, MarkerError
 from .local import SerializedEditor
@@ -74,6 +76,7 @@ class WorkerSpec:
     png_workers: int  # PNG encoder processes inside the actor (0: encode in the unit's thread)
     torch_threads: int  # torch CPU threads of the actor's process (its CPU share)
     name: str  # "worker-3": how summary.json names it
+    device: str = "cpu"  # the job's --device: checked on the worker's node, where the editor runs
 
 
 @dataclass
@@ -131,6 +134,13 @@ class UnitWorker:
                 f"--out {spec.out}: not visible on node {socket.gethostname()}; with --executor ray the job "
                 "folder (and the manifests) must be on storage every node mounts at the same path"
             )
+        # Before the editor is built and before any unit: a failure here is one line (ZsteerError, see
+        # _get) and leaves nothing but job.json, so the same command resumes once the node is fixed.
+        require_device(
+            spec.device,
+            f"on node {socket.gethostname()}, where Ray placed {spec.name} (its torch build or driver "
+            "sees no GPU)",
+        )
         self.editor = SerializedEditor(make_editor())
         self.encoder = Encoder(spec.png_workers if plan.images else 0)
         self.readers = ThreadReaders(plan.manifest, plan.read_rows)  # each actor thread keeps its open file
@@ -279,6 +289,20 @@ class RayExecutor:
             )
         if self.address is not None:
             check_reachable(self.address)
+        if self.gpus_per_worker > 0:
+            known = _known_resources(self.address)
+            if known is not None:
+                self.check_cluster(config.engine.device, *known)
+
+    def check_cluster(self, device: str, resources: dict, where: str) -> None:
+        """Refuse, in one line, GPU workers on a cluster whose ``resources`` (Ray's resource dict: "CPU",
+        "GPU" counts) have no GPU: the actors would never be placed. ``where`` names the cluster."""
+        if self.gpus_per_worker > 0 and resources.get("GPU", 0.0) <= 0:
+            raise ZsteerError(
+                f"--device {device} --gpus-per-worker {self.gpus_per_worker:g} on a cluster with no GPU: "
+                f"{where} has {resources.get('CPU', 0.0):g} CPUs and 0 GPUs, so CUDA is not available to its "
+                "workers; run on a Ray cluster with GPU nodes, or use --device cpu without --gpus-per-worker"
+            )
 
     def run(self, work: JobWork) -> None:
         ray = import_ray()
@@ -287,7 +311,9 @@ class RayExecutor:
             _init(ray, self.address)
         actors: list = []
         try:
-            n_workers = self._size(ray.cluster_resources(), len(work.units))
+            resources = ray.cluster_resources()
+            self.check_cluster(work.device, resources, "the Ray cluster")  # a --ray-address one: first here
+            n_workers = self._size(resources, len(work.units))
             # The plan and the editor factory, shipped once to the object store; every actor (and every
             # restart of one) reads the same copy. Held here for the whole run: a restarted actor needs
             # its constructor's arguments still in the store (ray issue 53727).
@@ -336,7 +362,7 @@ class RayExecutor:
         # Encoder processes beyond the actor's CPUs would take other actors' cores: within its share only.
         png_workers = min(work.png_workers, threads - 1)
         actors = [
-            remote.remote(plan, make_editor, WorkerSpec(work.folder.root, work.rows_per_shard, png_workers, threads, f"worker-{i}"), sink)
+            remote.remote(plan, make_editor, WorkerSpec(work.folder.root, work.rows_per_shard, png_workers, threads, f"worker-{i}", work.device), sink)
             for i in range(n_workers)
         ]  # fmt: skip
         ready = [actor.ready.remote() for actor in actors]
@@ -401,6 +427,23 @@ class RayExecutor:
             raise
         finally:
             work.stats.workers = workers.as_dict()
+
+
+def _known_resources(address: str | None) -> tuple[dict, str] | None:
+    """The resources of the cluster a run will use, if known before it starts: the one this process is
+    connected to, or this machine when the run starts a local instance (--ray-address not given). None
+    for a --ray-address cluster, which is asked when the run connects (connecting here would start the
+    job's Ray before anything is checked)."""
+    import torch
+
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray.cluster_resources(), "the connected Ray cluster"
+    if address is not None:
+        return None
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}, (
+        "this machine (where a local Ray instance would run)"
+    )
 
 
 def check_reachable(address: str, timeout: float = CONNECT_SECONDS) -> None:

@@ -18,14 +18,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.editor import Editor
 from zsteer.pipeline.loading import load_models
 
 from .config import JobConfig
+from .device import parse_device
 from .duplicates import DuplicateIndex, find_duplicates
 from .executor import Executor, JobWork, make_executor
 from .folder import DUPLICATES, JobFolder
@@ -79,22 +78,16 @@ class PreparedJob:
     executor: Executor  # built and checked against the job's settings before anything is written
 
 
-def _check_device(device: str) -> None:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ZsteerError(f"--device {device}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ZsteerError(f"--device {device}: CUDA is not available in this torch build or machine")
-
-
 def prepare_job(config: JobConfig) -> PreparedJob:
-    """Every check that needs no lock: folder kind, method, models, manifest schemas, targets, device."""
+    """Every check that needs no lock: folder kind, method, models, manifest schemas, targets, device.
+
+    The models are loaded on the CPU here whatever --device says (identity, fingerprints, the duplicate
+    scan need no GPU), so a driver without CUDA can run a job on GPU workers."""
     folder = JobFolder(locate(config.output.out, "--out"))
     check_writable(folder.root)
     folder.check_fresh_or_job()
     check_registered(config.method)
-    _check_device(config.engine.device)
+    parse_device(config.engine.device)  # whether CUDA is there is the executor's check (where it runs)
     executor = make_executor(config)
     generator, classifier = load_models(config.models)
     shape = ModelShape(generator.spec.z_dim, generator.spec.n_classes, classifier.attributes)
@@ -290,6 +283,7 @@ def _run(config, prep, plan, commits, todo, n_units, previous, editor_factory) -
                     folder=prep.folder, rows_per_shard=config.output.rows_per_shard,
                     png_workers=config.output.workers, on_commit=commits.append, stats=stats,
                     progress=progress, stopped=lambda: stop.signum is not None,
+                    device=config.engine.device,
                 )
             )  # fmt: skip
     finally:
