@@ -53,3 +53,15 @@ class _Acting:
 
     def render(self, z, labels=None):
         return self.engine.render(z, labels)
+
+
+@dataclass(frozen=True)
+class FailAtStart:
+    """An editor factory that refuses as a worker starts, before any unit (as a node without CUDA does)."""
+
+    message: str
+
+    def __call__(self, generator, classifier):
+        from zsteer.core.errors import ZsteerError
+
+        raise ZsteerError(self.message)

@@ -274,6 +274,34 @@ def test_a_worker_that_cannot_see_the_job_folder_stops_the_run_in_one_line(clust
     ray.kill(actor)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU exists")
+def test_a_worker_whose_node_sees_no_cuda_stops_the_run_in_one_line_and_the_job_resumes(
+    cluster, data, job_models, local_job, tmp_path
+):
+    """The worker-side device check comes back as its own line; a worker that fails as it starts leaves
+    job.json and no unit, and the same job then runs to completion."""
+    from zsteer.jobs.folder import JobFolder
+    from zsteer.jobs.ray_executor import UnitWorker, WorkerSpec, _get
+
+    folder = JobFolder(tmp_path / "seen")
+    folder.make()
+    folder.write_job({"identity": {}, "runtime": {}})
+    actor = (
+        ray.remote(UnitWorker)
+        .options(num_cpus=1, max_restarts=1)
+        .remote(None, None, WorkerSpec(str(folder.root), 64, 0, 1, "worker-0", "cuda"))
+    )
+    with pytest.raises(ZsteerError, match=r"^--device cuda: CUDA is not available on node .*worker-0[^\n]*$"):
+        _get(ray, actor.ready.remote())
+    ray.kill(actor)
+    out = tmp_path / "job"
+    with pytest.raises(ZsteerError, match=r"^no GPU on this node$"):
+        run_job(_ray(data, out, job_models), editor_factory=raykit.FailAtStart("no GPU on this node"))
+    assert (out / "job.json").exists() and not list((out / "commits").iterdir())
+    run_job(_ray(data, out, job_models))
+    _assert_same_output(out, local_job)
+
+
 def test_no_cluster_at_the_ray_address_is_one_line():
     from zsteer.jobs.ray_executor import _init
 
