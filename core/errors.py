@@ -17,11 +17,11 @@ class ExportError(ZsteerError):
     """An export that cannot be done or does not match PyTorch, or an onnxruntime setup that cannot run."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of ``exc``'s message, or its type's name when it has none: how a one-line error quotes
-    another library's exception (pyarrow's run to several lines)."""
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of ``exc``'s message, or its type's name when it has none, cut to ``limit`` characters
+    when given: how a one-line error quotes another library's exception (pyarrow's run to several lines)."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 def fault_reason(exc: BaseException) -> str:

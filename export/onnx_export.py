@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from zsteer.core.errors import ExportError
+from zsteer.core.errors import ExportError, first_line
 from zsteer.core.status import STATUS_NAMES
 from zsteer.pipeline.checkpoints import LoadedModel
 
@@ -84,9 +84,8 @@ def to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, exp
         except ExportError:
             raise
         except Exception as exc:  # the exporters raise many types; the user needs one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportError(
-                f"torch.onnx.export ({exporter}) failed for {type(module).__name__}: {first}"
+                f"torch.onnx.export ({exporter}) failed for {type(module).__name__}: {first_line(exc)}"
             ) from exc
         finally:
             logger.setLevel(level)

@@ -123,7 +123,7 @@ def _validate(validator: RowValidator, piece: Piece) -> list[RowChunk]:
         except (OSError, ZsteerError, MemoryError):  # the system's faults, not the row's: never rejects
             raise
         except Exception as exc:
-            reason = f"the row could not be validated ({type(exc).__name__}: {first_line(exc)[:200]})"
+            reason = f"the row could not be validated ({type(exc).__name__}: {first_line(exc, limit=200)})"
             chunks.append(validator.unreadable(piece.unit, piece.offset + i, 1, reason))
     return chunks
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zsteer.core.errors import CheckpointError
+from zsteer.core.errors import CheckpointError, first_line
 
 from .attributes import CELEBA40, read_json
 from .imported import PROGRAM_SUFFIX, load_imported_classifier, load_imported_generator
@@ -42,11 +42,6 @@ FLAGS = {
     "classifier": {"hidden_dim": "--cls-hidden-dim", "im_chan": "--cls-im-chan", "n_classes": "--cls-n-classes",
                    "image_size": "--cls-image-size"},
 }  # fmt: skip
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # What a model file must be, for messages about one that is not.
@@ -85,7 +80,7 @@ def _not_a_checkpoint(path: Path, exc: BaseException | None = None) -> Checkpoin
     only when the file has a checkpoint's header (a damaged checkpoint), where they say what broke."""
     if exc is not None and _has_checkpoint_header(path):
         return CheckpointError(
-            f"{path}: a damaged PyTorch checkpoint ({_first_line(exc)}); {EXPECTED_FORMATS}"
+            f"{path}: a damaged PyTorch checkpoint ({first_line(exc)}); {EXPECTED_FORMATS}"
         )
     return CheckpointError(f"{path}: not a PyTorch checkpoint: {_what_it_is(path)}; {EXPECTED_FORMATS}")
 
@@ -230,7 +225,7 @@ def _load(path: Path, role: str, default_spec, build, overrides: dict):
         raise CheckpointError(f"{path}: {exc}") from None
     except RuntimeError as exc:  # sizes past int64 ("Storage size calculation overflowed")
         raise CheckpointError(
-            f"{path}: a {role} with these settings would be too large for memory ({_first_line(exc)}); "
+            f"{path}: a {role} with these settings would be too large for memory ({first_line(exc)}); "
             f"check {' / '.join(FLAGS[role].values())}"
         ) from None
     _check_tensors(skeleton, state, path, role)
@@ -240,7 +235,7 @@ def _load(path: Path, role: str, default_spec, build, overrides: dict):
         size = sum(p.numel() * p.element_size() for p in skeleton.state_dict().values())
         raise CheckpointError(
             f"{path}: a {role} of this size ({size / 1e9:.1f} GB of weights) is too large for memory "
-            f"({_first_line(exc)})"
+            f"({first_line(exc)})"
         ) from None
     _load_into(module, state, path, role)
     module = _freeze(module)

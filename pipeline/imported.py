@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zsteer.core.errors import CheckpointError
+from zsteer.core.errors import CheckpointError, first_line
 
 from .attributes import read_json
 from .loaded import LoadedModel, file_fingerprint
-from .program_file import first_line, load_program, program_module
+from .program_file import load_program, program_module
 
 # Suffix of an imported model's program; its sidecar is the same name with .json.
 PROGRAM_SUFFIX = ".pt2"
@@ -351,7 +351,7 @@ def load_imported_generator(path: str | Path, **overrides) -> LoadedModel:
         with torch.no_grad():
             images = module(z_in)
     except Exception as exc:  # the graph's own shape checks raise many types
-        first = first_line(exc)
+        first = first_line(exc, limit=200)
         raise CheckpointError(f"{path}: the generator graph fails on a probe batch ({first})") from None
     if tuple(images.shape) != (PROBE_ROWS, *spec.image_shape):
         raise CheckpointError(
@@ -388,7 +388,7 @@ def load_imported_classifier(
         with torch.no_grad():
             logits = module(images)
     except Exception as exc:
-        first = first_line(exc)
+        first = first_line(exc, limit=200)
         raise CheckpointError(
             f"{path}: the classifier graph fails on images of its input_shape {list(spec.input_shape)} ({first})"
         ) from None

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zsteer.core.errors import CheckpointError, ZsteerError
+from zsteer.core.errors import CheckpointError, ZsteerError, first_line
 
 from .imported import (
     CLASS_INPUTS,
@@ -34,7 +34,6 @@ from .imported import (
     write_sidecar,
 )
 from .loaded import LoadedModel
-from .program_file import first_line
 
 # Rows of the batch the program is traced with (torch.export specialises a sample size of 0 or 1) and of
 # the batches it is compared on afterwards.
@@ -118,7 +117,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = first_line(exc)
+        first = first_line(exc, limit=200)
         raise CheckpointError(
             f"{path}: not a state_dict zsteer can read without unpickling code ({first})"
         ) from None
@@ -138,7 +137,7 @@ def build_module(config: ImportConfig) -> nn.Module:
         try:
             module.load_state_dict(read_weights(config.weights))
         except RuntimeError as exc:
-            first = first_line(exc)
+            first = first_line(exc, limit=200)
             raise CheckpointError(f"{config.weights}: does not fit {config.factory} ({first})") from None
     return module.eval()
 
@@ -169,7 +168,7 @@ def export_module(
             warnings.simplefilter("ignore")
             program = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
     except Exception as exc:  # torch.export raises many types; the user needs the first line
-        first = first_line(exc)
+        first = first_line(exc, limit=200)
         raise ZsteerError(f"torch.export could not trace {type(module).__name__}: {first}") from None
     exported = program.module()
     for rows in CHECK_ROWS:

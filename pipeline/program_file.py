@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zsteer.core.errors import CheckpointError
+from zsteer.core.errors import CheckpointError, first_line
 
 # Entries a plain torch.export.save archive holds (after the archive's root folder).
 _ALLOWED_ENTRY = re.compile(
@@ -61,12 +61,6 @@ _EXPR_NAMES = re.compile(r"^([a-z]\d+|Symbol|Integer|Rational|Add|Mul|Pow|positi
 # guards_code: L['name'].size()[k] compared with integers or other sizes.
 _GUARD = re.compile(r"^[\sA-Za-z0-9_+\-*/%()<>=!]*$")
 _GUARD_ACCESS = re.compile(r"L\['[A-Za-z_][A-Za-z0-9_]*'\]\.size\(\)\[\d+\]")
-
-
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name if it has none), cut to ``limit``."""
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 def check_program_file(path: Path) -> None:
@@ -186,7 +180,7 @@ def _check_sample_inputs(path: Path, data: bytes) -> None:
             warnings.simplefilter("ignore")
             torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # the safe unpickler refuses any global it does not know
-        first = first_line(exc)
+        first = first_line(exc, limit=200)
         raise CheckpointError(
             f"{path}: refused: its sample inputs are not plain tensors ({first}); torch would unpickle them"
         ) from None
@@ -203,7 +197,7 @@ def load_program(path: str | Path) -> torch.export.ExportedProgram:
             warnings.simplefilter("ignore")
             return torch.export.load(str(path))
     except Exception as exc:  # the deserializer raises many types; the user needs one line
-        first = first_line(exc)
+        first = first_line(exc, limit=200)
         raise CheckpointError(f"{path}: not a loadable torch.export program ({first})") from None
 
 
