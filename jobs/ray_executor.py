@@ -33,7 +33,7 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
-from zsteer.core.errors import ZsteerError, first_line
+from zsteer.core.errors import ZsteerError, fault_reason, first_line
 
 from .commit import UnitDone, run_and_commit
 from .device import require_device
@@ -470,7 +470,7 @@ def check_reachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or exc
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else fault_reason(exc)
         raise ZsteerError(
             f"--ray-address {address}: nothing accepts connections at {host}:{port} ({reason}); expected "
             f"{expected}, or leave --ray-address out for a local Ray instance"
