@@ -380,10 +380,22 @@ class ObjectStorage:
         return FileCheck(len(data), hashlib.sha256(data).hexdigest())
 
     def create_only(self, path: StorePath, data: bytes) -> bool:
+        """Create ``path`` with ``data`` unless an object is there; False if another write's object is.
+
+        True too when the object there holds exactly ``data``: a PUT that succeeded but lost its response
+        is retried by botocore, and the retry meets the object it wrote itself (412). Equal bytes are this
+        write's own: what zsteer creates names its writer (a marker its attempt's shard tokens and
+        sha256s, a lease its host, pid and times), and where two writes' bytes are equal anyway, each
+        would have written the same thing."""
         if self.create is None:
             raise ZsteerError(f"{path}: this store has no create-only write zsteer can use")
         with naming(path):
-            return self.create(self.fs, path.path, data)
+            if self.create(self.fs, path.path, data):
+                return True
+            try:
+                return self.read_bytes(path) == data
+            except FileNotFoundError:  # removed since (a lease that ran out): not ours
+                return False
 
     def remove(self, path: StorePath) -> None:
         with suppress(FileNotFoundError):

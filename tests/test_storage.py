@@ -24,12 +24,12 @@ from zsteer.jobs.commit import commit_unit
 from zsteer.jobs.folder import JobFolder
 from zsteer.jobs.lock import LEASE_SECONDS, StoreLease
 from zsteer.jobs.reader import UnitReader
-from zsteer.jobs.rows import plan_units
+from zsteer.jobs.rows import Unit, plan_units
 from zsteer.jobs.runner import prepare_job, run_job, unit_plan
 from zsteer.jobs.sheet import SheetConfig, job_sheet
-from zsteer.jobs.storage import check_writable, locate
-from zsteer.jobs.unit import process_unit
-from zsteer.jobs.verify import verify_folder
+from zsteer.jobs.storage import LocalCreateOnly, StorePath, check_writable, locate
+from zsteer.jobs.unit import UnitOutput, process_unit
+from zsteer.jobs.verify import check_commit, verify_folder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -362,3 +362,50 @@ def test_interpolation_by_id_to_on_a_uri_out_is_one_line(job_models, tmp_path):
     assert str(info.value).startswith(f"--out {out}: interpolation with id_to") and "\n" not in str(
         info.value
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A create-only write whose response was lost: botocore retries the PUT, which meets its own object (412)
+
+
+class StoredThenLost:
+    """A create-only write that stores the object, then reports False, as a PUT that succeeded, lost its
+    response and was retried by botocore does (the retry gets 412 from the object it wrote itself)."""
+
+    def __call__(self, fs, path, data):
+        LocalCreateOnly()(fs, path, data)
+        return False
+
+
+def _lossy_root(tmp_path, name="job"):
+    import dataclasses
+
+    root = locate(storekit.uri(tmp_path / name), "--out")
+    root.store.make_folder(root)
+    return StorePath(root.path, dataclasses.replace(root.store, create=StoredThenLost()))
+
+
+def _unit_output(n_rows: int = 3) -> UnitOutput:
+    edited = pa.table({"id": [f"r{i}" for i in range(n_rows)]})
+    return UnitOutput(Unit(0, 0, 0, 0, n_rows), edited, pa.table({"row": pa.array([], pa.int64())}), {})
+
+
+def test_a_marker_whose_create_response_was_lost_is_the_attempts_own_commit(tmp_path):
+    folder = JobFolder(_lossy_root(tmp_path))
+    folder.make()
+    commit = commit_unit(folder, _unit_output(), rows_per_shard=2)
+    assert commit == folder.read_marker(folder.marker("0:0:0"))
+    assert len(commit.parts) == 2
+    assert all((tmp_path / "job" / "parts" / n).exists() for n in commit.parts), "its shards were kept"
+    assert check_commit(folder, commit) == []
+
+
+def test_a_lease_whose_create_response_was_lost_is_the_runs_own(tmp_path):
+    root = _lossy_root(tmp_path)
+    with StoreLease(root):
+        assert json.loads((tmp_path / "job" / ".lock").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / "job" / ".lock").exists()
+    # Another run's lease, fresh, is still refused.
+    (tmp_path / "job" / ".lock").write_text('{"host": "other", "pid": 1}\n')
+    with pytest.raises(ZsteerError, match="holds its lease"), StoreLease(root):
+        pass
