@@ -9,16 +9,13 @@ actors of jobs/ray_executor.py): ``process_unit`` then ``commit_unit``, timed pe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
 from zsteer.pipeline.editor import Editor
 
-from .encode import DeferredPNGs
 from .folder import PARTS, REJECTS, Commit, CommittedElsewhere, JobFolder, shard_name
-from .reader import UnitReader
 from .rows import Unit
 from .unit import UnitCancelled, UnitOutput, UnitPlan, process_unit
 
@@ -87,19 +84,13 @@ def run_and_commit(
     editor: Editor,
     folder: JobFolder,
     rows_per_shard: int,
-    *,
-    reader: UnitReader | None = None,
-    encode: Callable = DeferredPNGs,
-    cancelled: Callable[[], bool] | None = None,
-    on_rows: Callable[[int], None] | None = None,
+    **unit_args,
 ) -> UnitDone | None:
-    """One unit, start to durable: ``process_unit`` (its keyword arguments are passed on) then
-    ``commit_unit``; None when ``cancelled()`` turned true first (nothing committed, the unit is done
-    again by a later run)."""
+    """One unit, start to durable: ``process_unit`` (``unit_args`` are its keyword arguments: reader,
+    encode, cancelled, on_rows) then ``commit_unit``; None when ``cancelled()`` turned true first (nothing
+    committed, the unit is done again by a later run)."""
     try:
-        output = process_unit(
-            plan, unit, editor, reader=reader, encode=encode, cancelled=cancelled, on_rows=on_rows
-        )
+        output = process_unit(plan, unit, editor, **unit_args)
     except UnitCancelled:
         return None
     start = time.perf_counter()
