@@ -158,13 +158,17 @@ class AscentLoop:
 
     @torch.no_grad()
     def _forward_all(self, z: Rows, labels: Rows | None, images: bool):
-        """(images [N, H, W, C] uint8 or None, logits [N, A]) on the CPU, ``batch_size`` rows at a time."""
-        parts = [
-            self._forward_rows(z[s : s + self.batch_size], cut_rows(labels, s, s + self.batch_size), images)
-            for s in range(0, z.shape[0], self.batch_size)
-        ]
-        logits = torch.cat([lg.cpu() for _, lg in parts])
-        return (torch.cat([img.cpu() for img, _ in parts]) if images else None), logits
+        """(images [N, H, W, C] uint8 or None, logits [N, A]) on the CPU, ``batch_size`` rows at a time.
+        Each batch's results go to the CPU as they come: device memory holds one batch, not N rows."""
+        images_cpu, logits_cpu = [], []
+        for s in range(0, z.shape[0], self.batch_size):
+            img, lg = self._forward_rows(
+                z[s : s + self.batch_size], cut_rows(labels, s, s + self.batch_size), images
+            )
+            logits_cpu.append(lg.cpu())  # [m, A]
+            if images:
+                images_cpu.append(img.cpu())  # [m, H, W, C] uint8
+        return (torch.cat(images_cpu) if images else None), torch.cat(logits_cpu)
 
     def _forward_rows(self, z, labels, images: bool):
         """``forward`` on unpadded rows: padded here, cut back to the rows."""
