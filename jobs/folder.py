@@ -24,7 +24,9 @@ renamed: each file is written once, whole; a unit's shards end in a token of the
 (``part-F-G-C-K-<token>.parquet``), so no attempt overwrites another's; the marker is created only if
 it is not there (a create-only write), so the first attempt of a unit wins and a later one
 (``CommittedElsewhere``) removes its shards; and readers take the names from the markers
-(``committed_parts``), never from a listing of parts/. ``.lock`` is then a lease object (lock.py).
+(``committed_parts``), never from a listing of parts/. A resume removes only the unnamed objects of
+units that have a marker (a unit without one may yet be committed by a still-running zombie worker,
+whose marker then names them). ``.lock`` is then a lease object (lock.py).
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ _SHARD_PATTERN = {
 # the very most (a million-row unit in one-row shards).
 # One larger was not written by zsteer, and is refused before it is read into memory.
 MAX_MARKER_BYTES = 256 << 20
+
+
+# The unit a file of parts/, rejects/ or commits/ belongs to: its shards, its marker, and the temporary
+# file a ``file://`` marker is linked from (storage._link_create).
+_UNIT_OF_NAME = re.compile(r"(?:\.tmp-[0-9a-f]+-)?(?:part|rejects|commit)-(\d{6,}-\d{6,}-\d{6,})[-.]")
+
+
+def _stem_of(name: str) -> str | None:
+    """The unit stem a job file's name holds (None: not a file of any unit)."""
+    match = _UNIT_OF_NAME.match(name)
+    return match.group(1) if match else None
 
 
 def unit_stem(key: str) -> str:
@@ -306,11 +319,17 @@ class JobFolder:
     def remove_orphans(self, commits: list[Commit]) -> int:
         """Delete files of parts/, rejects/, commits/ that no commit names (left by a crash, or on an
         object store by an attempt that lost its unit). Links, FIFOs and such lose their name only; a
-        folder there is not the job's to delete: one line. On an object store this is for space only:
-        readers take the names from the markers, so an object written after this is never read."""
+        folder there is not the job's to delete: one line.
+
+        On an object store only the strays of units that have a marker go: a unit with none may still be
+        committed by a worker of a killed driver that is still running (a zombie), whose marker would
+        then name the shards deleted here. A stray of a committed unit is never read (its marker is
+        create-only, and names other objects), so removing it is for space only; the runner calls this
+        again at the end of a run (``runner._finish``), for the units committed since."""
         keep = {self.marker(c.unit) for c in commits}
         keep |= {self.parts / name for c in commits for name in c.parts}
         keep |= {self.rejects / name for c in commits for name in c.rejects}
+        committed = {unit_stem(c.unit) for c in commits}
         removed = 0
         for folder in (self.parts, self.rejects, self.commits):
             for path in self.storage.list_folder(folder):
@@ -322,6 +341,8 @@ class JobFolder:
                         f"{path}: a folder where the job keeps only its own files (the job folder was "
                         "edited); move it away and run the same command again"
                     )
+                if not self.renames and _stem_of(path.name) not in committed:
+                    continue  # maybe a live attempt's: see above
                 self.storage.remove(path)
                 removed += 1
         return removed

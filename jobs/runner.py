@@ -314,6 +314,8 @@ def _is_run(run) -> bool:
 
 def _finish(prep, commits, n_units, stats, previous, signum: int | None) -> JobResult:
     folder = prep.folder
+    if not folder.renames:  # the strays of units committed in this run (JobFolder.remove_orphans)
+        folder.remove_orphans(commits)
     done = len(commits) == n_units
     if done:  # a signal that came after the last batch stopped nothing: the job is complete
         signum = None

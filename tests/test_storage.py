@@ -409,3 +409,49 @@ def test_a_lease_whose_create_response_was_lost_is_the_runs_own(tmp_path):
     (tmp_path / "job" / ".lock").write_text('{"host": "other", "pid": 1}\n')
     with pytest.raises(ZsteerError, match="holds its lease"), StoreLease(root):
         pass
+
+
+def test_a_resume_keeps_the_objects_of_a_zombie_that_then_wins_its_unit(
+    data, job_models, local_job, tmp_path, monkeypatch
+):
+    """D1 is killed (at its 4th marker); its worker W, still alive, has written the shards of unit 5 but
+    not its marker; D2 resumes and cleans up; W's marker is created; D2's attempt at unit 5 loses. W's
+    shards must still be there: a resume removes only strays of units that have a marker. The strays
+    of the crashed unit 3 go once D2 commits it."""
+    from zsteer.jobs import folder as folder_module
+
+    out = storekit.uri(tmp_path / "job")
+    config = _config(storekit.uri(data), out, job_models)
+    crash_at_commit(monkeypatch, 4, config)
+    prep = prepare_job(config)
+    plan = unit_plan(config, prep, _saved_duplicates(prep))
+    unit = plan_units(prep.plan, config.unit_rows)[5]
+    editor = config.method.make_editor(prep.generator, prep.classifier, config.engine, config.backend)
+    with UnitReader(plan.manifest, plan.read_rows) as reader:
+        output = process_unit(plan, unit, editor, reader=reader)
+    real_commit, real_cleanup = folder_module.JobFolder.commit, folder_module.JobFolder.remove_orphans
+    paused = []  # W's marker, not yet created
+
+    def pause(self, commit):
+        paused.append(commit)
+        raise RuntimeError("W stops before its marker")
+
+    monkeypatch.setattr(folder_module.JobFolder, "commit", pause)
+    with pytest.raises(RuntimeError, match="W stops"):
+        commit_unit(prep.folder, output, config.output.rows_per_shard)
+    monkeypatch.setattr(folder_module.JobFolder, "commit", real_commit)
+
+    def cleanup_then_w_commits(self, commits):
+        removed = real_cleanup(self, commits)
+        if paused:
+            real_commit(self, paused.pop())  # W wakes up after D2's cleanup and wins unit 5
+        return removed
+
+    monkeypatch.setattr(folder_module.JobFolder, "remove_orphans", cleanup_then_w_commits)
+    assert run_job(config).status == "complete" and not paused
+    w_marker = JobFolder(locate(out, "--out")).read_marker(prep.folder.marker(unit.key))
+    assert w_marker.parts == [n for n in w_marker.files if n.startswith("part-")]
+    report = verify_folder(out)
+    assert report.ok, [p.line() for p in report.problems]
+    assert not report.strays, "the crashed attempt's strays go once its unit has a marker"
+    _assert_local_rows(out, local_job)
