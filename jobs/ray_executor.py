@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from zsteer.core.errors import ZsteerError, fault_reason, first_line
 
 from .commit import UnitDone, run_and_commit
-from .device import require_device
+from .device import parse_device, require_device
 from .executor import JobWork
 from .folder import Commit, JobFolder, MarkerError
 from .local import SerializedEditor
@@ -268,10 +268,8 @@ class RayExecutor:
 
     def check(self, config) -> None:
         """Refuse, in one line and before anything is written, what a Ray run cannot honour."""
-        import torch
-
         import_ray()
-        device = torch.device(config.engine.device)
+        device = parse_device(config.engine.device)
         if device.type == "cuda" and self.gpus_per_worker <= 0:
             raise ZsteerError(
                 f"--device {config.engine.device} with --executor ray: give each worker a GPU "
@@ -290,19 +288,12 @@ class RayExecutor:
         if self.address is not None:
             check_reachable(self.address)
         if self.gpus_per_worker > 0:
+            # GPU workers are sized here, before anything is written, where the cluster is known (a cluster
+            # without GPUs is the likely mistake); a --ray-address one is sized once connected, in run.
             known = _known_resources(self.address)
             if known is not None:
-                self.check_cluster(config.engine.device, *known)
-
-    def check_cluster(self, device: str, resources: dict, where: str) -> None:
-        """Refuse, in one line, GPU workers on a cluster whose ``resources`` (Ray's resource dict: "CPU",
-        "GPU" counts) have no GPU: the actors would never be placed. ``where`` names the cluster."""
-        if self.gpus_per_worker > 0 and resources.get("GPU", 0.0) <= 0:
-            raise ZsteerError(
-                f"--device {device} --gpus-per-worker {self.gpus_per_worker:g} on a cluster with no GPU: "
-                f"{where} has {resources.get('CPU', 0.0):g} CPUs and 0 GPUs, so CUDA is not available to its "
-                "workers; run on a Ray cluster with GPU nodes, or use --device cpu without --gpus-per-worker"
-            )
+                resources, where = known
+                self._size(resources, 1, config.engine.device, where)
 
     def run(self, work: JobWork) -> None:
         ray = import_ray()
@@ -312,8 +303,7 @@ class RayExecutor:
         actors: list = []
         try:
             resources = ray.cluster_resources()
-            self.check_cluster(work.device, resources, "the Ray cluster")  # a --ray-address one: first here
-            n_workers = self._size(resources, len(work.units))
+            n_workers = self._size(resources, len(work.units), work.device)
             # The plan and the editor factory, shipped once to the object store; every actor (and every
             # restart of one) reads the same copy. Held here for the whole run: a restarted actor needs
             # its constructor's arguments still in the store (ray issue 53727).
@@ -333,18 +323,25 @@ class RayExecutor:
             if started:
                 ray.shutdown()
 
-    def _size(self, cluster: dict, n_units: int) -> int:
-        """Actors to start: what was asked if the cluster holds it (else one line), never more than units."""
+    def _size(self, cluster: dict, n_units: int, device: str, where: str = "the Ray cluster") -> int:
+        """Actors to start: what was asked if ``cluster`` (Ray's resource dict: "CPU", "GPU" counts; ``where``
+        names it) holds it, else one line; never more than units. ``device`` is --device, for the message."""
         cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
         fit = math.floor(cpus / self.cpus_per_worker + 1e-9)
         if self.gpus_per_worker > 0:
             fit = min(fit, math.floor(gpus / self.gpus_per_worker + 1e-9))
         wanted = self.num_workers or max(fit, 1)
+        if self.gpus_per_worker > 0 and gpus <= 0:  # room for 0 GPU actors: say why in the user's terms
+            raise ZsteerError(
+                f"--device {device} --gpus-per-worker {self.gpus_per_worker:g} on a cluster with no GPU: "
+                f"{where} has {cpus:g} CPUs and 0 GPUs, so CUDA is not available to its workers; run on a "
+                "Ray cluster with GPU nodes, or use --device cpu without --gpus-per-worker"
+            )
         if wanted > fit:
             asked = f"--num-workers {wanted} with " if self.num_workers else ""  # not one the user gave
             raise ZsteerError(
                 f"{asked}--cpus-per-worker {self.cpus_per_worker:g} and --gpus-per-worker "
-                f"{self.gpus_per_worker:g}: the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs, room for "
+                f"{self.gpus_per_worker:g}: {where} has {cpus:g} CPUs and {gpus:g} GPUs, room for "
                 f"{fit} worker(s); ask for fewer or smaller workers"
             )
         return max(1, min(wanted, n_units))

@@ -69,8 +69,8 @@ def test_the_ray_executor_checks_the_cluster_it_will_run_on(tmp_path, job_models
     assert isinstance(make_executor(config), ray_executor.RayExecutor)  # whatever this machine has
     executor = ray_executor.RayExecutor(gpus_per_worker=0.5)
     with pytest.raises(ZsteerError, match=r"^--device cuda --gpus-per-worker 0\.5 on a cluster with no GPU"):
-        executor.check_cluster("cuda", {"CPU": 2.0, "GPU": 0.0}, "the Ray cluster")  # as run() asks
-    executor.check_cluster("cuda", {"CPU": 2.0, "GPU": 1.0}, "the Ray cluster")
+        executor._size({"CPU": 2.0, "GPU": 0.0}, 4, "cuda")  # as run() asks
+    assert executor._size({"CPU": 2.0, "GPU": 1.0}, 4, "cuda") == 2
 
 
 def test_a_cpu_only_driver_prepares_a_job_for_gpu_workers(tmp_path, job_models, data, monkeypatch):

@@ -256,9 +256,10 @@ def test_gpu_workers_where_no_gpu_exists_are_refused_in_one_line(tmp_path, job_m
     assert not (tmp_path / "job").exists()
     with pytest.raises(
         ZsteerError,
-        match=r"^--cpus-per-worker 1 and --gpus-per-worker 1: .* 2 CPUs and 0 GPUs, room for 0 worker",
-    ):
-        RayExecutor(gpus_per_worker=1)._size({"CPU": 2.0}, n_units=4)
+        match=r"^--device cuda --gpus-per-worker 1 on a cluster with no GPU: the Ray cluster has 2 CPUs and 0 GPUs",
+    ) as refused:
+        RayExecutor(gpus_per_worker=1)._size({"CPU": 2.0}, n_units=4, device="cuda")
+    assert "\n" not in str(refused.value) and "--num-workers" not in str(refused.value)
 
 
 def test_a_worker_that_cannot_see_the_job_folder_stops_the_run_in_one_line(cluster, tmp_path):
