@@ -235,10 +235,9 @@ class JobFolder:
         if root.kind != "folder":
             raise ZsteerError(f"--out {self.root}: exists and is not a folder")
         allowed = {LOCK_NAME, PARTS, REJECTS, COMMITS, DUPLICATES}
-        for entry in self.storage.list_folder(self.root):
-            kind = self.storage.stat(entry)
+        for entry, found in self.storage.list_folder(self.root):
             if entry.name not in allowed or (
-                kind is not None and kind.kind == "folder" and self.storage.list_folder(entry)
+                found is not None and found.kind == "folder" and self.storage.list_folder(entry)
             ):
                 raise ZsteerError(
                     f"--out {self.root}: not a zsteer job folder (no {JOB_JSON}, holds {entry.name!r}); "
@@ -289,7 +288,7 @@ class JobFolder:
 
     def marker_paths(self) -> list[AnyPath]:
         """Paths of the completion markers, sorted by unit: job order."""
-        return sorted(p for p in self.storage.list_folder(self.commits) if _COMMIT_NAME.fullmatch(p.name))
+        return [p for p, _ in self.storage.list_folder(self.commits) if _COMMIT_NAME.fullmatch(p.name)]
 
     def read_marker(self, path: AnyPath) -> Commit:
         """One marker, checked (``parse_commit``); raises a one-line MarkerError."""
@@ -332,10 +331,9 @@ class JobFolder:
         committed = {unit_stem(c.unit) for c in commits}
         removed = 0
         for folder in (self.parts, self.rejects, self.commits):
-            for path in self.storage.list_folder(folder):
+            for path, found in self.storage.list_folder(folder, follow_links=False):
                 if path in keep:
                     continue
-                found = self.storage.stat(path, follow_links=False)
                 if found is not None and found.kind == "folder":
                     raise ZsteerError(
                         f"{path}: a folder where the job keeps only its own files (the job folder was "

@@ -155,9 +155,11 @@ class LocalStorage:
             return None
         return FileStat(st.st_size, st.st_mtime_ns, _local_kind(st.st_mode))
 
-    def list_folder(self, path: Path) -> list[Path]:
-        """Every entry directly in ``path`` (none if it does not exist)."""
-        return sorted(path.iterdir()) if path.is_dir() else []
+    def list_folder(self, path: Path, follow_links: bool = True) -> list[tuple[Path, FileStat | None]]:
+        """Every entry directly in ``path`` (none if it does not exist), sorted, with its ``stat`` (None:
+        gone since, or a link to nothing when ``follow_links``)."""
+        entries = sorted(path.iterdir()) if path.is_dir() else []
+        return [(entry, self.stat(entry, follow_links)) for entry in entries]
 
     def read_bytes(self, path: Path) -> bytes:
         return path.read_bytes()
@@ -308,8 +310,11 @@ def import_boto3(where: str):
     return boto3
 
 
-def _pyarrow_kind(info: pafs.FileInfo) -> str:
-    return {pafs.FileType.File: "file", pafs.FileType.Directory: "folder"}.get(info.type, "other")
+def _file_stat(info: pafs.FileInfo) -> FileStat | None:
+    if info.type == pafs.FileType.NotFound:
+        return None
+    kind = {pafs.FileType.File: "file", pafs.FileType.Directory: "folder"}.get(info.type, "other")
+    return FileStat(info.size or 0, info.mtime_ns or 0, kind)
 
 
 @dataclass(frozen=True)
@@ -332,14 +337,16 @@ class ObjectStorage:
         return f"{self.scheme}://{path}"
 
     def stat(self, path: StorePath, follow_links: bool = True) -> FileStat | None:
-        info = self.fs.get_file_info(path.path)
-        if info.type == pafs.FileType.NotFound:
-            return None
-        return FileStat(info.size or 0, info.mtime_ns or 0, _pyarrow_kind(info))
+        return _file_stat(self.fs.get_file_info(path.path))
 
-    def list_folder(self, path: StorePath) -> list[StorePath]:
+    def list_folder(
+        self, path: StorePath, follow_links: bool = True
+    ) -> list[tuple[StorePath, FileStat | None]]:
+        """Every entry directly in ``path``, sorted, with the stat its listing returned: one LIST request
+        for the folder, none per entry. ``follow_links`` as in ``stat``: a store has no links."""
         selector = pafs.FileSelector(path.path, allow_not_found=True, recursive=False)
-        return sorted(StorePath(i.path, self) for i in self.fs.get_file_info(selector))
+        entries = [(StorePath(i.path, self), _file_stat(i)) for i in self.fs.get_file_info(selector)]
+        return sorted(entries, key=lambda entry: entry[0])
 
     def find_files(self, path: StorePath) -> list[StorePath]:
         """Every file below ``path``, at any depth."""

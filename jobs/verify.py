@@ -138,15 +138,11 @@ def verify_folder(root: Path | str) -> VerifyReport:
         commits.append(commit)
     for sub in (folder.parts, folder.rejects, folder.commits):
         report.strays += [
-            p for p in folder.storage.list_folder(sub) if p not in named and _is_file(folder, p)
+            p for p, found in folder.storage.list_folder(sub)
+            if p not in named and found is not None and found.kind == "file"
         ]  # fmt: skip
     report.problems += _summary_problems(folder, commits)
     return report
-
-
-def _is_file(folder: JobFolder, path: AnyPath) -> bool:
-    info = folder.storage.stat(path)
-    return info is not None and info.kind == "file"
 
 
 def _summary_problems(folder: JobFolder, commits: list[Commit]) -> list[Problem]:

@@ -455,3 +455,49 @@ def test_a_resume_keeps_the_objects_of_a_zombie_that_then_wins_its_unit(
     assert report.ok, [p.line() for p in report.problems]
     assert not report.strays, "the crashed attempt's strays go once its unit has a marker"
     _assert_local_rows(out, local_job)
+
+
+def test_listing_a_store_folder_gives_each_entrys_stat_with_no_request_more(tmp_path, monkeypatch):
+    """An S3 listing returns each object's size and type: cleanup and `zsteer verify` use them rather than
+    stat each entry again (one request per object)."""
+    from zsteer.jobs.storage import ObjectStorage
+
+    folder = JobFolder(locate(storekit.uri(tmp_path / "job"), "--out"))
+    folder.make()
+    folder.write_job({"identity": {}})
+    commit_unit(folder, _unit_output(), rows_per_shard=2)
+    stats = []
+    real_stat = ObjectStorage.stat
+    monkeypatch.setattr(
+        ObjectStorage, "stat", lambda self, *a, **k: stats.append(a) or real_stat(self, *a, **k)
+    )
+    listed = folder.storage.list_folder(folder.parts)
+    assert [(p.name, s.kind, s.size) for p, s in listed] == sorted(
+        (p.name, "file", p.stat().st_size) for p in (tmp_path / "job" / "parts").iterdir()
+    )
+    assert not stats
+    verify_folder(folder.root)
+    asked = len(stats)
+    for k in range(3):  # objects no marker names, of a unit with none and of the committed one
+        (
+            tmp_path / "job" / "parts" / f"part-000000-000000-00000{k}-000-00000000deadbeef.parquet"
+        ).write_bytes(b"x")
+    stats.clear()
+    assert len(verify_folder(folder.root).strays) == 3 and len(stats) == asked
+    commits = folder.load_commits()
+    stats.clear()
+    assert folder.remove_orphans(commits) == 1 and not stats  # the committed unit's stray only
+
+
+def test_listing_a_local_folder_stats_each_entry_as_stat_does(tmp_path):
+    from zsteer.jobs.storage import LOCAL
+
+    (tmp_path / "f").write_bytes(b"abc")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "to-f").symlink_to(tmp_path / "f")
+    (tmp_path / "to-nothing").symlink_to(tmp_path / "gone")
+    for follow in (True, False):
+        assert LOCAL.list_folder(tmp_path, follow) == [
+            (p, LOCAL.stat(p, follow)) for p in sorted(tmp_path.iterdir())
+        ]
+    assert LOCAL.list_folder(tmp_path / "none") == []
