@@ -18,8 +18,6 @@ gets a custom input gradient (no weight gradient: the networks are frozen):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,85 +43,61 @@ def phase_weight(weight: torch.Tensor, stride: int) -> torch.Tensor:
     return taps.permute(1, 3, 5, 0, 2, 4).reshape(cout * s * s, cin, mh, mw)
 
 
-def phase_weights(weight: torch.Tensor, stride: int) -> list[torch.Tensor]:
-    """The convolution weights of the phases of a transposed convolution [Cin, Cout, kh, kw]: one
-    (``phase_weight``) where the kernel is a multiple of the stride, else one per phase (a, b), at index
-    a * s + b: [Cout, Cin, ceil((kh - a) / s), ceil((kw - b) / s)], the taps a, a + s, ... flipped."""
-    s = stride
-    if weight.shape[-2] % s == 0 and weight.shape[-1] % s == 0:
-        return [phase_weight(weight, s)]
-    return [weight[:, :, a::s, b::s].flip(2, 3).transpose(0, 1) for a in range(s) for b in range(s)]
-
-
-def transpose_by_phases(x: torch.Tensor, phases: Sequence[torch.Tensor], stride: int, size: tuple[int, int]):
-    """conv_transpose2d(x, w, stride) computed from ``phases = phase_weights(w, stride)``, zero-padded at
-    the bottom and right to ``size`` (a convolution's input rows that no output reads get no gradient).
+def transpose_by_phases(x: torch.Tensor, phase: torch.Tensor, stride: int, size: tuple[int, int]):
+    """conv_transpose2d(x, w, stride) computed from ``phase = phase_weight(w, stride)`` (one convolution
+    computes every phase; pixel_shuffle interleaves them), zero-padded at the bottom and right to ``size``
+    (a convolution's input rows that no output reads get no gradient).
 
     x [N, Cin, H, W] -> [N, Cout, size[0], size[1]], size >= ((H - 1) * s + k, (W - 1) * s + k)."""
-    if len(phases) == 1:  # one convolution computes every phase; pixel_shuffle interleaves them
-        mh, mw = phases[0].shape[-2:]
-        y = F.pixel_shuffle(F.conv2d(x, phases[0], None, 1, (mh - 1, mw - 1)), stride)
-        pad_h, pad_w = size[0] - y.shape[-2], size[1] - y.shape[-1]
-        return F.pad(y, (0, pad_w, 0, pad_h)) if pad_h or pad_w else y
-    # Phases of different kernel sizes: one convolution each, written into its rows and columns.
-    layout = (
-        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    )
-    y = torch.zeros(x.shape[0], phases[0].shape[0], *size, dtype=x.dtype, device=x.device).contiguous(
-        memory_format=layout
-    )
-    for index, kernel in enumerate(phases):
-        a, b = divmod(index, stride)
-        mh, mw = kernel.shape[-2:]
-        part = F.conv2d(x, kernel, None, 1, (mh - 1, mw - 1))  # [N, Cout, H + mh - 1, W + mw - 1]
-        y[:, :, a : a + stride * part.shape[-2] : stride, b : b + stride * part.shape[-1] : stride] = part
-    return y
+    mh, mw = phase.shape[-2:]
+    y = F.pixel_shuffle(F.conv2d(x, phase, None, 1, (mh - 1, mw - 1)), stride)
+    pad_h, pad_w = size[0] - y.shape[-2], size[1] - y.shape[-1]
+    return F.pad(y, (0, pad_w, 0, pad_h)) if pad_h or pad_w else y
 
 
 class PhaseConvTranspose(torch.autograd.Function):
     """conv_transpose2d(x, weight, stride) by phases; input gradient conv2d(g, weight, stride)."""
 
     @staticmethod
-    def forward(x, weight, stride: int, *phases):  # x [N, Cin, H, W] -> [N, Cout, (H-1)s+k, (W-1)s+k]
+    def forward(x, weight, stride: int, phase):  # x [N, Cin, H, W] -> [N, Cout, (H-1)s+k, (W-1)s+k]
         h, w = x.shape[-2:]
         k = weight.shape[-2:]
-        return transpose_by_phases(x, phases, stride, ((h - 1) * stride + k[0], (w - 1) * stride + k[1]))
+        return transpose_by_phases(x, phase, stride, ((h - 1) * stride + k[0], (w - 1) * stride + k[1]))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, weight, stride, *_ = inputs
+        _, weight, stride, _ = inputs
         ctx.save_for_backward(weight)
-        ctx.stride, ctx.n_phases = stride, len(inputs) - 3
+        ctx.stride = stride
 
     @staticmethod
     def backward(ctx, grad):  # [N, Cout, Ho, Wo] -> [N, Cin, H, W]
         (weight,) = ctx.saved_tensors
-        return F.conv2d(grad, weight, None, ctx.stride), None, None, *([None] * ctx.n_phases)
+        return F.conv2d(grad, weight, None, ctx.stride), None, None, None
 
 
 class ConvPhaseGrad(torch.autograd.Function):
     """conv2d(x, weight, bias, stride); input gradient conv_transpose2d(g, weight, stride) by phases."""
 
     @staticmethod
-    def forward(x, weight, bias, stride: int, *phases):  # x [N, Cin, H, W] -> [N, Cout, Ho, Wo]
+    def forward(x, weight, bias, stride: int, phase):  # x [N, Cin, H, W] -> [N, Cout, Ho, Wo]
         return F.conv2d(x, weight, bias, stride)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, _, stride, *phases = inputs
-        ctx.save_for_backward(*phases)
+        x, _, _, stride, phase = inputs
+        ctx.save_for_backward(phase)
         ctx.stride, ctx.size = stride, tuple(x.shape[-2:])
 
     @staticmethod
     def backward(ctx, grad):  # [N, Cout, Ho, Wo] -> [N, Cin, H, W]
-        phases = ctx.saved_tensors
-        dx = transpose_by_phases(grad, phases, ctx.stride, ctx.size)
-        return dx, None, None, None, *([None] * len(phases))
+        (phase,) = ctx.saved_tensors
+        return transpose_by_phases(grad, phase, ctx.stride, ctx.size), None, None, None, None
 
 
 def can_run_by_phases(layer: nn.Module) -> bool:
     """A Conv2d / ConvTranspose2d without padding, dilation, groups or output padding, with one stride
-    for both sides and a kernel at least as large: what the functions above compute."""
+    for both sides and a kernel that is a multiple of it: what the functions above compute."""
     if not isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
         return False
     extra = getattr(layer, "output_padding", (0, 0))
@@ -134,14 +108,13 @@ def can_run_by_phases(layer: nn.Module) -> bool:
         and layer.groups == 1
         and tuple(extra) == (0, 0)
         and layer.stride[1] == s
-        and min(layer.kernel_size) >= s
+        and all(k % s == 0 for k in layer.kernel_size)
     )
 
 
 def runs_by_phases(layer: nn.Module) -> bool:
-    """Whether the engine runs ``layer`` by phases: the narrow layers (see NARROW_CHANNELS) whose kernel
-    is a multiple of the stride (one convolution for all phases: the case that was measured)."""
-    if not can_run_by_phases(layer) or any(k % layer.stride[0] for k in layer.kernel_size):
+    """Whether the engine runs ``layer`` by phases: the narrow layers (see NARROW_CHANNELS) that can."""
+    if not can_run_by_phases(layer):
         return False
     if isinstance(layer, nn.ConvTranspose2d):
         return layer.out_channels <= NARROW_CHANNELS
@@ -151,8 +124,8 @@ def runs_by_phases(layer: nn.Module) -> bool:
 class PhaseLayer(nn.Module):
     """A frozen narrow Conv2d / ConvTranspose2d that runs through the functions above.
 
-    It shares the layer's weight and bias and holds the phase weight as a buffer (moved and cast with the
-    network). The transposed convolution adds its bias after the convolution, as the network's other
+    It shares the layer's weight and bias and holds the phase weight (``phase_weight``) as a buffer, moved
+    and cast with the network. The transposed convolution adds its bias after the convolution, as the network's other
     transposed layers do."""
 
     def __init__(self, layer: nn.Conv2d | nn.ConvTranspose2d):
@@ -164,15 +137,12 @@ class PhaseLayer(nn.Module):
         self.weight, self.bias = layer.weight, layer.bias
         with torch.no_grad():
             # A Conv2d weight [Cout, Cin, k, k] is the weight of its adjoint transposed convolution.
-            phases = phase_weights(layer.weight.detach(), self.stride)
+            phase = phase_weight(layer.weight.detach(), self.stride)
         # Laid out (channels_last) and cast with the network by its .to().
-        self.n_phases = len(phases)
-        for index, phase in enumerate(phases):
-            self.register_buffer(f"phase{index}", phase.contiguous())
+        self.register_buffer("phase", phase.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        phases = [getattr(self, f"phase{index}") for index in range(self.n_phases)]
         if self.transposed:
-            y = PhaseConvTranspose.apply(x, self.weight, self.stride, *phases)
+            y = PhaseConvTranspose.apply(x, self.weight, self.stride, self.phase)
             return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))  # y is fresh
-        return ConvPhaseGrad.apply(x, self.weight, self.bias, self.stride, *phases)
+        return ConvPhaseGrad.apply(x, self.weight, self.bias, self.stride, self.phase)
