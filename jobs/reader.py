@@ -158,11 +158,9 @@ class UnitReader:
             self.close()
             try:
                 storage = storage_of(file.path)
-                source, filesystem = storage.parquet_source(file.path)
-                pf = pq.ParquetFile(
-                    source, filesystem=filesystem, pre_buffer=False, buffer_size=READ_BUFFER,
-                    page_checksum_verification=True,
-                )  # fmt: skip
+                pf = storage.parquet_file(
+                    file.path, pre_buffer=False, buffer_size=READ_BUFFER, page_checksum_verification=True
+                )
                 stat = storage.stat(file.path)
             except Exception as exc:  # gone or unreadable
                 raise _read_error(file, "open it", exc) from None

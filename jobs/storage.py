@@ -167,10 +167,6 @@ class LocalStorage:
     def open_input(self, path: Path):
         return open(path, "rb")
 
-    def parquet_source(self, path: Path) -> tuple[Path, None]:
-        """What ``pq.ParquetFile(source, filesystem=...)`` opens ``path`` with."""
-        return path, None
-
     def parquet_file(self, path: Path, **options) -> pq.ParquetFile:
         return pq.ParquetFile(path, **options)
 
@@ -360,9 +356,6 @@ class ObjectStorage:
 
     def open_input(self, path: StorePath):
         return self.fs.open_input_file(path.path)
-
-    def parquet_source(self, path: StorePath) -> tuple[str, pafs.FileSystem]:
-        return path.path, self.fs
 
     def parquet_file(self, path: StorePath, **options) -> pq.ParquetFile:
         return pq.ParquetFile(path.path, filesystem=self.fs, **options)
