@@ -471,12 +471,24 @@ def test_a_stop_inside_a_huge_row_group_keeps_the_units_already_done(tmp_path, m
 # -- faults: the data's (rejects) and the system's (fatal, resumable) ----------------------------------
 
 
+def _route_reader_opens(monkeypatch, open_file) -> None:
+    """The job's reader (jobs/reader.py), and it only, opens its Parquet files with
+    ``open_file(path, **options)``."""
+    from zsteer.jobs import reader
+    from zsteer.jobs.storage import LocalStorage
+
+    class Routed(LocalStorage):
+        def parquet_file(self, path, **options):
+            return open_file(path, **options)
+
+    monkeypatch.setattr(reader, "storage_of", lambda path: Routed())
+
+
 @pytest.mark.parametrize("where", ["open", "read"])
 def test_os_errors_are_fatal_one_line_errors_and_the_job_resumes(tmp_path, models, monkeypatch, where):
     """File gone, permission denied, EIO: nothing about the rows, so nothing is rejected; the job stops
     with one line naming the file, keeps what it committed, and the same command finishes it."""
     import errno
-    from types import SimpleNamespace
 
     from zsteer.jobs import reader
 
@@ -498,7 +510,7 @@ def test_os_errors_are_fatal_one_line_errors_and_the_job_resumes(tmp_path, model
                     raise OSError(errno.EIO, "Input/output error")
                 yield batch
 
-    monkeypatch.setattr(reader, "pq", SimpleNamespace(ParquetFile=Failing))  # the reader's opens only
+    _route_reader_opens(monkeypatch, Failing)
     out = tmp_path / "job"
     config = job_config(data, out, models)
     with pytest.raises(ZsteerError) as info:
@@ -522,7 +534,6 @@ def test_an_input_rewritten_during_the_job_stops_it_and_the_original_resumes(tmp
     import os
     import shutil
     import threading
-    from types import SimpleNamespace
 
     from zsteer.jobs import reader
 
@@ -540,7 +551,7 @@ def test_an_input_rewritten_during_the_job_stops_it_and_the_original_resumes(tmp
                 rewritten.append(True)
         return real(source, **kw)
 
-    monkeypatch.setattr(reader, "pq", SimpleNamespace(ParquetFile=rewrite_then_open))
+    _route_reader_opens(monkeypatch, rewrite_then_open)
     out = tmp_path / "job"
     config = job_config(data, out, models)
     with pytest.raises(ZsteerError, match=r"b\.parquet: changed since the job started") as info:
