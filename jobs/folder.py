@@ -293,9 +293,7 @@ class JobFolder:
     def read_marker(self, path: AnyPath) -> Commit:
         """One marker, checked (``parse_commit``); raises a one-line MarkerError."""
         try:
-            found = self.storage.stat(path)
-            if found is None:
-                raise FileNotFoundError(2, "No such file or directory", str(path))
+            found = self.storage.stat(path, missing_ok=False)
             if found.size > MAX_MARKER_BYTES:
                 raise _marker_error(path, f"{found.size} bytes, more than a marker ever holds")
             doc = json.loads(self.storage.read_bytes(path).decode("utf-8"))

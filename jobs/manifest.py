@@ -156,9 +156,7 @@ def is_unchanged(file: InputFile) -> bool:
     after reading, before what they read is used for good (reader.py, duplicates.py): a file written
     again in place is read through an open handle under its old footer, so a check at open is not enough.
     """
-    stat = storage_of(file.path).stat(file.path)
-    if stat is None:
-        raise FileNotFoundError(2, "No such file or directory", str(file.path))
+    stat = storage_of(file.path).stat(file.path, missing_ok=False)
     if not stat_matches(file, stat):
         return False
     if not file.footer_hash:

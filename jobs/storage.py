@@ -21,6 +21,7 @@ and for ``file://`` a hard link of a finished temporary file, which fails if the
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -143,12 +144,29 @@ def _local_kind(mode: int) -> str:
     return "file" if stat_module.S_ISREG(mode) else "folder" if stat_module.S_ISDIR(mode) else "other"
 
 
-class LocalStorage:
+class StatQueries:
+    """What both storages answer from their own ``_stat(path, follow_links)`` (a FileStat, None if absent)."""
+
+    def stat(self, path, follow_links: bool = True, missing_ok: bool = True) -> FileStat | None:
+        """Size, modification time and kind of ``path``: None if it is not there, or with ``missing_ok``
+        False a FileNotFoundError naming it (as opening it would raise)."""
+        found = self._stat(path, follow_links)
+        if found is None and not missing_ok:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        return found
+
+    def is_file(self, path) -> bool:
+        """Whether ``path`` is a regular file (a link is followed)."""
+        found = self.stat(path)
+        return found is not None and found.kind == "file"
+
+
+class LocalStorage(StatQueries):
     """Plain paths: what zsteer did before URIs, call for call (so its output is the same, bit for bit)."""
 
     atomic_rename = True  # a file is renamed into place whole: shard names are reused by a retry
 
-    def stat(self, path: Path, follow_links: bool = True) -> FileStat | None:
+    def _stat(self, path: Path, follow_links: bool) -> FileStat | None:
         try:
             st = path.stat() if follow_links else path.lstat()
         except FileNotFoundError:
@@ -178,11 +196,6 @@ class LocalStorage:
 
     def write_parquet(self, table: pa.Table, path: Path) -> FileCheck:
         return write_parquet_atomic(table, path)
-
-    def create_only(self, path: Path, data: bytes) -> bool:
-        """Create ``path`` unless it exists (the local job renames its markers into place instead: its
-        flock keeps a second writer out, and a retried unit rewrites the same names)."""
-        return _link_create(path, data)
 
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
@@ -314,7 +327,7 @@ def _file_stat(info: pafs.FileInfo) -> FileStat | None:
 
 
 @dataclass(frozen=True)
-class ObjectStorage:
+class ObjectStorage(StatQueries):
     """A pyarrow.fs file system reached by a URI. Every file is written in one write, never renamed;
     markers by ``create_only``. On an object store one write is one PUT, visible whole or not at all.
     pyarrow's LocalFileSystem (``file://``) writes in place instead: shards and markers keep exactly once
@@ -332,8 +345,8 @@ class ObjectStorage:
     def uri(self, path: str) -> str:
         return f"{self.scheme}://{path}"
 
-    def stat(self, path: StorePath, follow_links: bool = True) -> FileStat | None:
-        return _file_stat(self.fs.get_file_info(path.path))
+    def _stat(self, path: StorePath, follow_links: bool) -> FileStat | None:
+        return _file_stat(self.fs.get_file_info(path.path))  # a store has no links to follow
 
     def list_folder(
         self, path: StorePath, follow_links: bool = True

@@ -54,9 +54,7 @@ def check_commit(folder: JobFolder, commit: Commit, checksums: bool = True) -> l
     for path, name in commit.paths(folder):
         kind = path.parent.name
         try:
-            info = storage.stat(path, follow_links=False)
-            if info is None:
-                raise FileNotFoundError(path)
+            info = storage.stat(path, follow_links=False, missing_ok=False)
             if info.kind != "file":  # a link, a FIFO (would block a read), a folder
                 problems.append(Problem(path, "not a regular file", commit.unit))
                 continue
@@ -115,8 +113,7 @@ def verify_folder(root: Path | str) -> VerifyReport:
     """Check every marker of the job folder ``root`` (a path or a URI), every file they name, and
     summary.json's counts."""
     folder = JobFolder(locate(root, "OUT"))
-    info = folder.storage.stat(folder.job_json)
-    if info is None or info.kind != "file":
+    if not folder.storage.is_file(folder.job_json):
         raise ZsteerError(f"{root}: not a zsteer job folder (no {JOB_JSON})")
     report = VerifyReport()
     commits: list[Commit] = []
@@ -148,8 +145,7 @@ def verify_folder(root: Path | str) -> VerifyReport:
 def _summary_problems(folder: JobFolder, commits: list[Commit]) -> list[Problem]:
     """summary.json's counts against the markers (a unit without a marker is not in the output)."""
     path = folder.summary_json
-    info = folder.storage.stat(path)
-    if info is None or info.kind != "file":
+    if not folder.storage.is_file(path):
         return []
     try:
         summary = json.loads(folder.storage.read_bytes(path).decode("utf-8"))

@@ -27,7 +27,7 @@ from zsteer.jobs.reader import UnitReader
 from zsteer.jobs.rows import Unit, plan_units
 from zsteer.jobs.runner import prepare_job, run_job, unit_plan
 from zsteer.jobs.sheet import SheetConfig, job_sheet
-from zsteer.jobs.storage import LocalCreateOnly, StorePath, check_writable, locate
+from zsteer.jobs.storage import LocalCreateOnly, StorePath, check_writable, locate, storage_of
 from zsteer.jobs.unit import UnitOutput, process_unit
 from zsteer.jobs.verify import check_commit, verify_folder
 
@@ -501,3 +501,16 @@ def test_listing_a_local_folder_stats_each_entry_as_stat_does(tmp_path):
             (p, LOCAL.stat(p, follow)) for p in sorted(tmp_path.iterdir())
         ]
     assert LOCAL.list_folder(tmp_path / "none") == []
+
+
+@pytest.mark.parametrize("where", ["path", "uri"])
+def test_is_file_and_a_stat_that_must_find_its_file(where, tmp_path):
+    (tmp_path / "f").write_bytes(b"abc")
+    (tmp_path / "d").mkdir()
+    root = locate(tmp_path if where == "path" else storekit.uri(tmp_path), "--out")
+    storage = storage_of(root)
+    assert [storage.is_file(root / n) for n in ("f", "d", "none")] == [True, False, False]
+    assert storage.stat(root / "f", missing_ok=False).size == 3 and storage.stat(root / "none") is None
+    with pytest.raises(FileNotFoundError) as info:
+        storage.stat(root / "none", missing_ok=False)
+    assert info.value.filename == str(root / "none") and info.value.strerror == os.strerror(2)
