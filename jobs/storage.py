@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from zsteer.core.errors import ZsteerError
+from zsteer.core.errors import ZsteerError, fault_reason, first_line
 
 TMP_PREFIX = ".tmp-"
 HASH_CHUNK = 1 << 20  # bytes hashed at a time: a shard is never held in memory to be checked
@@ -97,9 +97,7 @@ def naming(path) -> Iterator[None]:
     except OSError as exc:
         if exc.filename is not None:
             raise
-        lines = str(exc).strip().splitlines()
-        reason = exc.strerror or (lines[0] if lines else type(exc).__name__)
-        raise OSError(exc.errno, reason, str(path)) from exc
+        raise OSError(exc.errno, fault_reason(exc), str(path)) from exc
 
 
 def file_check(path: Path) -> FileCheck:
@@ -509,9 +507,8 @@ def locate(text: str | Path, field: str) -> AnyPath:
     try:
         fs, path, create = opener(text, parse_qs(parts.query))
     except (pa.ArrowException, ValueError, OSError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ZsteerError(
-            f"{field} {text}: not a location zsteer can open ({reason}); give a path, or a URI such as "
+            f"{field} {text}: not a location zsteer can open ({first_line(exc)}); give a path, or a URI such as "
             "s3://bucket/prefix or file:///absolute/path"
         ) from None
     if scheme == "s3" and not path.strip("/"):
