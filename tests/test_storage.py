@@ -152,12 +152,7 @@ def test_a_zombie_attempt_after_the_commit_leaves_the_committed_output_unchanged
     marker = tmp_path / "job" / "commits" / "commit-000000-000000-000000.json"
     marker_bytes = marker.read_bytes()
 
-    prep = prepare_job(config)
-    plan = unit_plan(config, prep, _saved_duplicates(prep))
-    unit = plan_units(prep.plan, config.unit_rows)[0]
-    editor = config.method.make_editor(prep.generator, prep.classifier, config.engine, config.backend)
-    with UnitReader(plan.manifest, plan.read_rows) as reader:
-        output = process_unit(plan, unit, editor, reader=reader)
+    prep, unit, output = _another_attempt(config, 0)
     winner = commit_unit(prep.folder, output, config.output.rows_per_shard)
     assert winner == prep.folder.read_marker(prep.folder.marker(unit.key))
     assert marker.read_bytes() == marker_bytes
@@ -172,6 +167,17 @@ def test_a_zombie_attempt_after_the_commit_leaves_the_committed_output_unchanged
     assert report.ok and [p.name for p in report.strays] == [
         "part-000000-000000-000000-000-00000000deadbeef.parquet"
     ]
+
+
+def _another_attempt(config, k: int):
+    """(the job's prep, its unit ``k``, that unit's output as another attempt computes it): a worker
+    outside the run, such as a zombie, not yet committed."""
+    prep = prepare_job(config)
+    plan = unit_plan(config, prep, _saved_duplicates(prep))
+    unit = plan_units(prep.plan, config.unit_rows)[k]
+    editor = config.method.make_editor(prep.generator, prep.classifier, config.engine, config.backend)
+    with UnitReader(plan.manifest, plan.read_rows) as reader:
+        return prep, unit, process_unit(plan, unit, editor, reader=reader)
 
 
 def _saved_duplicates(prep):
@@ -423,12 +429,7 @@ def test_a_resume_keeps_the_objects_of_a_zombie_that_then_wins_its_unit(
     out = storekit.uri(tmp_path / "job")
     config = _config(storekit.uri(data), out, job_models)
     crash_at_commit(monkeypatch, 4, config)
-    prep = prepare_job(config)
-    plan = unit_plan(config, prep, _saved_duplicates(prep))
-    unit = plan_units(prep.plan, config.unit_rows)[5]
-    editor = config.method.make_editor(prep.generator, prep.classifier, config.engine, config.backend)
-    with UnitReader(plan.manifest, plan.read_rows) as reader:
-        output = process_unit(plan, unit, editor, reader=reader)
+    prep, unit, output = _another_attempt(config, 5)
     real_commit, real_cleanup = folder_module.JobFolder.commit, folder_module.JobFolder.remove_orphans
     paused = []  # W's marker, not yet created
 
