@@ -37,26 +37,25 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+
+from zsteer.pipeline.phase_conv import phase_weight
 
 from .runtime import import_onnx
 
 
-def subpixel_weight(weight: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
-    """ConvTranspose weight [C_in, C_out, kh, kw] -> Conv weight [C_out*sh*sw, C_in, Kh, Kw], K = ceil(k/s).
+def subpixel_weight(weight: np.ndarray, stride: int) -> np.ndarray:
+    """ConvTranspose weight [C_in, C_out, kh, kw] -> Conv weight [C_out*s*s, C_in, Kh, Kw], K = ceil(k/s).
 
-    Output channel ``co*sh*sw + ry*sw + rx``, tap ``(my, mx)`` holds ``weight[:, co, ry + sh*(Kh-1-my),
-    rx + sw*(Kw-1-mx)]`` (zero past the kernel's edge).
+    The kernel zero-padded to a multiple of the stride, then the engine's own phase weight
+    (pipeline/phase_conv.phase_weight: pixel_shuffle's channel order is DepthToSpace CRD's).
     """
     c_in, c_out, kh, kw = weight.shape
-    sh, sw = stride
-    big_h, big_w = math.ceil(kh / sh), math.ceil(kw / sw)
-    # Zero-pad the kernel to sh*Kh x sw*Kw taps, then split each axis's tap index t = r + s*j into (j, r).
-    padded = np.zeros((c_in, c_out, sh * big_h, sw * big_w), dtype=weight.dtype)
+    padded = np.zeros(
+        (c_in, c_out, stride * math.ceil(kh / stride), stride * math.ceil(kw / stride)), weight.dtype
+    )
     padded[:, :, :kh, :kw] = weight
-    phases = padded.reshape(c_in, c_out, big_h, sh, big_w, sw)  # [ci, co, jy, ry, jx, rx]
-    phases = phases[:, :, ::-1, :, ::-1, :]  # tap j -> position K-1-j of the correlation window
-    out = phases.transpose(1, 3, 5, 0, 2, 4)  # [co, ry, rx, ci, my, mx]
-    return np.ascontiguousarray(out.reshape(c_out * sh * sw, c_in, big_h, big_w))
+    return phase_weight(torch.from_numpy(padded), stride).numpy()
 
 
 def _attributes(node, onnx) -> dict:
@@ -114,7 +113,7 @@ def _subpixel_nodes(node, plan: dict, weight: np.ndarray, bias: np.ndarray | Non
     top, left, bottom, right = plan["pads"]
     (opy, opx), (kh, kw) = plan["out_pad"], plan["kernel"]
     base = f"{node.name or node.output[0]}_subpixel"
-    inits = [numpy_helper.from_array(subpixel_weight(weight, (s, s)), f"{base}_weight")]
+    inits = [numpy_helper.from_array(subpixel_weight(weight, s), f"{base}_weight")]
     conv_inputs = [node.input[0], inits[0].name]
     if bias is not None:  # every phase of output channel c gets c's bias
         inits.append(numpy_helper.from_array(np.repeat(bias, s * s), f"{base}_bias"))
