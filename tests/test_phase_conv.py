@@ -10,6 +10,9 @@ from torch import nn
 from zsteer.pipeline.phase_conv import (
     PhaseLayer,
     can_run_by_phases,
+    interleave_phases,
+    phase_bias,
+    phase_major,
     phase_weight,
     runs_by_phases,
     transpose_by_phases,
@@ -81,8 +84,31 @@ def test_phase_weight_reproduces_conv_transpose_exactly_in_float64():
     w = torch.randn(4, 3, 6, 4, dtype=torch.float64)  # rectangular kernel, stride 2: m = (3, 2)
     x = torch.randn(2, 4, 5, 7, dtype=torch.float64)
     ref = F.conv_transpose2d(x, w, None, 2)
-    got = transpose_by_phases(x, phase_weight(w, 2), 2, tuple(ref.shape[-2:]))
+    got = transpose_by_phases(x, phase_major(phase_weight(w, 2), 2), 2, tuple(ref.shape[-2:]))
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_the_phase_bias_is_the_transposed_convolutions_bias_in_float64():
+    torch.manual_seed(4)
+    w, b = torch.randn(5, 3, 6, 6, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    ref = F.conv_transpose2d(x, w, b, 3)
+    got = transpose_by_phases(
+        x, phase_major(phase_weight(w, 3), 3), 3, tuple(ref.shape[-2:]), phase_bias(b, 3)
+    )
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(("channels", "stride"), [(3, 2), (1, 3), (2, 1)])
+def test_interleave_phases_is_pixel_shuffle_of_the_phase_major_channels(memory_format, channels, stride):
+    """The same values moved, bit for bit, and the result in the input's layout."""
+    y = torch.randn(3, stride * stride * channels, 5, 4).contiguous(memory_format=memory_format)
+    # phase-major (a * s + b) * C + c -> pixel_shuffle's c * s * s + a * s + b
+    shuffle_order = y.reshape(3, stride * stride, channels, 5, 4).transpose(1, 2).reshape(y.shape)
+    got = interleave_phases(y, stride)
+    assert torch.equal(got, F.pixel_shuffle(shuffle_order, stride))
+    assert got.is_contiguous(memory_format=memory_format)
 
 
 def test_the_vjp_the_engine_takes_goes_through_the_custom_gradients():
