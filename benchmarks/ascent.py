@@ -9,8 +9,9 @@ warm-up, windows until three agree), so these figures and `zsteer bench`'s are m
 All variants run in one process, taking turns window by window, so their ratios hold on a noisy machine.
 The glibc allocator is told to keep large blocks (docs/NOTES.md, "glibc allocator settings"): the script
 re-executes itself with those variables. `zsteer bench` measures the zsteer rows of this table too; this
-script adds the notebook's loop beside them. ``--levers`` adds, at batch 128, the engine with its
-3-channel layers run plainly by oneDNN (as before pipeline/phase_conv.py) and the opt-in bf16 network.
+script adds the notebook's loop beside them. ``--levers`` adds, at batch 128, the engine with every
+convolution run plainly by oneDNN (no pipeline/phase_conv.py or pipeline/wide_conv.py forms) and the
+opt-in bf16 network.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="shortest measurement window per variant")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
-    parser.add_argument("--levers", action="store_true", help="also time the step without phases and in bf16")
+    parser.add_argument(
+        "--levers", action="store_true", help="also time the step with plain convolutions and in bf16"
+    )
     args = parser.parse_args()
     reexec_with_malloc_settings()
 
@@ -70,15 +73,15 @@ def main() -> None:
             (current[:, smiling].mean() + penalty).backward()
             noise.data = noise + noise.grad * (1 / args.steps)
 
-    def zsteer_edit(n: int, compile_mode: str, precision: str = "fp32", phases: bool = True):
+    def zsteer_edit(n: int, compile_mode: str, precision: str = "fp32", fast_forms: bool = True):
         ascent, config = (
             AscentConfig(steps=args.steps, lr=0.1),
             EngineConfig(n, compile=compile_mode, precision=precision),
         )
-        if phases:
+        if fast_forms:
             engine = make_engine(gen_m, cls_m, ascent, config)
-        else:  # the fast layout with the 3-channel layers left to oneDNN
-            engine = AscentEngine(EditNet(gen_m, cls_m, phases=False), ascent, config)
+        else:  # the fast layout with every convolution left to oneDNN and autograd
+            engine = AscentEngine(EditNet(gen_m, cls_m, fast_forms=False), ascent, config)
         w = target_vector([(smiling, 1.0)], 40).expand(n, 40)
         p = default_preserve(w)
         return lambda: engine.edit(torch.randn(n, 64), w, p, render=False)
@@ -95,7 +98,7 @@ def main() -> None:
     if args.compile:
         variants["zsteer compiled, batch 128"] = (zsteer_edit(128, "on"), 128)
     if args.levers:
-        variants["zsteer eager, 128, no phases"] = (zsteer_edit(128, "off", phases=False), 128)
+        variants["zsteer eager, 128, plain convs"] = (zsteer_edit(128, "off", fast_forms=False), 128)
         variants["zsteer eager, 128, bf16"] = (zsteer_edit(128, "off", precision="bf16"), 128)
     # The variants take turns window by window (the bench's --interleave), so their ratios hold on a
     # shared machine.

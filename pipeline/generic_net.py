@@ -125,4 +125,4 @@ def build_net(generator: LoadedModel, classifier: LoadedModel, fast: bool) -> nn
     """The edit network for a pair: EditNet (the course fast path, folded when ``fast``) or ModelNet."""
     if is_imported(generator) or is_imported(classifier):
         return ModelNet(generator, classifier)
-    return EditNet(generator, classifier, fold=fast, channels_last=fast, phases=fast)
+    return EditNet(generator, classifier, fold=fast, channels_last=fast, fast_forms=fast)

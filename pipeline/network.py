@@ -13,6 +13,7 @@ from torch import nn
 
 from .checkpoints import LoadedModel
 from .phase_conv import PhaseLayer, runs_by_phases
+from .wide_conv import WideLayer, can_run_wide
 
 SUPPORTED_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.Tanh)
 
@@ -92,10 +93,20 @@ def _transpose_then_bias(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Te
     return y if layer.bias is None else y.add_(layer.bias.view(1, -1, 1, 1))  # y is fresh: add in place
 
 
-def runtime_layers(layers: nn.Sequential, phases: bool) -> nn.ModuleList:
-    """The layers a network calls: ``layers`` themselves, with the narrow convolutions run by phases
-    (pipeline/phase_conv.py) when ``phases``; parameters are shared, not copied."""
-    return nn.ModuleList(PhaseLayer(layer) if phases and runs_by_phases(layer) else layer for layer in layers)
+def runtime_layers(layers: nn.Sequential, fast_forms: bool) -> nn.ModuleList:
+    """The layers a network calls: ``layers`` themselves or, when ``fast_forms``, each convolution in the
+    CPU form that runs it fastest: the narrow ones by phases (pipeline/phase_conv.py), the wide ones by
+    GEMM or with a faster input gradient (pipeline/wide_conv.py). Parameters are shared, not copied."""
+    if not fast_forms:
+        return nn.ModuleList(layers)
+    return nn.ModuleList(fast_form(layer) for layer in layers)
+
+
+def fast_form(layer: nn.Module) -> nn.Module:
+    """``layer`` in the engine's CPU form for it (itself where no faster form applies)."""
+    if runs_by_phases(layer):
+        return PhaseLayer(layer)
+    return WideLayer(layer) if can_run_wide(layer) else layer
 
 
 def run_layers(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +124,7 @@ def run_layers(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         elif isinstance(layer, nn.Tanh) and fresh:
             x = x.tanh_()
         else:
-            x, fresh = layer(x), isinstance(layer, nn.Conv2d | PhaseLayer)
+            x, fresh = layer(x), isinstance(layer, nn.Conv2d | PhaseLayer | WideLayer)
     return x
 
 
@@ -126,10 +137,10 @@ class EditNet(nn.Module):
         classifier: LoadedModel,
         fold: bool = True,
         channels_last: bool = True,
-        phases: bool = False,
+        fast_forms: bool = False,
     ):
-        """``fold`` BatchNorm into the convolutions, ``channels_last`` activations, and the 3-channel layers
-        run by ``phases`` (pipeline/phase_conv.py; the engine's fast layout turns it on, generic_net.build_net).
+        """``fold`` BatchNorm into the convolutions, ``channels_last`` activations, and the convolutions in
+        their ``fast_forms`` (``runtime_layers``; the engine's fast layout turns it on, generic_net.build_net).
         Each changes results only by rounding. Off, the network runs the plain layers ``gen`` / ``cls``
         that the ONNX exporter's gradient is built from, bit for bit."""
         super().__init__()
@@ -151,7 +162,10 @@ class EditNet(nn.Module):
         else:
             self.gen, self.cls = nn.Sequential(*gen_layers).eval(), nn.Sequential(*cls_layers).eval()
         # gen / cls stay the plain stacks (the ONNX exporter builds its gradient from them); these run.
-        self.run_gen, self.run_cls = runtime_layers(self.gen, phases), runtime_layers(self.cls, phases)
+        self.run_gen, self.run_cls = (
+            runtime_layers(self.gen, fast_forms),
+            runtime_layers(self.cls, fast_forms),
+        )
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
         for p in self.parameters():

@@ -9,6 +9,7 @@ from torch import nn
 
 from zsteer.pipeline.network import EditNet, _transpose_then_bias
 from zsteer.pipeline.phase_conv import PhaseLayer
+from zsteer.pipeline.wide_conv import WideLayer
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -28,12 +29,14 @@ def test_bias_after_the_transposed_conv_is_the_layer(bias, geometry):
         torch.testing.assert_close(_transpose_then_bias(layer, x), layer(x), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("phases", [True, False])
+@pytest.mark.parametrize("fast_forms", [True, False])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_generate_and_classify_match_the_course_modules(channels_last, phases):
+def test_generate_and_classify_match_the_course_modules(channels_last, fast_forms):
     generator, classifier = gain_models(z_dim=8, hidden_dim=8, n_attributes=5)
-    net = EditNet(generator, classifier, channels_last=channels_last, phases=phases)
-    assert sum(isinstance(m, PhaseLayer) for m in net.modules()) == (2 if phases else 0)
+    net = EditNet(generator, classifier, channels_last=channels_last, fast_forms=fast_forms)
+    assert sum(isinstance(m, PhaseLayer) for m in net.modules()) == (2 if fast_forms else 0)
+    # every other convolution: the generator's four wide transposed ones, the classifier's three wide ones
+    assert sum(isinstance(m, WideLayer) for m in net.modules()) == (7 if fast_forms else 0)
     z = torch.randn(9, 8)
     with torch.no_grad():
         images = generator.module(z)
@@ -42,11 +45,11 @@ def test_generate_and_classify_match_the_course_modules(channels_last, phases):
 
 
 def test_the_fast_input_gradient_is_autograd_through_the_plain_layers():
-    """The engine's VJP (in-place activations, the 3-channel layers by phases) against autograd through
+    """The engine's VJP (in-place activations, the convolutions' fast forms) against autograd through
     the same folded layers run plainly, in float64 so that only the algebra is compared."""
     generator, classifier = gain_models(z_dim=8, hidden_dim=8, n_attributes=5)
-    fast = EditNet(generator, classifier, phases=True).double()
-    plain = EditNet(generator, classifier, phases=False).double()
+    fast = EditNet(generator, classifier, fast_forms=True).double()
+    plain = EditNet(generator, classifier, fast_forms=False).double()
     z = torch.randn(7, 8, dtype=torch.float64)
     grad = torch.randn(7, 5, dtype=torch.float64)
     logits, vjp = torch.func.vjp(fast, z)

@@ -101,10 +101,11 @@ def test_a_fixed_demo_job_writes_the_rows_the_code_before_the_seams_wrote(tmp_pa
         *EDIT_ARGS,
     )
     _run(
-        # The 3-channel layers by phases (pipeline/phase_conv.py) round differently on purpose; they are
-        # held against the plain layers in tests/test_phase_conv.py and tests/test_network.py. Off here,
-        # so that everything else is compared bit for bit.
-        "import zsteer.pipeline.network as network; network.runs_by_phases = lambda layer: False; "
+        # The convolutions' fast CPU forms (pipeline/phase_conv.py, pipeline/wide_conv.py) round
+        # differently on purpose; they are held against the plain layers in tests/test_phase_conv.py,
+        # tests/test_wide_conv.py and tests/test_network.py. Off here, so that everything else is
+        # compared bit for bit.
+        "import zsteer.pipeline.network as network; network.fast_form = lambda layer: layer; "
         "from zsteer.cli.main import main",
         None,
         "edit",

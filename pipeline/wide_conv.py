@@ -1,0 +1,247 @@
+"""The course's wide layers on the CPU: small maps as one batch-wide GEMM, and a faster input gradient.
+
+oneDNN runs the course's wide convolutions at 220-280 GFLOP/s on 2 cores, except where one side of the
+layer is a tiny map. The generator's 512 -> 256 transposed convolution reads 3 x 3 pixels per image and
+ran at about 110 GFLOP/s; the classifier's 128 -> 256 convolution writes 4 x 4 and ran at 150-190. There
+each image is too small for oneDNN's blocking, but the whole batch is one good GEMM. With the small side's
+channels in the rows and (kernel tap, other channel) in the columns, ``taps`` [C_small, kh * kw * C_big]:
+
+    transposed convolution (small -> big):  cols = X [N*h*w, C_small] @ taps, then each tap's block of
+                                            cols is added into the big map at its stride (col2im);
+    convolution (big -> small):             cols [N*h*w, kh*kw*C_big] gathered from the big map at each
+                                            tap (im2col), then cols @ taps^T.
+
+The two are each other's adjoint, so a layer runs one form forward and the other as its input gradient.
+The maps are channels_last, so every tap's block is a strided view with contiguous channels. Probe at
+batch 128, 2 threads (docs/NOTES.md, "The wide layers"): 512 -> 256 forward 24.5 -> 9.8 ms and input
+gradient 21.1 -> 10.4; 128 -> 256 k4 s3 forward 11.5 -> 9.8 and input gradient 14.3 -> 10.1. On 7 x 7
+the two tied, and on 15 x 15 the GEMM form was 2x slower: the col2im / im2col passes grow with the big map.
+
+torch has no batch-wide col2im for channels_last maps (``F.fold`` takes [N, C*k*k, L] per image and was
+slower, docs/NOTES.md), hence the strided adds here.
+
+Every other wide convolution keeps oneDNN forward. Its input gradient is ``F.conv_transpose2d`` with the
+same weight, which oneDNN ran faster than autograd's ``convolution_backward`` for the classifier's 64 ->
+128 layer (27.3 against 33.8 ms) though both compute the same sums.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# A layer runs as a GEMM where its small side has at most this many pixels per image: the course's 1 x 1,
+# 3 x 3 and 4 x 4 maps; 7 x 7 (49) tied with oneDNN, and larger maps lost (module docstring).
+GEMM_MAX_PIXELS = 16
+
+# Every GEMM call takes exactly this many rows (the last block padded). A row's bits must not depend on
+# its batch (docs/ARCHITECTURE.md, "Batch invariance"), and MKL's sgemm rounds a row differently at other
+# row counts (1 to 256 rows of [1152, 2048] @ [2048, 256] differed) but, in every probe on the course's
+# shapes at 1 and 2 threads, the same at any position within a call of a fixed size
+# (tests/test_wide_conv.py holds it). 128 rows cost 1.25x one whole-batch GEMM; a whole course batch is a
+# multiple of 128 rows, so nothing is padded there.
+GEMM_BLOCK_ROWS = 128
+
+
+def tap_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A layer's weight as ``taps`` [C_small, kh * kw * C_big], columns in (ky, kx, channel) order.
+
+    A ConvTranspose2d weight is [C_in, C_out, kh, kw] (its small side is the input); a Conv2d weight is
+    [C_out, C_in, kh, kw] (its small side is the output): the same permutation serves both."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).contiguous()
+
+
+def _tap_views(big: torch.Tensor, kernel: tuple[int, int], stride: int, small_hw: tuple[int, int]):
+    """For each kernel tap (ky, kx), the pixels of ``big`` [N, H, W, C] (NHWC) that it pairs with the
+    small map's pixels: big[:, ky + s*i, kx + s*j, :] for i < h, j < w."""
+    h, w = small_hw
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            yield (
+                ky,
+                kx,
+                big[:, ky : ky + stride * (h - 1) + 1 : stride, kx : kx + stride * (w - 1) + 1 : stride],
+            )
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] -> its [N, H, W, C] view (no copy when x is channels_last)."""
+    return x.permute(0, 2, 3, 1)
+
+
+def block_matmul(
+    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``a @ b`` (+ ``bias``) into ``out`` (new if None), computed in calls of exactly GEMM_BLOCK_ROWS rows of
+    ``a``, so that each row's bits do not depend on how many rows came with it. a [M, K], b [K, C] -> [M, C]."""
+    m, block = a.shape[0], GEMM_BLOCK_ROWS
+    out = a.new_empty(m, b.shape[1]) if out is None else out
+    for start in range(0, m, block):
+        rows = a[start : start + block]
+        padded = rows.shape[0] < block
+        if padded:
+            rows = torch.cat([rows, rows.new_zeros(block - rows.shape[0], rows.shape[1])])
+        dst = rows.new_empty(block, b.shape[1]) if padded else out[start : start + block]
+        if bias is None:
+            torch.mm(rows, b, out=dst)
+        else:
+            torch.addmm(bias, rows, b, out=dst)
+        if padded:
+            out[start:] = dst[: m - start]
+    return out
+
+
+def transpose_by_gemm(
+    x: torch.Tensor, taps: torch.Tensor, kernel: tuple[int, int], stride: int, size: tuple[int, int]
+) -> torch.Tensor:
+    """conv_transpose2d(x, w, stride), zero-padded at the bottom and right to ``size``, from
+    ``taps = tap_matrix(w)``. x [N, C_small, h, w] -> [N, C_big, *size] (channels_last)."""
+    n, c_small, h, w = x.shape
+    c_big = taps.shape[1] // (kernel[0] * kernel[1])
+    rows = _nhwc(x).reshape(n * h * w, c_small)  # a view when x is channels_last
+    cols = block_matmul(rows, taps).view(n, h, w, kernel[0], kernel[1], c_big)
+    # Overlapping taps are summed in fp32 whatever the network's precision, as oneDNN sums them.
+    acc = torch.promote_types(x.dtype, torch.float32)
+    big = torch.empty(n, c_big, *size, dtype=acc, device=x.device, memory_format=torch.channels_last).zero_()
+    for ky, kx, view in _tap_views(_nhwc(big), kernel, stride, (h, w)):
+        view += cols[:, :, :, ky, kx]  # col2im
+    return big.to(x.dtype)
+
+
+def conv_by_gemm(
+    big: torch.Tensor,
+    taps: torch.Tensor,
+    kernel: tuple[int, int],
+    stride: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """conv2d(big, w, bias, stride) from ``taps = tap_matrix(w)``.
+    big [N, C_big, H, W] -> [N, C_small, h, w] (channels_last)."""
+    n, c_big, height, width = big.shape
+    h, w = (height - kernel[0]) // stride + 1, (width - kernel[1]) // stride + 1
+    cols = big.new_empty(n, h, w, kernel[0], kernel[1], c_big)  # [N, h, w, ky, kx, C_big]
+    for ky, kx, view in _tap_views(_nhwc(big), kernel, stride, (h, w)):
+        cols[:, :, :, ky, kx] = view  # im2col
+    out = torch.empty(
+        n, taps.shape[0], h, w, dtype=big.dtype, device=big.device, memory_format=torch.channels_last
+    )
+    block_matmul(cols.view(n * h * w, -1), taps.t(), bias, out=_nhwc(out).view(n * h * w, -1))
+    return out
+
+
+class TransposeByGemm(torch.autograd.Function):
+    """conv_transpose2d by GEMM + col2im; input gradient conv2d by im2col + GEMM."""
+
+    @staticmethod
+    def forward(x, taps, kernel, stride: int):  # x [N, C_in, h, w] -> [N, C_out, (h-1)s+kh, (w-1)s+kw]
+        h, w = x.shape[-2:]
+        size = ((h - 1) * stride + kernel[0], (w - 1) * stride + kernel[1])
+        return transpose_by_gemm(x, taps, kernel, stride, size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, taps, kernel, stride = inputs
+        ctx.save_for_backward(taps)
+        ctx.kernel, ctx.stride = kernel, stride
+
+    @staticmethod
+    def backward(ctx, grad):  # [N, C_out, Ho, Wo] -> [N, C_in, h, w]
+        (taps,) = ctx.saved_tensors
+        return conv_by_gemm(grad, taps, ctx.kernel, ctx.stride), None, None, None
+
+
+class ConvByGemm(torch.autograd.Function):
+    """conv2d by im2col + GEMM (bias fused); input gradient conv_transpose2d by GEMM + col2im."""
+
+    @staticmethod
+    def forward(x, taps, bias, kernel, stride: int):  # x [N, C_in, H, W] -> [N, C_out, h, w]
+        return conv_by_gemm(x, taps, kernel, stride, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, taps, _, kernel, stride = inputs
+        ctx.save_for_backward(taps)
+        ctx.kernel, ctx.stride, ctx.size = kernel, stride, tuple(x.shape[-2:])
+
+    @staticmethod
+    def backward(ctx, grad):  # [N, C_out, h, w] -> [N, C_in, H, W]
+        (taps,) = ctx.saved_tensors
+        return transpose_by_gemm(grad, taps, ctx.kernel, ctx.stride, ctx.size), None, None, None, None
+
+
+class ConvTransposeGrad(torch.autograd.Function):
+    """conv2d by oneDNN (bias fused); input gradient ``F.conv_transpose2d``, not ``convolution_backward``."""
+
+    @staticmethod
+    def forward(x, weight, bias, stride: int):  # x [N, C_in, H, W] -> [N, C_out, h, w]
+        return F.conv2d(x, weight, bias, stride)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, stride = inputs
+        ctx.save_for_backward(weight)
+        ctx.stride, ctx.size = stride, tuple(x.shape[-2:])
+
+    @staticmethod
+    def backward(ctx, grad):  # [N, C_out, h, w] -> [N, C_in, H, W]
+        (weight,) = ctx.saved_tensors
+        kh, kw = weight.shape[-2:]
+        s = ctx.stride
+        # The input rows and columns that no output reads get no gradient: output padding covers them.
+        extra = (ctx.size[0] - ((grad.shape[-2] - 1) * s + kh), ctx.size[1] - ((grad.shape[-1] - 1) * s + kw))
+        return F.conv_transpose2d(grad, weight, None, s, 0, extra), None, None, None
+
+
+def can_run_wide(layer: nn.Module) -> bool:
+    """A Conv2d / ConvTranspose2d without padding, dilation, groups or output padding, with one stride for
+    both sides: what the functions above compute."""
+    if not isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+        return False
+    return (
+        layer.padding == (0, 0)
+        and layer.dilation == (1, 1)
+        and layer.groups == 1
+        and tuple(getattr(layer, "output_padding", (0, 0))) == (0, 0)
+        and layer.stride[0] == layer.stride[1]
+    )
+
+
+class WideLayer(nn.Module):
+    """A frozen Conv2d / ConvTranspose2d run in the forms above: by GEMM where its small side has at most
+    GEMM_MAX_PIXELS pixels per image (decided per call, from the input's shape), else by oneDNN.
+
+    It shares the layer's weight and bias and holds ``taps`` (``tap_matrix``) as a buffer, moved and cast
+    with the network. A transposed layer adds its bias after the convolution, as the network's other
+    transposed layers do."""
+
+    def __init__(self, layer: nn.Conv2d | nn.ConvTranspose2d):
+        super().__init__()
+        if not can_run_wide(layer):
+            raise ValueError(f"{layer} does not run as a wide layer")
+        self.transposed = isinstance(layer, nn.ConvTranspose2d)
+        self.stride, self.kernel = layer.stride[0], tuple(layer.kernel_size)
+        self.weight, self.bias = layer.weight, layer.bias
+        with torch.no_grad():
+            taps = tap_matrix(layer.weight.detach())
+        # A plain 2-D matrix: the network's channels_last .to() leaves its layout alone.
+        self.register_buffer("taps", taps)
+
+    def small_side_pixels(self, x: torch.Tensor) -> int:
+        """Pixels per image on the layer's small side for input ``x`` [N, C, H, W]."""
+        if self.transposed:
+            return x.shape[-2] * x.shape[-1]
+        (kh, kw), s = self.kernel, self.stride
+        return ((x.shape[-2] - kh) // s + 1) * ((x.shape[-1] - kw) // s + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        by_gemm = self.small_side_pixels(x) <= GEMM_MAX_PIXELS
+        if not self.transposed:
+            if by_gemm:
+                return ConvByGemm.apply(x, self.taps, self.bias, self.kernel, self.stride)
+            return ConvTransposeGrad.apply(x, self.weight, self.bias, self.stride)
+        if by_gemm:
+            y = TransposeByGemm.apply(x, self.taps, self.kernel, self.stride)
+        else:
+            y = F.conv_transpose2d(x, self.weight, None, self.stride)
+        return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))  # y is fresh
