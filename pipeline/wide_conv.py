@@ -1,4 +1,4 @@
-"""The course's wide layers on the CPU: small maps as one batch-wide GEMM, and a faster input gradient.
+"""The course's wide layers on the CPU: a layer with a tiny map on one side as one batch-wide GEMM.
 
 oneDNN runs the course's wide convolutions at 220-280 GFLOP/s on 2 cores, except where one side of the
 layer is a tiny map. The generator's 512 -> 256 transposed convolution reads 3 x 3 pixels per image and
@@ -19,10 +19,6 @@ the two tied, and on 15 x 15 the GEMM form was 2x slower: the col2im / im2col pa
 
 torch has no batch-wide col2im for channels_last maps (``F.fold`` takes [N, C*k*k, L] per image and was
 slower, docs/NOTES.md), hence the strided adds here.
-
-Every other wide convolution keeps oneDNN forward. Its input gradient is ``F.conv_transpose2d`` with the
-same weight, which oneDNN ran faster than autograd's ``convolution_backward`` for the classifier's 64 ->
-128 layer (27.3 against 33.8 ms) though both compute the same sums.
 """
 
 from __future__ import annotations
@@ -170,29 +166,6 @@ class ConvByGemm(torch.autograd.Function):
         return transpose_by_gemm(grad, taps, ctx.kernel, ctx.stride, ctx.size), None, None, None, None
 
 
-class ConvTransposeGrad(torch.autograd.Function):
-    """conv2d by oneDNN (bias fused); input gradient ``F.conv_transpose2d``, not ``convolution_backward``."""
-
-    @staticmethod
-    def forward(x, weight, bias, stride: int):  # x [N, C_in, H, W] -> [N, C_out, h, w]
-        return F.conv2d(x, weight, bias, stride)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, _, stride = inputs
-        ctx.save_for_backward(weight)
-        ctx.stride, ctx.size = stride, tuple(x.shape[-2:])
-
-    @staticmethod
-    def backward(ctx, grad):  # [N, C_out, h, w] -> [N, C_in, H, W]
-        (weight,) = ctx.saved_tensors
-        kh, kw = weight.shape[-2:]
-        s = ctx.stride
-        # The input rows and columns that no output reads get no gradient: output padding covers them.
-        extra = (ctx.size[0] - ((grad.shape[-2] - 1) * s + kh), ctx.size[1] - ((grad.shape[-1] - 1) * s + kw))
-        return F.conv_transpose2d(grad, weight, None, s, 0, extra), None, None, None
-
-
 def can_run_wide(layer: nn.Module) -> bool:
     """A Conv2d / ConvTranspose2d without padding, dilation, groups or output padding, with one stride for
     both sides: what the functions above compute."""
@@ -239,7 +212,7 @@ class WideLayer(nn.Module):
         if not self.transposed:
             if by_gemm:
                 return ConvByGemm.apply(x, self.taps, self.bias, self.kernel, self.stride)
-            return ConvTransposeGrad.apply(x, self.weight, self.bias, self.stride)
+            return F.conv2d(x, self.weight, self.bias, self.stride)
         if by_gemm:
             y = TransposeByGemm.apply(x, self.taps, self.kernel, self.stride)
         else:
