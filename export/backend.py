@@ -31,7 +31,7 @@ from zsteer.pipeline.network import EditNet
 from .graphs import EditVJP
 from .imported_backend import OrtForwardEngine, imported_step_graphs
 from .onnx_export import OnnxGraphs, export_graphs, load_graphs
-from .runtime import Placement, import_onnxruntime, make_sessions
+from .runtime import Placement, RowChunks, import_onnxruntime, make_sessions
 
 # onnxruntime's element type names -> numpy and torch dtypes, for binding outputs to tensors.
 _ORT_TYPES = {
@@ -81,13 +81,18 @@ class OrtAscentEngine(AscentLoop):
             "classifier": graphs.classifier,
             "step": graphs.steps[ascent.lab_compat],
         }
+        placement = Placement.parse(self.engine.device)
+        # On the CPU with several threads, batches run as concurrent 1-thread runs over chunks of rows
+        # (runtime.RowChunks); IO binding and CUDA run whole batches.
+        chunked = placement.device_type == "cpu" and not iobinding and (threads or 0) > 1
         self.sessions, self.placement = make_sessions(
-            models, Placement.parse(self.engine.device), threads, cpu_fallback
+            models, placement, 1 if chunked else threads, cpu_fallback
         )
         self.device = torch.device(
             "cpu" if self.placement.device_type == "cpu" else f"cuda:{self.placement.device_id}"
         )
         self.iobinding = self.placement.device_type == "cuda" if iobinding is None else iobinding
+        self.chunks = RowChunks(threads if chunked else 1)
         step = self.sessions["step"]
         self.step_inputs = [i.name for i in step.get_inputs()]
         self.step_outputs = [o.name for o in step.get_outputs()]
@@ -143,9 +148,10 @@ class OrtAscentEngine(AscentLoop):
             out = self._run_step_bound(tensors, t_feed)
         else:
             feeds = {k: v.cpu().numpy() for k, v in tensors.items()} | self._scalar_feeds | {"t": t_feed}
+            outputs = self.chunks.run(lambda f: self.sessions["step"].run(None, f), feeds, m)
             out = {
                 k: torch.from_numpy(v).to(self.device)
-                for k, v in zip(self.step_outputs, self.sessions["step"].run(None, feeds), strict=True)
+                for k, v in zip(self.step_outputs, outputs, strict=True)
             }
         return StepOut(
             out["logits"], out["z_next"], out["status_next"], out["steps_next"], out.get("accum_next")
@@ -167,10 +173,14 @@ class OrtAscentEngine(AscentLoop):
             generated, logits = generated.numpy(), logits.numpy()
         else:
             feeds = {k: v.cpu().numpy() for k, v in inputs.items()}
-            generated = self.sessions["generator"].run(None, feeds)[0]
-            logits = self.sessions["classifier"].run(None, {"images": generated})[0]
+            generated, logits = self.chunks.run(self._forward_run, feeds, z.shape[0])
         pixels = to_uint8_images(torch.from_numpy(generated)) if images else None
         return pixels, torch.from_numpy(logits).to(self.device)
+
+    def _forward_run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """[images [m, C, H, W], logits [m, A]] of some rows, by the generator and classifier sessions."""
+        generated = self.sessions["generator"].run(None, feeds)[0]
+        return [generated, self.sessions["classifier"].run(None, {"images": generated})[0]]
 
     # ---- IO binding -----------------------------------------------------------------------------------
 

@@ -173,6 +173,71 @@ def _matmul_nodes(node, geometry: dict, weight: np.ndarray, bias: np.ndarray | N
     return nodes, inits
 
 
+def _col2im_nodes(
+    node,
+    geometry: dict,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    in_hw: tuple[int, int],
+    helper,
+    numpy_helper,
+):
+    """(nodes, initializers) that compute a small-input ``node`` as one GEMM over the batch and a Col2Im.
+
+    onnxruntime's ConvTranspose runs one GEMM per image, ``[C_out*k*k, C_in] @ [C_in, H*W]``, which on a
+    3x3 input has 9 columns; here the batch's pixels are the rows of one GEMM (the input in NHWC),
+    ``[N*H*W, C_in] @ [C_in, C_out*k*k]``, and Col2Im adds the taps into the image.
+    """
+    c_in, c_out, kh, kw = weight.shape
+    (sh, sw), (top, left, bottom, right) = geometry["stride"], geometry["pads"]
+    out_h, out_w = _output_size(geometry, in_hw)
+    # Col2Im's own pads crop the image's borders; an output padding past the bottom/right padding is zero
+    # rows/columns added at the end.
+    end_h, end_w = bottom - geometry["out_pad"][0], right - geometry["out_pad"][1]
+    base = f"{node.name or node.output[0]}_col2im"
+    inits = [
+        numpy_helper.from_array(weight.reshape(c_in, -1), f"{base}_weight"),  # [C_in, C_out*kh*kw]
+        numpy_helper.from_array(
+            np.array([-1, in_hw[0] * in_hw[1], c_in], dtype=np.int64), f"{base}_pixels_shape"
+        ),
+        numpy_helper.from_array(
+            np.array([out_h + min(end_h, 0), out_w + min(end_w, 0)], dtype=np.int64), f"{base}_image_shape"
+        ),
+        numpy_helper.from_array(np.array([kh, kw], dtype=np.int64), f"{base}_block_shape"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", [node.input[0]], [f"{base}_nhwc"], name=f"{base}_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", [f"{base}_nhwc", inits[1].name], [f"{base}_pixels"], name=f"{base}_pixels"),
+        helper.make_node("MatMul", [f"{base}_pixels", inits[0].name], [f"{base}_taps"], name=f"{base}_gemm"),
+        # [N, H*W, C_out*kh*kw]
+        helper.make_node("Transpose", [f"{base}_taps"], [f"{base}_columns"], name=f"{base}_columns", perm=[0, 2, 1]),
+        helper.make_node(
+            "Col2Im", [f"{base}_columns", inits[2].name, inits[3].name], [f"{base}_fold"], name=f"{base}_fold",
+            strides=[sh, sw], pads=[top, left, max(end_h, 0), max(end_w, 0)],
+        ),  # [N, C_out, Ho, Wo] (less the output padding past the end padding)
+    ]  # fmt: skip
+    # The fold, then the zero rows/columns of an output padding past the end padding, then the bias: the
+    # last of them writes the node's output.
+    steps = []
+    if min(end_h, end_w) < 0:
+        pads = [0, 0, 0, 0, 0, 0, -min(end_h, 0), -min(end_w, 0)]
+        inits.append(numpy_helper.from_array(np.array(pads, dtype=np.int64), f"{base}_pads"))
+        steps.append(("Pad", inits[-1].name, "pad"))
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.reshape(-1, 1, 1), f"{base}_bias"))
+        steps.append(("Add", inits[-1].name, "bias"))
+    names = [f"{base}_fold"] + [f"{base}_{step}" for _, _, step in steps]
+    names[-1] = node.output[0]
+    nodes[-1].output[0] = names[0]
+    for (op, operand, step), src, dst in zip(steps, names[:-1], names[1:], strict=True):
+        nodes.append(helper.make_node(op, [src, operand], [dst], name=f"{base}_{step}"))
+    return nodes, inits
+
+
+# One GEMM over the batch and a Col2Im for inputs of at most this many pixels: measured on the course step
+# (docs/NOTES.md, ONNX), the 512 -> 256 layer on a 3 x 3 input gained; the 4 x 4 and 7 x 7 inputs did not.
+MAX_GEMM_PIXELS = 9
+
 # Sub-pixel convolutions only for transposed convolutions with at most this many output channels (module
 # docstring: onnxruntime's DepthToSpace makes the rewrite lose on wide layers).
 MAX_OUT_CHANNELS = 8
@@ -189,7 +254,11 @@ def _spatial_sizes(model, onnx) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def rewrite_transposed_convs(model, max_out_channels: int = MAX_OUT_CHANNELS):
+def rewrite_transposed_convs(
+    model,
+    max_out_channels: int = MAX_OUT_CHANNELS,
+    max_gemm_pixels: int = MAX_GEMM_PIXELS,
+):
     """A copy of ``model`` (onnx.ModelProto) with its ConvTranspose nodes that have a 1x1 input as a MatMul
     and those with at most ``max_out_channels`` outputs as Conv + DepthToSpace + Slice (module docstring)."""
     onnx = import_onnx()
@@ -215,6 +284,10 @@ def rewrite_transposed_convs(model, max_out_channels: int = MAX_OUT_CHANNELS):
         plan = _plan(geometry)
         if sizes.get(node.input[0]) == (1, 1) and min(_output_size(geometry, (1, 1))) > 0:
             new_nodes, new_inits = _matmul_nodes(node, geometry, w, bias, helper, numpy_helper)
+        elif sizes.get(node.input[0]) is not None and math.prod(sizes[node.input[0]]) <= max_gemm_pixels:
+            new_nodes, new_inits = _col2im_nodes(
+                node, geometry, w, bias, sizes[node.input[0]], helper, numpy_helper
+            )
         elif plan is not None and w.shape[1] <= max_out_channels:
             new_nodes, new_inits = _subpixel_nodes(node, plan, w, bias, helper, numpy_helper)
         else:

@@ -32,7 +32,7 @@ from zsteer.core.status import MAX_SHIFT, STEPS_DONE, TARGET_REACHED
 from zsteer.export.backend import OrtAscentEngine
 from zsteer.export.graphs import AscentStepGraph, build_edit_vjp
 from zsteer.export.onnx_export import export_graphs, export_models
-from zsteer.export.runtime import Placement, import_onnxruntime, make_session
+from zsteer.export.runtime import Placement, RowChunks, import_onnxruntime, make_session
 from zsteer.pipeline.engine import AscentConfig, AscentEngine, EngineConfig, default_preserve
 
 pytest.importorskip("onnxruntime")
@@ -186,6 +186,31 @@ def test_onnxruntime_matches_engine(setup, mode):
     assert torch.equal(again.status, got.status) and torch.equal(again.steps_taken, got.steps_taken)
     torch.testing.assert_close(again.z_edited, got.z_edited, rtol=0, atol=1e-6)
     torch.testing.assert_close(again.logits_after, got.logits_after, rtol=0, atol=1e-6)
+
+
+def test_row_chunks_bounds():
+    """At least ``workers`` chunks of near-equal size, at most ``chunk_rows`` each, none under
+    MIN_CHUNK_ROWS (a small batch runs whole)."""
+    assert RowChunks(2).bounds(128) == [(0, 32), (32, 64), (64, 96), (96, 128)]
+    assert RowChunks(2, chunk_rows=8).bounds(20) == [(0, 6), (6, 13), (13, 20)]
+    assert RowChunks(2).bounds(9) == [(0, 4), (4, 9)]
+    assert RowChunks(2).bounds(7) == RowChunks(1).bounds(7) == [(0, 7)]
+    assert RowChunks(3).bounds(2) == [(0, 2)]
+
+
+def test_chunked_cpu_runs_give_the_same_bits(setup):
+    """With 2 threads on the CPU the sessions run on 1 thread each, concurrently over chunks of rows: every
+    row's edit, logits and image are bit for bit those of one whole-batch run."""
+    config = CONFIGS["capped"]
+    z, weights, preserve, max_steps, stop = _job(setup, seed=2)
+    whole = OrtAscentEngine(None, config, EngineConfig(batch_size=BATCH), graphs=setup.graphs, threads=1)
+    chunked = OrtAscentEngine(None, config, EngineConfig(batch_size=BATCH), graphs=setup.graphs, threads=2)
+    assert whole.chunks.workers == 1 and chunked.chunks.workers == 2
+    chunked.chunks = RowChunks(2, chunk_rows=4)  # 4 chunks of a 16-row batch, 2 at a time
+    want = whole.edit(z, weights, preserve, max_steps=max_steps, stop_prob=stop)
+    got = chunked.edit(z, weights, preserve, max_steps=max_steps, stop_prob=stop)
+    for name in ("z_edited", "status", "steps_taken", "logits_before", "logits_after", "images"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
 
 
 def test_defaults_and_no_render(setup):

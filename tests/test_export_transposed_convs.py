@@ -72,6 +72,28 @@ def test_rewrite_matches_conv_transpose(size):
         )
 
 
+@pytest.mark.parametrize("size", [(2, 3), (3, 3), (3, 2)])
+def test_small_inputs_take_one_gemm_and_col2im(size):
+    """A wide layer on an input of at most MAX_GEMM_PIXELS pixels becomes Transpose, MatMul, Transpose,
+    Col2Im (+ Pad, + Add): the same outputs as the ConvTranspose for every geometry of the test above, odd
+    and non-square sizes, and an output padding past the end padding (the Pad)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 5, *size)).astype(np.float32)
+    for kernel, stride, pad, out_pad, bias in GEOMETRIES:
+        model = _model(5, 12, (kernel, kernel), (stride, stride), (pad,) * 4, (out_pad, out_pad), bias, size)
+        rewritten = rewrite_transposed_convs(model)
+        ops = [n.op_type for n in rewritten.graph.node]
+        assert "ConvTranspose" not in ops and "Col2Im" in ops and ("Pad" in ops) == (out_pad > pad)
+        (want,), (got,) = _run(model, x), _run(rewritten, x)
+        assert got.shape == want.shape, (kernel, stride, pad, out_pad)
+        np.testing.assert_allclose(
+            got, want, rtol=1e-5, atol=1e-5, err_msg=str((kernel, stride, pad, out_pad))
+        )
+    unequal = _model(5, 12, (4, 3), (3, 2), (1, 0, 2, 1), (2, 0), bias=True, size=size)
+    (want,), (got,) = _run(unequal, x), _run(rewrite_transposed_convs(unequal), x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_unequal_pads_and_kernels():
     x = np.random.default_rng(2).standard_normal((2, 5, 6, 3)).astype(np.float32)
     model = _model(5, 2, (4, 3), (2, 2), (1, 0, 2, 1), (1, 0), bias=True, size=(6, 3))
@@ -113,10 +135,10 @@ def test_shared_weight_is_kept_for_its_other_reader():
 
 
 def test_rewritten_rows_do_not_depend_on_their_neighbours():
-    """The MatMul and sub-pixel forms give a row the same bits in a batch of 2 as in a batch of 9, as the
+    """The MatMul, sub-pixel and GEMM + Col2Im forms give a row the same bits in a batch of 2 as in a batch of 9, as the
     ConvTranspose they replace does (the loop pads batches, never below 2 rows)."""
     rng = np.random.default_rng(5)
-    for size, c_out in (((1, 1), 16), ((6, 6), 3)):
+    for size, c_out in (((1, 1), 16), ((6, 6), 3), ((3, 3), 16)):
         model = rewrite_transposed_convs(_model(8, c_out, (4, 4), (2, 2), (1,) * 4, (1, 1), True, size))
         x = rng.standard_normal((9, 8, *size)).astype(np.float32)
         (big,), (small,) = _run(model, x), _run(model, x[:2].copy())
