@@ -31,6 +31,10 @@ from torch import nn
 # 3 x 3 and 4 x 4 maps; 7 x 7 (49) tied with oneDNN, and larger maps lost (module docstring).
 GEMM_MAX_PIXELS = 16
 
+# The dtypes the GEMM forms run in. In bf16, oneDNN's AMX convolutions were as fast or faster (the whole
+# edit, interleaved best of 6: 932 ms with the GEMM forms against 906 without).
+GEMM_DTYPES = (torch.float32, torch.float64)
+
 # Every GEMM call takes exactly this many rows (the last block padded). A row's bits must not depend on
 # its batch (docs/ARCHITECTURE.md, "Batch invariance"), and MKL's sgemm rounds a row differently at other
 # row counts (1 to 256 rows of [1152, 2048] @ [2048, 256] differed) but, in every probe on the course's
@@ -207,8 +211,19 @@ class WideLayer(nn.Module):
         (kh, kw), s = self.kernel, self.stride
         return ((x.shape[-2] - kh) // s + 1) * ((x.shape[-1] - kw) // s + 1)
 
+    def runs_by_gemm(self, x: torch.Tensor) -> bool:
+        """Whether input ``x`` goes through the GEMM forms: a small map, on the CPU, in fp32 / fp64, and
+        not traced by torch.compile, whose inductor ran the plain layers faster (the whole compiled edit:
+        2118 ms plain against 2335 ms with the GEMM forms, docs/NOTES.md, "The wide layers")."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype in GEMM_DTYPES
+            and not torch.compiler.is_compiling()
+            and self.small_side_pixels(x) <= GEMM_MAX_PIXELS
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        by_gemm = self.small_side_pixels(x) <= GEMM_MAX_PIXELS
+        by_gemm = self.runs_by_gemm(x)
         if not self.transposed:
             if by_gemm:
                 return ConvByGemm.apply(x, self.taps, self.bias, self.kernel, self.stride)

@@ -52,6 +52,7 @@ def _assert_same_layer(layer: nn.Module, x: torch.Tensor, rtol: float, atol: flo
 def form(request, monkeypatch):
     """Every layer by GEMM, or none: the choice is by map size, so the tests force each form."""
     monkeypatch.setattr(wide_conv, "GEMM_MAX_PIXELS", 10**9 if request.param == "gemm" else 0)
+    monkeypatch.setattr(wide_conv, "GEMM_DTYPES", (torch.float32, torch.float64, torch.bfloat16))
     return request.param
 
 
@@ -96,14 +97,17 @@ def test_convolution_is_the_layer(
     _assert_same_layer(layer.to(memory_format=memory_format), x, rtol, atol)
 
 
-def test_the_form_follows_the_small_side():
-    """GEMM where the small side has at most GEMM_MAX_PIXELS pixels: the input of a transposed layer, the
-    output of a convolution."""
+def test_the_form_follows_the_small_side_and_the_dtype():
+    """GEMM where the small side has at most GEMM_MAX_PIXELS pixels (the input of a transposed layer, the
+    output of a convolution), in fp32, not in bf16."""
     transposed = WideLayer(nn.ConvTranspose2d(4, 4, 3, 2))
     conv = WideLayer(nn.Conv2d(4, 4, 4, 3))
     assert transposed.small_side_pixels(torch.zeros(1, 4, 3, 5)) == 15
     assert conv.small_side_pixels(torch.zeros(1, 4, 14, 11)) == 4 * 3
     assert wide_conv.GEMM_MAX_PIXELS == 16  # the course's 1 x 1, 3 x 3 and 4 x 4 maps, not 7 x 7
+    assert transposed.runs_by_gemm(torch.zeros(1, 4, 4, 4))
+    assert not transposed.runs_by_gemm(torch.zeros(1, 4, 4, 5))
+    assert not transposed.to(torch.bfloat16).runs_by_gemm(torch.zeros(1, 4, 4, 4, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize(
