@@ -28,10 +28,15 @@ RESULT_FIELDS = (
 )  # fmt: skip
 
 
-def cell_key(cell: dict) -> tuple:
-    """A cell's settings in KEY order; a setting a report of an older zsteer lacks is the default it ran
+def cell_setting(cell: dict, name: str):
+    """One setting of a report's cell; one that a report of an older zsteer lacks is the default it ran
     with then (precision: fp32)."""
-    return tuple(cell.get(name, _DEFAULT_CELL[name]) for name in KEY)
+    return cell.get(name, _DEFAULT_CELL[name])
+
+
+def cell_key(cell: dict) -> tuple:
+    """A cell's settings in KEY order (``cell_setting`` each)."""
+    return tuple(cell_setting(cell, name) for name in KEY)
 
 
 def read_report(path: str | Path) -> dict:
@@ -118,7 +123,7 @@ def _table_rows(report: dict) -> list[list[str]]:
     for entry in report["cells"]:
         c, r = entry["cell"], entry["result"]
         head = [c["mode"], c["backend"], c["method"], str(c["batch_size"]), str(c["steps"]), c["images"],
-                c["device"], _num(r.get("threads", c["threads"])), c.get("precision", "fp32")]  # fmt: skip
+                c["device"], _num(r.get("threads", c["threads"])), cell_setting(c, "precision")]  # fmt: skip
         if "error" in r:
             rows.append(head + [f"error: {r['error']}"] + [""] * (len(_COLUMNS) - len(head) - 1))
             continue
@@ -139,8 +144,8 @@ def _stage_lines(report: dict) -> list[str]:
         if stages:
             c = entry["cell"]
             shown = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-            precision = c.get("precision", "fp32")
-            precision = "" if precision == "fp32" else f" {precision}"
+            precision = cell_setting(c, "precision")
+            precision = "" if precision == _DEFAULT_CELL["precision"] else f" {precision}"
             lines.append(f"  {c['mode']} {c['backend']} b{c['batch_size']} {c['images']}{precision}: {shown}")
     return lines
 
