@@ -33,6 +33,7 @@ from .graphs import AscentStepGraph, ClassifierGraph, EditVJP, GeneratorGraph, b
 from .graphset import OnnxGraphs
 from .parity import check_parity
 from .runtime import import_onnx, import_onnxscript
+from .small_convs import rewrite_small_convs
 from .transposed_convs import rewrite_transposed_convs
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -45,7 +46,8 @@ _SAMPLE_ROWS = 3
 
 def to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, exporter: str = "dynamo"):
     """``module(*args)`` exported to an onnx.ModelProto with a dynamic batch axis "N" on every non-scalar,
-    its transposed convolutions that onnxruntime runs slowly rewritten (``transposed_convs.py``).
+    its (transposed) convolutions that onnxruntime runs slowly rewritten (``transposed_convs.py``,
+    ``small_convs.py``).
 
     ``module.forward`` takes ``*inputs`` (the graphs in graphs.py do), so one dynamic-shape spec fits all.
     """
@@ -89,8 +91,9 @@ def to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, exp
             ) from exc
         finally:
             logger.setLevel(level)
-    # onnxruntime's CPU ConvTranspose is slow on 1x1 inputs and few output channels: those are rewritten.
-    proto = rewrite_transposed_convs(proto)
+    # onnxruntime's CPU ConvTranspose is slow on small inputs and few output channels, and its Conv on
+    # small outputs: those are rewritten.
+    proto = rewrite_small_convs(rewrite_transposed_convs(proto))
     onnx.checker.check_model(proto)
     return proto
 
