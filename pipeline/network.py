@@ -13,7 +13,7 @@ from torch import nn
 
 from .checkpoints import LoadedModel
 from .phase_conv import PhaseLayer, runs_by_phases
-from .wide_conv import WideLayer, can_run_wide
+from .wide_conv import WideLayer, can_run_wide, transpose_then_bias
 
 SUPPORTED_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.Tanh)
 
@@ -80,23 +80,11 @@ def latent_input(z: torch.Tensor, labels: torch.Tensor | None, n_labels: int) ->
     return torch.cat([z, F.one_hot(labels.long(), n_labels).to(z.dtype)], dim=1)
 
 
-def _transpose_then_bias(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` with the bias added after the transposed convolution instead of inside it.
-
-    On the CPU, torch's conv_transpose2d with a bias ran the course generator's 128 -> 64 layer (batch
-    128, channels_last) in 24 ms against 12 ms without one, and a separate add costs about 2 ms:
-    ``python benchmarks/ascent.py`` measures the whole edit. Same values up to the rounding of one add.
-    """
-    y = F.conv_transpose2d(
-        x, layer.weight, None, layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation
-    )
-    return y if layer.bias is None else y.add_(layer.bias.view(1, -1, 1, 1))  # y is fresh: add in place
-
-
 def runtime_layers(layers: nn.Sequential, fast_forms: bool) -> nn.ModuleList:
     """The layers a network calls: ``layers`` themselves or, when ``fast_forms``, each convolution in the
-    CPU form that runs it fastest: the narrow ones by phases (pipeline/phase_conv.py), the wide ones by
-    GEMM or with a faster input gradient (pipeline/wide_conv.py). Parameters are shared, not copied."""
+    CPU form that runs it fastest: the narrow ones by phases (pipeline/phase_conv.py), the wide ones by GEMM
+    where one side is a map of at most GEMM_MAX_PIXELS pixels (pipeline/wide_conv.py). Parameters are
+    shared, not copied."""
     if not fast_forms:
         return nn.ModuleList(layers)
     return nn.ModuleList(fast_form(layer) for layer in layers)
@@ -115,7 +103,7 @@ def run_layers(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
     fresh = False  # whether x is a convolution's own output, which nothing else holds
     for layer in layers:
         if isinstance(layer, nn.ConvTranspose2d):
-            x, fresh = _transpose_then_bias(layer, x), True
+            x, fresh = transpose_then_bias(layer, x), True
         elif isinstance(layer, nn.ReLU) and fresh:
             x = x.relu_()
         elif isinstance(layer, nn.LeakyReLU) and fresh and layer.negative_slope > 0:

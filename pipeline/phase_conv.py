@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .wide_conv import can_run_wide
+
 # A transposed convolution with at most this many output channels runs by phases (and so does the input
 # gradient of a convolution with at most this many input channels): oneDNN is slow only there. Measured
 # at batch 128 on 2 cores: 64 -> 3 by phases 10.3 ms against 20.2 ms (docs/NOTES.md).
@@ -135,20 +137,9 @@ class ConvPhaseGrad(torch.autograd.Function):
 
 
 def can_run_by_phases(layer: nn.Module) -> bool:
-    """A Conv2d / ConvTranspose2d without padding, dilation, groups or output padding, with one stride
-    for both sides and a kernel that is a multiple of it: what the functions above compute."""
-    if not isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
-        return False
-    extra = getattr(layer, "output_padding", (0, 0))
-    s = layer.stride[0]
-    return (
-        layer.padding == (0, 0)
-        and layer.dilation == (1, 1)
-        and layer.groups == 1
-        and tuple(extra) == (0, 0)
-        and layer.stride[1] == s
-        and all(k % s == 0 for k in layer.kernel_size)
-    )
+    """A layer of the plain geometry (``wide_conv.can_run_wide``) whose kernel is a multiple of its stride:
+    what the functions above compute."""
+    return can_run_wide(layer) and all(k % layer.stride[0] == 0 for k in layer.kernel_size)
 
 
 def runs_by_phases(layer: nn.Module) -> bool:

@@ -7,9 +7,9 @@ import torch
 from exportkit import gain_models
 from torch import nn
 
-from zsteer.pipeline.network import EditNet, _transpose_then_bias
+from zsteer.pipeline.network import EditNet
 from zsteer.pipeline.phase_conv import PhaseLayer
-from zsteer.pipeline.wide_conv import WideLayer
+from zsteer.pipeline.wide_conv import WideLayer, transpose_then_bias
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -26,7 +26,7 @@ def test_bias_after_the_transposed_conv_is_the_layer(bias, geometry):
     layer = nn.ConvTranspose2d(6, 4, bias=bias, **geometry).eval()
     x = torch.randn(5, 6, 7, 9)
     with torch.no_grad():
-        torch.testing.assert_close(_transpose_then_bias(layer, x), layer(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(transpose_then_bias(layer, x), layer(x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("fast_forms", [True, False])

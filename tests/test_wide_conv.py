@@ -142,3 +142,5 @@ def test_block_matmul_rows_do_not_depend_on_the_rows_beside_them(k, c, transpose
     for m in (1, 9, 130, 300):
         picked = torch.randperm(300)[:m]
         assert torch.equal(wide_conv.block_matmul(rows[picked], weight), everything[picked]), f"{m} rows"
+    # a view that starts one row into its storage (blocks read in place at another alignment)
+    assert torch.equal(wide_conv.block_matmul(rows[1:], weight), everything[1:])
