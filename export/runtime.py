@@ -127,9 +127,9 @@ def make_sessions(
 
 
 # Rows per run of a RowChunks split: the course step at batch 128 on 2 cores ran 1.18x faster in chunks
-# of 8-32 rows than in halves (1.06x) or whole (docs/NOTES.md, ONNX); fewer rows than MIN_CHUNK_ROWS are
-# never split off (a row's bits were checked the same in runs of 4 to 128 rows).
-CHUNK_ROWS = 32
+# of 8-32 rows than whole, and in chunks of 8 about 2% faster than of 32 (docs/NOTES.md, ONNX); fewer rows
+# than MIN_CHUNK_ROWS are never split off (a row's bits were checked the same in runs of 4 to 128 rows).
+CHUNK_ROWS = 8
 MIN_CHUNK_ROWS = 4
 
 

@@ -32,7 +32,7 @@ from zsteer.core.status import MAX_SHIFT, STEPS_DONE, TARGET_REACHED
 from zsteer.export.backend import OrtAscentEngine
 from zsteer.export.graphs import AscentStepGraph, build_edit_vjp
 from zsteer.export.onnx_export import export_graphs, export_models
-from zsteer.export.runtime import Placement, RowChunks, import_onnxruntime, make_session
+from zsteer.export.runtime import CHUNK_ROWS, Placement, RowChunks, import_onnxruntime, make_session
 from zsteer.pipeline.engine import AscentConfig, AscentEngine, EngineConfig, default_preserve
 
 pytest.importorskip("onnxruntime")
@@ -191,7 +191,8 @@ def test_onnxruntime_matches_engine(setup, mode):
 def test_row_chunks_bounds():
     """At least ``workers`` chunks of near-equal size, at most ``chunk_rows`` each, none under
     MIN_CHUNK_ROWS (a small batch runs whole)."""
-    assert RowChunks(2).bounds(128) == [(0, 32), (32, 64), (64, 96), (96, 128)]
+    assert RowChunks(2, chunk_rows=32).bounds(128) == [(0, 32), (32, 64), (64, 96), (96, 128)]
+    assert RowChunks(2).bounds(128) == [(a, a + CHUNK_ROWS) for a in range(0, 128, CHUNK_ROWS)]
     assert RowChunks(2, chunk_rows=8).bounds(20) == [(0, 6), (6, 13), (13, 20)]
     assert RowChunks(2).bounds(9) == [(0, 4), (4, 9)]
     assert RowChunks(2).bounds(7) == RowChunks(1).bounds(7) == [(0, 7)]
