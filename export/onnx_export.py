@@ -44,10 +44,17 @@ FORMAT_VERSION = 1
 _SAMPLE_ROWS = 3
 
 
-def to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, exporter: str = "dynamo"):
+def to_onnx(
+    module: torch.nn.Module,
+    args: tuple,
+    input_names,
+    output_names,
+    exporter: str = "dynamo",
+    rewrite: bool = True,
+):
     """``module(*args)`` exported to an onnx.ModelProto with a dynamic batch axis "N" on every non-scalar,
     its (transposed) convolutions that onnxruntime runs slowly rewritten (``transposed_convs.py``,
-    ``small_convs.py``).
+    ``small_convs.py``; ``rewrite=False`` leaves them as exported, for benchmarks/onnx_step.py).
 
     ``module.forward`` takes ``*inputs`` (the graphs in graphs.py do), so one dynamic-shape spec fits all.
     """
@@ -93,7 +100,8 @@ def to_onnx(module: torch.nn.Module, args: tuple, input_names, output_names, exp
             logger.setLevel(level)
     # onnxruntime's CPU ConvTranspose is slow on small inputs and few output channels, and its Conv on
     # small outputs: those are rewritten.
-    proto = rewrite_small_convs(rewrite_transposed_convs(proto))
+    if rewrite:
+        proto = rewrite_small_convs(rewrite_transposed_convs(proto))
     onnx.checker.check_model(proto)
     return proto
 
