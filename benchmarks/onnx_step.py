@@ -39,6 +39,7 @@ VARIANTS = {
     "none": lambda m: m,
     "no-col2im": lambda m: rewrite_small_convs(rewrite_transposed_convs(m, max_gemm_pixels=0)),
     "no-small-convs": lambda m: rewrite_transposed_convs(m),
+    "no-subpixel": lambda m: rewrite_small_convs(rewrite_transposed_convs(m, max_out_channels=0)),
     "wide-subpixel": lambda m: rewrite_small_convs(rewrite_transposed_convs(m, max_out_channels=1024)),
 }
 
