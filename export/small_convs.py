@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .graph_rewrite import node_attributes, rewrite_weighted_nodes
 from .runtime import import_onnx
-from .transposed_convs import _attributes, _spatial_sizes
 
 # Rewritten where the output has at most this many pixels (module docstring; docs/NOTES.md, ONNX).
 MAX_OUT_PIXELS = 16
 
 
-def _geometry(node, weight_shape, onnx) -> dict | None:
+def _geometry(node, weight_shape) -> dict | None:
     """Kernel, stride and pads of a Conv the rewrite covers, else None."""
-    attrs = _attributes(node, onnx)
+    attrs = node_attributes(node)
     if len(weight_shape) != 4 or attrs.get("group", 1) != 1:
         return None
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
@@ -105,42 +105,21 @@ def _gemm_nodes(node, geometry: dict, weight, bias, in_hw, out_hw, helper, numpy
 def rewrite_small_convs(model, max_out_pixels: int = MAX_OUT_PIXELS):
     """A copy of ``model`` (onnx.ModelProto) with its Conv nodes of at most ``max_out_pixels`` output pixels
     as one GEMM over the batch (module docstring)."""
-    onnx = import_onnx()
+    import_onnx()  # an ExportError naming the extra, where onnx is missing
     from onnx import helper, numpy_helper
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    inits = {init.name: init for init in graph.initializer}
-    sizes = None
-    nodes, rewritten = [], False
-    for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "Conv" else None
-        bias_name = node.input[2] if weight is not None and len(node.input) > 2 else ""
-        geometry = _geometry(node, list(weight.dims), onnx) if weight is not None else None
-        if geometry is None or (bias_name and bias_name not in inits):
-            nodes.append(node)
-            continue
-        if sizes is None:
-            sizes = _spatial_sizes(model, onnx)
+    def rewrite(node, w, bias, sizes):
+        geometry = _geometry(node, w.shape)
         in_hw, out_hw = sizes.get(node.input[0]), sizes.get(node.output[0])
         # A 1x1 output (a kernel over the whole input) stays a Conv: its taps are the whole input, and the
         # Slices cost more than the GEMM saves (measured on the course step).
-        if in_hw is None or out_hw is None or not 1 < out_hw[0] * out_hw[1] <= max_out_pixels:
-            nodes.append(node)
-            continue
-        w = numpy_helper.to_array(weight)
-        bias = numpy_helper.to_array(inits[bias_name]) if bias_name else None
-        new_nodes, new_inits = _gemm_nodes(node, geometry, w, bias, in_hw, out_hw, helper, numpy_helper)
-        nodes += new_nodes
-        graph.initializer.extend(new_inits)
-        rewritten = True
-    if not rewritten:
-        return out
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return out
+        if (
+            geometry is None
+            or in_hw is None
+            or out_hw is None
+            or not 1 < out_hw[0] * out_hw[1] <= max_out_pixels
+        ):
+            return None
+        return _gemm_nodes(node, geometry, w, bias, in_hw, out_hw, helper, numpy_helper)
+
+    return rewrite_weighted_nodes(model, "Conv", rewrite)

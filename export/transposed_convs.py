@@ -2,12 +2,16 @@
 
 onnxruntime's CPU ConvTranspose is a GEMM and a col2im per image, outside its blocked (NCHWc) convolution
 path; in a profiled course ascent step it took about half of the step at roughly a third of the GFLOP/s
-of its Conv (docs/NOTES.md, "ONNX: transposed convolutions"). Two rewrites, both exact up to fp32
-rounding (the same sums in another order):
+of its Conv (docs/NOTES.md, "ONNX: where the onnxruntime step loses to torch"). Three rewrites, all exact
+up to fp32 rounding (the same sums in another order):
 
 **A 1x1 input** (the generator's first layer, the classifier's last layer's adjoint) is a matrix product:
 the output is the kernel weighted by the input's channels. A per-image GEMM of one column became one
 GEMM over the batch: ``[N, C_in] @ [C_in, C_out*Ho*Wo]``, then a reshape and the bias.
+
+**A small input** (at most ``MAX_GEMM_PIXELS`` pixels: the generator's 512 -> 256 layer on 3 x 3): one GEMM
+of the batch's pixels, ``[N*H*W, C_in] @ [C_in, C_out*k*k]`` (the input in NHWC), then Col2Im adds the
+taps into the image, instead of onnxruntime's GEMM of H*W = 9 columns per image.
 
 **Few output channels** (the 64 -> 3 layers): the sub-pixel convolution. A stride-s transposed
 convolution is s x s ordinary convolutions, one per output phase, on the same input (the phase
@@ -27,9 +31,9 @@ channels: measured on the course step graph, the two 64 -> 3 layers (the generat
 classifier's input-gradient) each gave 3-4% of the step, every 64- to 256-channel layer lost 2-6%
 (docs/NOTES.md). So only ConvTranspose nodes with at most ``MAX_OUT_CHANNELS`` output channels are rewritten this way.
 
-``rewrite_transposed_convs`` applies both to the nodes with a constant weight (and bias) and a geometry
+``rewrite_transposed_convs`` applies them to the nodes with a constant weight (and bias) and a geometry
 they cover (2-D, group 1, dilation 1, explicit pads, no output_shape; equal strides > 1 for the sub-pixel
-form); the others stay as they are.
+form; static input sizes for the first two); the others stay as they are.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import torch
 
 from zsteer.pipeline.phase_conv import phase_weight
 
+from .graph_rewrite import node_attributes, rewrite_weighted_nodes
 from .runtime import import_onnx
 
 
@@ -58,13 +63,9 @@ def subpixel_weight(weight: np.ndarray, stride: int) -> np.ndarray:
     return phase_weight(torch.from_numpy(padded), stride).numpy()
 
 
-def _attributes(node, onnx) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _geometry(node, weight_shape, onnx) -> dict | None:
-    """Kernel, stride, pads and output padding of a ConvTranspose either rewrite covers, else None."""
-    attrs = _attributes(node, onnx)
+def _geometry(node, weight_shape) -> dict | None:
+    """Kernel, stride, pads and output padding of a ConvTranspose the rewrites cover, else None."""
+    attrs = node_attributes(node)
     if len(weight_shape) != 4 or attrs.get("group", 1) != 1 or "output_shape" in attrs:
         return None
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
@@ -243,67 +244,28 @@ MAX_GEMM_PIXELS = 9
 MAX_OUT_CHANNELS = 8
 
 
-def _spatial_sizes(model, onnx) -> dict[str, tuple[int, int]]:
-    """(H, W) of every 4-D value whose spatial sizes are static (ONNX shape inference)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    sizes = {}
-    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
-            sizes[value.name] = (dims[2].dim_value, dims[3].dim_value)
-    return sizes
-
-
 def rewrite_transposed_convs(
     model,
     max_out_channels: int = MAX_OUT_CHANNELS,
     max_gemm_pixels: int = MAX_GEMM_PIXELS,
 ):
-    """A copy of ``model`` (onnx.ModelProto) with its ConvTranspose nodes that have a 1x1 input as a MatMul
-    and those with at most ``max_out_channels`` outputs as Conv + DepthToSpace + Slice (module docstring)."""
-    onnx = import_onnx()
+    """A copy of ``model`` (onnx.ModelProto) with its ConvTranspose nodes that have a 1x1 input as a MatMul,
+    those on at most ``max_gemm_pixels`` input pixels as a batch-wide GEMM + Col2Im, and those with at most
+    ``max_out_channels`` outputs as Conv + DepthToSpace + Slice (module docstring)."""
+    import_onnx()  # an ExportError naming the extra, where onnx is missing
     from onnx import helper, numpy_helper
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    inits = {init.name: init for init in graph.initializer}
-    sizes = None
-    nodes, rewritten = [], False
-    for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "ConvTranspose" else None
-        bias_name = node.input[2] if weight is not None and len(node.input) > 2 else ""
-        geometry = _geometry(node, list(weight.dims), onnx) if weight is not None else None
-        if geometry is None or (bias_name and bias_name not in inits):  # a computed bias: left alone
-            nodes.append(node)
-            continue
-        if sizes is None:
-            sizes = _spatial_sizes(model, onnx)
-        w = numpy_helper.to_array(weight)
-        bias = numpy_helper.to_array(inits[bias_name]) if bias_name else None
-        plan = _plan(geometry)
-        if sizes.get(node.input[0]) == (1, 1) and min(_output_size(geometry, (1, 1))) > 0:
-            new_nodes, new_inits = _matmul_nodes(node, geometry, w, bias, helper, numpy_helper)
-        elif sizes.get(node.input[0]) is not None and math.prod(sizes[node.input[0]]) <= max_gemm_pixels:
-            new_nodes, new_inits = _col2im_nodes(
-                node, geometry, w, bias, sizes[node.input[0]], helper, numpy_helper
-            )
-        elif plan is not None and w.shape[1] <= max_out_channels:
-            new_nodes, new_inits = _subpixel_nodes(node, plan, w, bias, helper, numpy_helper)
-        else:
-            nodes.append(node)
-            continue
-        nodes += new_nodes
-        graph.initializer.extend(new_inits)
-        rewritten = True
-    if not rewritten:
-        return out
-    del graph.node[:]
-    graph.node.extend(nodes)
-    # Drop the transposed convolutions' weights where nothing else reads them (a generator's weight is
-    # also read by the adjoint Conv of the step graph).
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return out
+    def rewrite(node, w, bias, sizes):
+        geometry = _geometry(node, w.shape)
+        if geometry is None:
+            return None
+        in_hw, plan = sizes.get(node.input[0]), _plan(geometry)
+        if in_hw == (1, 1) and min(_output_size(geometry, (1, 1))) > 0:
+            return _matmul_nodes(node, geometry, w, bias, helper, numpy_helper)
+        if in_hw is not None and math.prod(in_hw) <= max_gemm_pixels:
+            return _col2im_nodes(node, geometry, w, bias, in_hw, helper, numpy_helper)
+        if plan is not None and w.shape[1] <= max_out_channels:
+            return _subpixel_nodes(node, plan, w, bias, helper, numpy_helper)
+        return None
+
+    return rewrite_weighted_nodes(model, "ConvTranspose", rewrite)
