@@ -6,7 +6,8 @@ the ascent step graph (graphs.AscentStepGraph) run by an onnxruntime session, an
 generator and classifier sessions).
 
 Tensors cross into onnxruntime without copies: on the CPU a tensor's numpy view is fed to
-``session.run``; with IO binding (the default on CUDA, ``iobinding=True`` on the CPU too) the step's
+``session.run`` (with ``threads`` > 1, views of chunks of its rows to concurrent 1-thread runs,
+``runtime.RowChunks``, whose outputs are joined); with IO binding (the default on CUDA, ``iobinding=True`` on the CPU too) the step's
 inputs are bound by their device pointers and its outputs are written into tensors the loop allocated.
 Rows are independent, so each row gets the result the torch engine gives it, up to fp32 rounding of the
 two implementations.
