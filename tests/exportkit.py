@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -121,3 +122,15 @@ def update_edge_cases():
     status[0] = STEPS_DONE  # frozen
     accum = torch.randn(n, d, generator=g)
     return z, z0, grad, accum, logits, weights, stop_prob, status
+
+
+def weight_initializers(weight_shape: tuple[int, ...], n_bias: int | None) -> tuple[list, list[str]]:
+    """Random float32 ONNX initializers "W" [weight_shape] and, when ``n_bias``, "B" [n_bias], with the node
+    input names that read them (after "x"): (initializers, ["x", "W"(, "B")])."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(weight_shape).astype(np.float32), "W")]
+    if n_bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(n_bias).astype(np.float32), "B"))
+    return inits, ["x", "W", "B"][: len(inits) + 1]

@@ -7,23 +7,19 @@ import itertools
 
 import numpy as np
 import pytest
+from exportkit import weight_initializers
 
 from zsteer.export.runtime import Placement, make_session
 from zsteer.export.small_convs import MAX_OUT_PIXELS, rewrite_small_convs
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402 (after the skip)
+from onnx import TensorProto, helper  # noqa: E402 (after the skip)
 
 
 def _model(c_in, c_out, kernel, stride, pads, bias, size, group=1):
     """x [N, c_in, *size] -> Conv -> y."""
-    rng = np.random.default_rng(0)
-    weight = rng.standard_normal((c_out, c_in // group, *kernel)).astype(np.float32)
-    inits, inputs = [numpy_helper.from_array(weight, "W")], ["x", "W"]
-    if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(c_out).astype(np.float32), "B"))
-        inputs.append("B")
+    inits, inputs = weight_initializers((c_out, c_in // group, *kernel), c_out if bias else None)
     node = helper.make_node(
         "Conv", inputs, ["y"], name="conv", kernel_shape=list(kernel), strides=list(stride), pads=list(pads),
         group=group,

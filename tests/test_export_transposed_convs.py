@@ -1,4 +1,4 @@
-"""Transposed convolutions rewritten as sub-pixel convolutions (export/subpixel.py): same outputs in
+"""Transposed convolutions rewritten as sub-pixel convolutions (export/transposed_convs.py): same outputs in
 onnxruntime for every geometry the rewrite takes, and the nodes it must leave alone left alone."""
 
 from __future__ import annotations
@@ -7,23 +7,19 @@ import itertools
 
 import numpy as np
 import pytest
+from exportkit import weight_initializers
 
 from zsteer.export.runtime import Placement, make_session
 from zsteer.export.transposed_convs import rewrite_transposed_convs
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402 (after the skip)
+from onnx import TensorProto, helper  # noqa: E402 (after the skip)
 
 
 def _model(c_in, c_out, kernel, stride, pads, out_pad, bias, size, group=1, share_weight=False):
     """x [N, c_in, *size] -> ConvTranspose -> y (plus, with share_weight, a Conv reading the same weight)."""
-    rng = np.random.default_rng(0)
-    weight = rng.standard_normal((c_in, c_out // group, *kernel)).astype(np.float32)
-    inits, inputs = [numpy_helper.from_array(weight, "W")], ["x", "W"]
-    if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(c_out).astype(np.float32), "B"))
-        inputs.append("B")
+    inits, inputs = weight_initializers((c_in, c_out // group, *kernel), c_out if bias else None)
     nodes = [
         helper.make_node(
             "ConvTranspose", inputs, ["y"], name="ct", kernel_shape=list(kernel), strides=list(stride),
