@@ -26,21 +26,19 @@ import numpy as np  # noqa: E402 (after the path fix)
 import torch  # noqa: E402
 
 from zsteer.export.graphs import AscentStepGraph, build_edit_vjp  # noqa: E402
-from zsteer.export.onnx_export import _sample_step_inputs, to_onnx  # noqa: E402
+from zsteer.export.onnx_export import _sample_step_inputs, rewrite_convs, to_onnx  # noqa: E402
 from zsteer.export.runtime import Placement, RowChunks, make_session  # noqa: E402
-from zsteer.export.small_convs import rewrite_small_convs  # noqa: E402
-from zsteer.export.transposed_convs import rewrite_transposed_convs  # noqa: E402
 from zsteer.jobs.bench.timing import WallClock  # noqa: E402
 from zsteer.pipeline.checkpoints import load_classifier, load_generator  # noqa: E402
 
 # name -> the step graph as exported -> the graph run
 VARIANTS = {
-    "kept": lambda m: rewrite_small_convs(rewrite_transposed_convs(m)),
+    "kept": rewrite_convs,
     "none": lambda m: m,
-    "no-col2im": lambda m: rewrite_small_convs(rewrite_transposed_convs(m, max_gemm_pixels=0)),
-    "no-small-convs": lambda m: rewrite_transposed_convs(m),
-    "no-subpixel": lambda m: rewrite_small_convs(rewrite_transposed_convs(m, max_out_channels=0)),
-    "wide-subpixel": lambda m: rewrite_small_convs(rewrite_transposed_convs(m, max_out_channels=1024)),
+    "no-col2im": lambda m: rewrite_convs(m, max_gemm_pixels=0),
+    "no-small-convs": lambda m: rewrite_convs(m, max_out_pixels=0),
+    "no-subpixel": lambda m: rewrite_convs(m, max_out_channels=0),
+    "wide-subpixel": lambda m: rewrite_convs(m, max_out_channels=1024),
 }
 
 

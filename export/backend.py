@@ -84,7 +84,9 @@ class OrtAscentEngine(AscentLoop):
         }
         placement = Placement.parse(self.engine.device)
         # On the CPU with several threads, batches run as concurrent 1-thread runs over chunks of rows
-        # (runtime.RowChunks); IO binding and CUDA run whole batches.
+        # (runtime.RowChunks); IO binding and CUDA run whole batches, and so does a CUDA request that falls
+        # back to the CPU (cpu_fallback), on ``threads`` intra-op threads: the sessions are made before
+        # the placement they get is known.
         chunked = placement.device_type == "cpu" and not iobinding and (threads or 0) > 1
         self.sessions, self.placement = make_sessions(
             models, placement, 1 if chunked else threads, cpu_fallback

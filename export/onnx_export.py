@@ -33,8 +33,8 @@ from .graphs import AscentStepGraph, ClassifierGraph, EditVJP, GeneratorGraph, b
 from .graphset import OnnxGraphs
 from .parity import check_parity
 from .runtime import import_onnx, import_onnxscript
-from .small_convs import rewrite_small_convs
-from .transposed_convs import rewrite_transposed_convs
+from .small_convs import MAX_OUT_PIXELS, rewrite_small_convs
+from .transposed_convs import MAX_GEMM_PIXELS, MAX_OUT_CHANNELS, rewrite_transposed_convs
 
 EXPORTERS = ("dynamo", "torchscript")
 MANIFEST = "manifest.json"
@@ -98,12 +98,23 @@ def to_onnx(
             ) from exc
         finally:
             logger.setLevel(level)
-    # onnxruntime's CPU ConvTranspose is slow on small inputs and few output channels, and its Conv on
-    # small outputs: those are rewritten.
     if rewrite:
-        proto = rewrite_small_convs(rewrite_transposed_convs(proto))
+        proto = rewrite_convs(proto)
     onnx.checker.check_model(proto)
     return proto
+
+
+def rewrite_convs(
+    proto,
+    max_out_channels: int = MAX_OUT_CHANNELS,
+    max_gemm_pixels: int = MAX_GEMM_PIXELS,
+    max_out_pixels: int = MAX_OUT_PIXELS,
+):
+    """``proto`` with the convolutions onnxruntime's CPU runs slowly rewritten: ConvTranspose on small inputs
+    or with few output channels (export/transposed_convs.py), Conv on small outputs (export/small_convs.py).
+    The limits are those modules' own; benchmarks/onnx_step.py varies them."""
+    proto = rewrite_transposed_convs(proto, max_out_channels, max_gemm_pixels)
+    return rewrite_small_convs(proto, max_out_pixels)
 
 
 def _sample_step_inputs(step: AscentStepGraph, rows: int = _SAMPLE_ROWS) -> tuple:

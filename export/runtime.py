@@ -158,14 +158,15 @@ class RowChunks:
     def run(
         self, fn: Callable[[dict[str, np.ndarray]], list[np.ndarray]], feeds: dict[str, np.ndarray], rows: int
     ) -> list[np.ndarray]:
-        """``fn`` (feeds -> per-row outputs) over the chunks, outputs joined along the rows; feeds with a
-        first axis of ``rows`` are cut, the others (scalars) go to every chunk whole."""
+        """``fn`` (feeds -> per-row outputs) over the chunks, outputs joined along the rows; every feed has
+        ``rows`` rows and is cut, except 0-d ones (scalars), which go to every chunk whole."""
         bounds = self.bounds(rows)
         if len(bounds) == 1:
             return fn(feeds)
-        chunks = [
-            {k: v[a:b] if v.ndim and v.shape[0] == rows else v for k, v in feeds.items()} for a, b in bounds
-        ]
+        wrong = [k for k, v in feeds.items() if v.ndim and v.shape[0] != rows]
+        if wrong:
+            raise ValueError(f"feed {wrong[0]!r} has {feeds[wrong[0]].shape[0]} rows, the batch {rows}")
+        chunks = [{k: v[a:b] if v.ndim else v for k, v in feeds.items()} for a, b in bounds]
         # A pool per call: one made at start-up would be left without threads in a forked worker.
         with ThreadPoolExecutor(min(self.workers, len(chunks)), thread_name_prefix="zsteer-ort") as pool:
             outs = list(pool.map(fn, chunks))

@@ -41,7 +41,7 @@ def _geometry(node, weight_shape) -> dict | None:
     }
 
 
-def _gemm_nodes(node, geometry: dict, weight, bias, in_hw, out_hw, helper, numpy_helper):
+def _gemm_nodes(node, geometry: dict, weight, bias, out_hw, helper, numpy_helper):
     """(nodes, initializers) that compute ``node`` as Transpose, Slices, Concat, MatMul (+ Add), Transpose."""
     c_out, c_in, kh, kw = weight.shape
     (sh, sw), (top, left, bottom, right) = geometry["stride"], geometry["pads"]
@@ -110,16 +110,11 @@ def rewrite_small_convs(model, max_out_pixels: int = MAX_OUT_PIXELS):
 
     def rewrite(node, w, bias, sizes):
         geometry = _geometry(node, w.shape)
-        in_hw, out_hw = sizes.get(node.input[0]), sizes.get(node.output[0])
+        out_hw = sizes.get(node.output[0])
         # A 1x1 output (a kernel over the whole input) stays a Conv: its taps are the whole input, and the
         # Slices cost more than the GEMM saves (measured on the course step).
-        if (
-            geometry is None
-            or in_hw is None
-            or out_hw is None
-            or not 1 < out_hw[0] * out_hw[1] <= max_out_pixels
-        ):
+        if geometry is None or out_hw is None or not 1 < out_hw[0] * out_hw[1] <= max_out_pixels:
             return None
-        return _gemm_nodes(node, geometry, w, bias, in_hw, out_hw, helper, numpy_helper)
+        return _gemm_nodes(node, geometry, w, bias, out_hw, helper, numpy_helper)
 
     return rewrite_weighted_nodes(model, "Conv", rewrite)
