@@ -23,6 +23,7 @@ from zsteer.pipeline.engine import (
 )
 from zsteer.pipeline.models import ClassifierSpec, GeneratorSpec
 from zsteer.pipeline.network import EditNet
+from zsteer.pipeline.wide_conv import WideLayer
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +262,26 @@ def test_folded_channels_last_matches_the_plain_modules(models):
     fast, plain = EditNet(gen, cls), EditNet(gen, cls, fold=False, channels_last=False)
     torch.testing.assert_close(fast(z), cls.module(gen.module(z)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(plain(z), cls.module(gen.module(z)), rtol=0, atol=0)
+
+
+def test_the_compiled_step_traces_the_fast_forms_and_matches_eager(models):
+    """CUDA's default step is compiled (pipeline/compile.py): torch.compile must trace the fast layout's
+    custom-gradient layers (phase_conv, wide_conv, which steps aside while compiling) and give eager's
+    edit up to rounding. Run on the CPU here, where it compiles the same graph."""
+    z = torch.randn(8, 16, generator=torch.Generator().manual_seed(9))
+    w, p = _targets(8, 6)
+    engines = {
+        mode: make_engine(
+            *models, AscentConfig(steps=3, lr=0.5), EngineConfig(batch_size=8, compile=mode, impl="torch")
+        )
+        for mode in ("off", "on")
+    }
+    assert engines["on"].compiled and not engines["off"].compiled
+    assert any(isinstance(m, WideLayer) for m in engines["on"].net.modules()), "the fast layout"
+    edits = {mode: engine.edit(z, w, p, render=False) for mode, engine in engines.items()}
+    assert edits["off"].latent_shift.min() > 1e-2, "the edit must actually move z"
+    torch.testing.assert_close(edits["on"].z_edited, edits["off"].z_edited, rtol=0, atol=1e-5)
+    assert torch.equal(edits["on"].steps_taken, edits["off"].steps_taken)
 
 
 def test_conditional_generator_moves_only_z(tmp_path):
