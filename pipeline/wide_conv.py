@@ -37,9 +37,9 @@ GEMM_DTYPES = (torch.float32, torch.float64)
 
 # Every GEMM call takes exactly this many rows (the last block padded). A row's bits must not depend on
 # its batch (docs/ARCHITECTURE.md, "Batch invariance"), and MKL's sgemm rounds a row differently at other
-# row counts (1 to 256 rows of [1152, 2048] @ [2048, 256] differed) but, in every probe on the course's
-# shapes at 1 and 2 threads, the same at any position within a call of a fixed size
-# (tests/test_wide_conv.py holds it). 128 rows cost 1.25x one whole-batch GEMM; a whole course batch is a
+# row counts ([M, 2048] @ [2048, 256] differed from M = 1152 at every M from 1 to 128 tried, on 1 thread)
+# but, in every probe on the course's shapes at 1 and 2 threads, the same at any position within calls of
+# 128 rows (tests/test_wide_conv.py holds it). 128 rows cost 1.25x one whole-batch GEMM; a whole course batch is a
 # multiple of 128 rows, so nothing is padded there.
 GEMM_BLOCK_ROWS = 128
 
