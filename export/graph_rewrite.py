@@ -15,6 +15,23 @@ def node_attributes(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def conv_geometry(node, weight_shape) -> dict | None:
+    """Kernel, stride and pads (top, left, bottom, right) of a 2-D Conv / ConvTranspose node with group 1,
+    dilation 1 and explicit pads (what the rewrites cover), else None."""
+    attrs = node_attributes(node)
+    if len(weight_shape) != 4 or attrs.get("group", 1) != 1:
+        return None
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        return None
+    return {
+        "kernel": tuple(weight_shape[2:]),
+        "stride": tuple(attrs.get("strides", [1, 1])),
+        "pads": tuple(attrs.get("pads", [0, 0, 0, 0])),
+    }
+
+
 def spatial_sizes(model) -> dict[str, tuple[int, int]]:
     """(H, W) of every 4-D value whose spatial sizes are static (ONNX shape inference)."""
     inferred = import_onnx().shape_inference.infer_shapes(model)

@@ -18,27 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph_rewrite import node_attributes, rewrite_weighted_nodes
+from .graph_rewrite import conv_geometry, rewrite_weighted_nodes
 from .runtime import import_onnx
 
 # Rewritten where the output has at most this many pixels (module docstring; docs/NOTES.md, ONNX).
 MAX_OUT_PIXELS = 16
-
-
-def _geometry(node, weight_shape) -> dict | None:
-    """Kernel, stride and pads of a Conv the rewrite covers, else None."""
-    attrs = node_attributes(node)
-    if len(weight_shape) != 4 or attrs.get("group", 1) != 1:
-        return None
-    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        return None
-    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
-        return None
-    return {
-        "kernel": tuple(weight_shape[2:]),
-        "stride": tuple(attrs.get("strides", [1, 1])),
-        "pads": tuple(attrs.get("pads", [0, 0, 0, 0])),  # (top, left, bottom, right)
-    }
 
 
 def _gemm_nodes(node, geometry: dict, weight, bias, out_hw, helper, numpy_helper):
@@ -109,7 +93,7 @@ def rewrite_small_convs(model, max_out_pixels: int = MAX_OUT_PIXELS):
     from onnx import helper, numpy_helper
 
     def rewrite(node, w, bias, sizes):
-        geometry = _geometry(node, w.shape)
+        geometry = conv_geometry(node, w.shape)
         out_hw = sizes.get(node.output[0])
         # A 1x1 output (a kernel over the whole input) stays a Conv: its taps are the whole input, and the
         # Slices cost more than the GEMM saves (measured on the course step).

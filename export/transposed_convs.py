@@ -45,7 +45,7 @@ import torch
 
 from zsteer.pipeline.phase_conv import phase_weight
 
-from .graph_rewrite import node_attributes, rewrite_weighted_nodes
+from .graph_rewrite import conv_geometry, node_attributes, rewrite_weighted_nodes
 from .runtime import import_onnx
 
 
@@ -64,23 +64,13 @@ def subpixel_weight(weight: np.ndarray, stride: int) -> np.ndarray:
 
 
 def _geometry(node, weight_shape) -> dict | None:
-    """Kernel, stride, pads and output padding of a ConvTranspose the rewrites cover, else None."""
+    """Kernel, stride, pads and output padding of a ConvTranspose the rewrites cover, else None: the
+    geometry every rewrite covers (``conv_geometry``), no output_shape and no negative pads."""
+    geometry = conv_geometry(node, weight_shape)
     attrs = node_attributes(node)
-    if len(weight_shape) != 4 or attrs.get("group", 1) != 1 or "output_shape" in attrs:
+    if geometry is None or "output_shape" in attrs or any(p < 0 for p in geometry["pads"]):
         return None
-    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        return None
-    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
-        return None
-    pads = tuple(attrs.get("pads", [0, 0, 0, 0]))  # (top, left, bottom, right)
-    if any(p < 0 for p in pads):
-        return None
-    return {
-        "kernel": tuple(weight_shape[2:]),
-        "stride": tuple(attrs.get("strides", [1, 1])),
-        "pads": pads,
-        "out_pad": tuple(attrs.get("output_padding", [0, 0])),
-    }
+    return geometry | {"out_pad": tuple(attrs.get("output_padding", [0, 0]))}
 
 
 def _output_size(geometry: dict, in_hw: tuple[int, int]) -> tuple[int, int]:
