@@ -52,17 +52,38 @@ def tap_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).contiguous()
 
 
-def _tap_views(big: torch.Tensor, kernel: tuple[int, int], stride: int, small_hw: tuple[int, int]):
-    """For each kernel tap (ky, kx), the pixels of ``big`` [N, H, W, C] (NHWC) that it pairs with the
-    small map's pixels: big[:, ky + s*i, kx + s*j, :] for i < h, j < w."""
-    h, w = small_hw
-    for ky in range(kernel[0]):
-        for kx in range(kernel[1]):
-            yield (
-                ky,
-                kx,
-                big[:, ky : ky + stride * (h - 1) + 1 : stride, kx : kx + stride * (w - 1) + 1 : stride],
+def _patches(big: torch.Tensor, kernel: tuple[int, int], stride: int, small_hw: tuple[int, int]):
+    """The kernel-tap view of ``big`` [N, H, W, C] (NHWC) that im2col reads: [N, h, w, kh, kw, C] with
+    [n, i, j, ky, kx] = big[n, ky + s*i, kx + s*j]. One strided view, so im2col is one copy."""
+    (h, w), (kh, kw) = small_hw, kernel
+    sn, sy, sx, sc = big.stride()
+    return big.as_strided(
+        (big.shape[0], h, w, kh, kw, big.shape[3]),
+        (sn, stride * sy, stride * sx, sy, sx, sc),
+        big.storage_offset(),
+    )
+
+
+def _tap_groups(big: torch.Tensor, kernel: tuple[int, int], stride: int, small_hw: tuple[int, int]):
+    """For col2im: the kernel taps in groups whose pixels of ``big`` [N, H, W, C] (NHWC) do not overlap,
+    each as one strided view [N, h, a, w, b, C] of big (``[n, i, p, j, q] = big[n, ys + s*i + p,
+    xs + s*j + q]``) with the group's first tap (ys, xs) and size (a, b).
+
+    Taps ky and ky + s land on overlapping rows, taps ky < s never do: group gy holds ky in
+    [gy*s, gy*s + s), so a k x k kernel with stride s needs ceil(k/s)^2 strided adds instead of k*k. Groups
+    come in (gy, gx) order, so each pixel's contributions are summed in the same (ky, kx) order as tap by
+    tap: the same bits."""
+    (h, w), (kh, kw) = small_hw, kernel
+    sn, sy, sx, sc = big.stride()
+    for ys in range(0, kh, stride):
+        for xs in range(0, kw, stride):
+            a, b = min(stride, kh - ys), min(stride, kw - xs)
+            view = big.as_strided(
+                (big.shape[0], h, a, w, b, big.shape[3]),
+                (sn, stride * sy, sy, stride * sx, sx, sc),
+                big.storage_offset() + ys * sy + xs * sx,
             )
+            yield ys, xs, a, b, view
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -104,8 +125,9 @@ def transpose_by_gemm(
     # Overlapping taps are summed in fp32 whatever the network's precision, as oneDNN sums them.
     acc = torch.promote_types(x.dtype, torch.float32)
     big = torch.empty(n, c_big, *size, dtype=acc, device=x.device, memory_format=torch.channels_last).zero_()
-    for ky, kx, view in _tap_views(_nhwc(big), kernel, stride, (h, w)):
-        view += cols[:, :, :, ky, kx]  # col2im
+    for ys, xs, a, b, view in _tap_groups(_nhwc(big), kernel, stride, (h, w)):
+        # col2im: cols [N, h, w, a, b, C] of the group's taps, as [N, h, a, w, b, C] like its view of big
+        view += cols[:, :, :, ys : ys + a, xs : xs + b].permute(0, 1, 3, 2, 4, 5)
     return big.to(x.dtype)
 
 
@@ -121,8 +143,7 @@ def conv_by_gemm(
     n, c_big, height, width = big.shape
     h, w = (height - kernel[0]) // stride + 1, (width - kernel[1]) // stride + 1
     cols = big.new_empty(n, h, w, kernel[0], kernel[1], c_big)  # [N, h, w, ky, kx, C_big]
-    for ky, kx, view in _tap_views(_nhwc(big), kernel, stride, (h, w)):
-        cols[:, :, :, ky, kx] = view  # im2col
+    cols.copy_(_patches(_nhwc(big), kernel, stride, (h, w)))  # im2col
     out = torch.empty(
         n, taps.shape[0], h, w, dtype=big.dtype, device=big.device, memory_format=torch.channels_last
     )
