@@ -35,13 +35,17 @@ GEMM_MAX_PIXELS = 16
 # edit, interleaved best of 6: 932 ms with the GEMM forms against 906 without).
 GEMM_DTYPES = (torch.float32, torch.float64)
 
-# Every GEMM call takes exactly this many rows (the last block padded). A row's bits must not depend on
-# its batch (docs/ARCHITECTURE.md, "Batch invariance"), and MKL's sgemm rounds a row differently at other
-# row counts ([M, 2048] @ [2048, 256] differed from M = 1152 at every M from 1 to 128 tried, on 1 thread)
-# but, in every probe on the course's shapes at 1 and 2 threads, the same at any position within calls of
-# 128 rows (tests/test_wide_conv.py holds it). 128 rows cost 1.25x one whole-batch GEMM; a whole course batch is a
-# multiple of 128 rows, so nothing is padded there.
+# The GEMMs run as one torch.bmm over blocks of exactly GEMM_BLOCK_ROWS rows (the last block padded), at
+# least MIN_BLOCKS of them. A row's bits must not depend on its batch or on the thread count
+# (docs/ARCHITECTURE.md, "Batch invariance"), and MKL's sgemm gives neither: a row's bits changed with the
+# row count ([M, 2048] @ [2048, 256] at every M from 1 to 128 tried) and, where K >= 2048, with 1 or 2
+# threads (it splits the sum over K between threads). torch's bmm hands two or more blocks to MKL's batched
+# GEMM, which runs each block on one thread: every block came out as a 1-thread 128-row sgemm, bit for
+# bit, at 1 and 2 threads and 2 to 17 blocks, and a row's bits did not depend on its position in the
+# block in any probe on the course's shapes (tests/test_wide_conv.py holds both). It was also faster than
+# a loop of 2-thread mm calls: 278-300 against 245-255 GFLOP/s on the course's shapes.
 GEMM_BLOCK_ROWS = 128
+MIN_BLOCKS = 2  # one block goes down bmm's single-GEMM path, a 2-thread sgemm again
 
 
 def tap_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -94,23 +98,26 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 def block_matmul(
     a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``a @ b`` (+ ``bias``) into ``out`` (new if None), computed in calls of exactly GEMM_BLOCK_ROWS rows of
-    ``a``, so that each row's bits do not depend on how many rows came with it. a [M, K], b [K, C] -> [M, C]."""
-    m, block = a.shape[0], GEMM_BLOCK_ROWS
-    out = a.new_empty(m, b.shape[1]) if out is None else out
-    for start in range(0, m, block):
-        rows = a[start : start + block]
-        padded = rows.shape[0] < block
-        if padded:
-            rows = torch.cat([rows, rows.new_zeros(block - rows.shape[0], rows.shape[1])])
-        dst = rows.new_empty(block, b.shape[1]) if padded else out[start : start + block]
-        if bias is None:
-            torch.mm(rows, b, out=dst)
-        else:
-            torch.addmm(bias, rows, b, out=dst)
-        if padded:
-            out[start:] = dst[: m - start]
-    return out
+    """``a @ b`` (+ ``bias``) into ``out`` (new if None), as one bmm over blocks of GEMM_BLOCK_ROWS rows of
+    ``a`` (at least MIN_BLOCKS), so that each row's bits depend neither on how many rows came with it nor on
+    the thread count. a [M, K] contiguous, b [K, C] -> [M, C]."""
+    m, k = a.shape
+    blocks = max(-(-m // GEMM_BLOCK_ROWS), MIN_BLOCKS)
+    rows = blocks * GEMM_BLOCK_ROWS
+    if rows > m:
+        a = torch.cat([a, a.new_zeros(rows - m, k)])
+    in_place = out is not None and rows == m and out.is_contiguous()
+    dst = out if in_place else a.new_empty(rows, b.shape[1])
+    torch.bmm(
+        a.view(blocks, GEMM_BLOCK_ROWS, k),
+        b.expand(blocks, *b.shape),
+        out=dst.view(blocks, GEMM_BLOCK_ROWS, -1),
+    )
+    if bias is not None:
+        dst.add_(bias)
+    if in_place or out is None:
+        return dst[:m]
+    return out.copy_(dst[:m])
 
 
 def transpose_by_gemm(

@@ -144,3 +144,33 @@ def test_block_matmul_rows_do_not_depend_on_the_rows_beside_them(k, c, transpose
         assert torch.equal(wide_conv.block_matmul(rows[picked], weight), everything[picked]), f"{m} rows"
     # a view that starts one row into its storage (blocks read in place at another alignment)
     assert torch.equal(wide_conv.block_matmul(rows[1:], weight), everything[1:])
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("k", "c", "transposed"),
+    # every course GEMM at hidden 64 whose sum runs over K >= 2048, where a 2-thread sgemm splits K
+    [(2304, 512, True), (2048, 256, True), (4096, 40, True), (4608, 64, True), (40, 4096, False)],
+)
+def test_block_matmul_rows_do_not_depend_on_the_thread_count(k, c, transposed):
+    """A local job on 2 threads and a Ray actor on 1 CPU write the same rows (wide_conv.MIN_BLOCKS)."""
+    torch.manual_seed(4)
+    rows = torch.randn(130, k)
+    weight = torch.randn(c, k).t() if transposed else torch.randn(k, c)
+    bias = torch.randn(c)
+    with _threads(1):
+        one = wide_conv.block_matmul(rows, weight, bias)
+    with _threads(2):
+        two = wide_conv.block_matmul(rows, weight, bias)
+        first = wide_conv.block_matmul(rows[:1], weight, bias)  # one row: a padded pair of blocks
+    assert torch.equal(one, two)
+    assert torch.equal(first, two[:1])
