@@ -74,7 +74,8 @@ def test_every_batch_size_gives_the_same_bits(models, penalty, precision):
         )
 
 
-def test_the_thread_count_leaves_the_bits_alone():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_thread_count_leaves_the_bits_alone(precision):
     """``--threads`` and a Ray actor's CPU share do not change a row. Course-size models (hidden 64): their
     wide layers' GEMMs sum over K >= 2048, which a 2-thread sgemm splits between threads
     (pipeline/wide_conv.py, MIN_BLOCKS); oneDNN's convolutions gave the same bits at 1 and 2 threads."""
@@ -84,10 +85,10 @@ def test_the_thread_count_leaves_the_bits_alone():
         edits = {}
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            edits[threads] = _edit(course, 4, steps=3, lr=0.05, penalty=1.0)
+            edits[threads] = _edit(course, 4, precision, steps=3, lr=0.05, penalty=1.0)
     finally:
         torch.set_num_threads(before)
-    _assert_same(edits[2], edits[1], "2 threads against 1")
+    _assert_same(edits[2], edits[1], f"2 threads against 1, {precision}")
 
 
 def test_rows_that_stop_at_different_steps_leave_the_others_unchanged(models):
