@@ -5,12 +5,12 @@
 The step is the engine's own (``AscentEngine._grad_step``'s forward and VJP of the course models at
 hidden 64, with the fast forms the engine builds). It runs ``--steps`` times under a dispatch mode that
 times every aten call and counts its FLOPs with the formulas torch's FlopCounterMode uses; the same step
-is also timed plainly, before and after, so the table's "outside the calls" row is what Python, autograd
-and dispatch add. Each row: calls per step, ms per step, GFLOP per step, achieved GFLOP/s and that rate
+is also timed plainly by the bench's timing core, before and after, so the table's "outside the calls"
+row is what Python, autograd and dispatch add. Each row: calls per step, ms per step, GFLOP per step, achieved GFLOP/s and that rate
 over the fp32 matmul peak measured in the same run (``zsteer.jobs.bench.roofline.matmul_peak``).
 
-The last lines give the ceiling: the step's FLOPs over the time of its convolution and matmul calls
-alone, as a share of the peak. That is the fraction of the fp32 bound the step would reach if every
+The last lines give the ceiling: the step's FLOPs (the model's, as the bound counts them) over the time of
+its convolution and matmul calls alone, as a share of the peak. That is the fraction of the fp32 bound the step would reach if every
 other call, and Python, took no time: what these kernels allow, whatever is fused around them.
 The glibc allocator is told to keep large blocks (docs/NOTES.md), as in the other benchmarks.
 """
@@ -41,11 +41,14 @@ def main() -> None:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
-    from zsteer.jobs.bench.roofline import matmul_peak
+    from zsteer.jobs.bench.config import RunControl
+    from zsteer.jobs.bench.roofline import matmul_peak, step_flops
+    from zsteer.jobs.bench.timing import measure
     from zsteer.pipeline.attributes import CELEBA40
     from zsteer.pipeline.checkpoints import LoadedModel
     from zsteer.pipeline.engine import AscentConfig, EngineConfig, make_engine
     from zsteer.pipeline.models import ClassifierSpec, CourseClassifier, CourseGenerator, GeneratorSpec
+    from zsteer.pipeline.network import EditNet
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -57,14 +60,6 @@ def main() -> None:
     def step() -> None:
         logits, vjp = torch.func.vjp(net, z)
         vjp(torch.ones_like(logits))
-
-    def plain_ms(repeats: int) -> list[float]:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - start) * 1e3)
-        return times
 
     calls: dict[tuple[str, str], list[float]] = defaultdict(list)  # (op, shapes) -> [seconds per call]
     flops: dict[tuple[str, str], float] = defaultdict(float)
@@ -86,21 +81,27 @@ def main() -> None:
             return out
 
     peak = matmul_peak("cpu", torch.float32, 2.0)["gflops"]
-    before = plain_ms(3 + args.steps)[3:]  # the first calls warm up oneDNN's primitives
+    # The plain step by the bench's timing core (warm-up, windows until three agree), before and after
+    # the timed calls, whose own timing is a profile of single calls, not a throughput.
+    control = RunControl(warmup_seconds=1.0, min_seconds=1.0, min_iterations=3)
+    before = measure(step, 1, control)
     with TimeCalls():
         for _ in range(args.steps):
             step()
-    after = plain_ms(args.steps)
-    plain = statistics.median(before + after)
+    after = measure(step, 1, RunControl(warmup_seconds=0.0, min_seconds=1.0, min_iterations=3))
+    latencies = [t for m in (before, after) for w in m.measured for t in w.latencies]
+    plain = statistics.median(latencies) * 1e3
 
     per_step = {key: sum(times) * 1e3 / args.steps for key, times in calls.items()}  # ms
     inside = sum(per_step.values())
     compute_ms = sum(ms for (op, _), ms in per_step.items() if op in COMPUTE_OPS)
-    step_gflop = sum(flops.values()) / args.steps / 1e9
+    # The model's FLOPs, as the bound counts them (the plain network): the calls' own counts add the padded
+    # GEMM blocks and the phase convolutions' extra taps.
+    step_gflop = step_flops(EditNet(gen, cls))[1] * args.batch_size / 1e9
 
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, fp32")
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s; step: {step_gflop:.2f} GFLOP")
-    print(f"step, timed plainly: {plain:.1f} ms (median of {len(before) + len(after)})")
+    print(f"step, timed plainly: {plain:.1f} ms (median of {len(latencies)})")
     print()
     print("| aten call | input shapes | calls | ms / step | GFLOP | GFLOP/s | of peak |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -100,7 +100,7 @@ def block_matmul(
 ) -> torch.Tensor:
     """``a @ b`` (+ ``bias``) into ``out`` (new if None), as one bmm over blocks of GEMM_BLOCK_ROWS rows of
     ``a`` (at least MIN_BLOCKS), so that each row's bits depend neither on how many rows came with it nor on
-    the thread count. a [M, K] contiguous, b [K, C] -> [M, C]."""
+    the thread count. a [M, K], b [K, C] -> [M, C]."""
     m, k = a.shape
     blocks = max(-(-m // GEMM_BLOCK_ROWS), MIN_BLOCKS)
     rows = blocks * GEMM_BLOCK_ROWS
@@ -109,7 +109,7 @@ def block_matmul(
     in_place = out is not None and rows == m and out.is_contiguous()
     dst = out if in_place else a.new_empty(rows, b.shape[1])
     torch.bmm(
-        a.view(blocks, GEMM_BLOCK_ROWS, k),
+        a.reshape(blocks, GEMM_BLOCK_ROWS, k),  # a view when a is contiguous
         b.expand(blocks, *b.shape),
         out=dst.view(blocks, GEMM_BLOCK_ROWS, -1),
     )
