@@ -40,11 +40,13 @@ GEMM_DTYPES = (torch.float32, torch.float64)
 # (docs/ARCHITECTURE.md, "Batch invariance"), and MKL's sgemm gives neither: a row's bits changed with the
 # row count ([M, 2048] @ [2048, 256] at every M from 1 to 128 tried) and, where K >= 2048, with 1 or 2
 # threads (it splits the sum over K between threads). torch's bmm hands two or more blocks to MKL's batched
-# GEMM, which runs each block on one thread: every block came out as a 1-thread 128-row sgemm, bit for
-# bit, at 1 and 2 threads and 2 to 17 blocks, and a row's bits did not depend on its position in the
-# block in any probe on the course's shapes (tests/test_wide_conv.py holds both). It was also faster than
-# a loop of 2-thread mm calls: 278-300 against 245-255 GFLOP/s on the course's shapes.
-GEMM_BLOCK_ROWS = 128
+# GEMM, which runs each block on one thread: every block came out as a 1-thread sgemm of its rows, bit for
+# bit, at 1 and 2 threads and 2 to 17 blocks, and a row's bits did not depend on its position in a block of
+# 32, 64 or 128 rows in any probe on the course's shapes (tests/test_wide_conv.py holds both). 64 rows
+# were the fastest of the three over the course's GEMMs (docs/NOTES.md, "The wide layers"): at batch 128,
+# 31.0 ms a step against 33.9 in 128-row blocks and 36.7 for the earlier loop of 2-thread mm calls; at
+# batch 8, where a second block is mostly padding, 3.9 against 7.9 and 4.4.
+GEMM_BLOCK_ROWS = 64
 MIN_BLOCKS = 2  # one block goes down bmm's single-GEMM path, a 2-thread sgemm again
 
 
