@@ -47,7 +47,7 @@ GEMM_DTYPES = (torch.float32, torch.float64)
 # 31.0 ms a step against 33.9 in 128-row blocks and 36.7 for the earlier loop of 2-thread mm calls; at
 # batch 8, where a second block is mostly padding, 3.9 against 7.9 and 4.4.
 GEMM_BLOCK_ROWS = 64
-MIN_BLOCKS = 2  # one block goes down bmm's single-GEMM path, a 2-thread sgemm again
+MIN_BLOCKS = 2  # one block goes down bmm's single-GEMM path, a multi-thread sgemm again
 
 
 def tap_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,8 @@ def block_matmul(
     ``a`` (at least MIN_BLOCKS), so that each row's bits depend neither on how many rows came with it nor on
     the thread count. a [M, K], b [K, C] -> [M, C]."""
     m, k = a.shape
-    blocks = max(-(-m // GEMM_BLOCK_ROWS), MIN_BLOCKS)
+    # At least one block per thread: with fewer, MKL's batched GEMM splits a block between threads again.
+    blocks = max(-(-m // GEMM_BLOCK_ROWS), MIN_BLOCKS, torch.get_num_threads())
     rows = blocks * GEMM_BLOCK_ROWS
     if rows > m:
         a = torch.cat([a, a.new_zeros(rows - m, k)])
@@ -116,7 +117,7 @@ def block_matmul(
         out=dst.view(blocks, GEMM_BLOCK_ROWS, -1),
     )
     if bias is not None:
-        dst.add_(bias)
+        dst[:m].add_(bias)
     if in_place or out is None:
         return dst[:m]
     return out.copy_(dst[:m])

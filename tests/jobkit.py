@@ -35,14 +35,19 @@ def tiny_models(folder: Path, gspec: GeneratorSpec = TINY_GENERATOR) -> tuple[Pa
 
 
 @contextlib.contextmanager
-def one_thread():
-    """torch on one thread: on a shared 2-core machine two threads were 10x slower (oversubscription)."""
+def torch_threads(n: int):
+    """torch on ``n`` threads for the block, then as before."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def one_thread():
+    """torch on one thread: on a shared 2-core machine two threads were 10x slower (oversubscription)."""
+    return torch_threads(1)
 
 
 def latents(n: int, seed: int = 0, z_dim: int = Z_DIM) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from exportkit import gain_models
-from jobkit import crash_at_commit, job_config, read_parts, write_manifest
+from jobkit import crash_at_commit, job_config, read_parts, torch_threads, write_manifest
 
 from zsteer.core.status import TARGET_REACHED
 from zsteer.jobs.runner import run_job
@@ -80,14 +80,10 @@ def test_the_thread_count_leaves_the_bits_alone(precision):
     wide layers' GEMMs sum over K >= 2048, which a 2-thread sgemm splits between threads
     (pipeline/wide_conv.py, MIN_BLOCKS); oneDNN's convolutions gave the same bits at 1 and 2 threads."""
     course = gain_models(z_dim=Z_DIM, hidden_dim=64, n_attributes=N_ATTR, seed=5)
-    before = torch.get_num_threads()
-    try:
-        edits = {}
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    edits = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
             edits[threads] = _edit(course, 4, precision, steps=3, lr=0.05, penalty=1.0)
-    finally:
-        torch.set_num_threads(before)
     _assert_same(edits[2], edits[1], f"2 threads against 1, {precision}")
 
 
