@@ -79,16 +79,28 @@ class InterpolateMethod:
     def default_stop_prob(self) -> float:
         return float("nan")
 
-    def prepare(self, plan: ManifestPlan, shape: ModelShape, root: Path) -> InterpolateMethod:
-        """This method with the job's id_to lookup, when the manifest has an id_to column."""
+    def check_job(self, plan: ManifestPlan, shape: ModelShape, root) -> None:
+        """Refuse, before the job folder is written, an id_to column that cannot name ids, or one on an --out
+        that cannot hold the lookup (``root``: a path or an object store URI)."""
         if ID_TO not in plan.carried.names:
-            return self
+            return
         kind = plan.carried.field(ID_TO).type
         same = (pa.types.is_integer(kind) and pa.types.is_integer(plan.id_type)) or (
             (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and pa.types.is_string(plan.id_type)
         )
         if not same:
             raise ZsteerError(f"column 'id_to' is {kind} but the ids are {plan.id_type}: it must name ids")
+        if not isinstance(root, Path):  # a URI: jobs/storage.py
+            raise ZsteerError(
+                f"--out {root}: interpolation with id_to memory-maps its lookup in the job folder, which needs "
+                "a path of a file system (a shared one for --executor ray), not an object store URI"
+            )
+
+    def prepare(self, plan: ManifestPlan, shape: ModelShape, root: Path) -> InterpolateMethod:
+        """This method with the job's id_to lookup, when the manifest has an id_to column."""
+        if ID_TO not in plan.carried.names:
+            return self
+        self.check_job(plan, shape, root)
         return replace(self, lookup=build_latent_lookup(plan, ID_TO, shape.z_dim, root))
 
     # ---- rows ---------------------------------------------------------------------------------------

@@ -100,12 +100,8 @@ def float_rows(column: pa.Array, z_dim: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 def build_latent_lookup(plan: ManifestPlan, column: str, z_dim: int, root: Path) -> LatentLookup:
-    """The lookup of the rows that ``column`` (id_to) names, saved under ``root``/lookup (reused if there)."""
-    if not isinstance(root, Path):  # a URI: jobs/storage.py
-        raise ZsteerError(
-            f"--out {root}: interpolation with id_to memory-maps its lookup in the job folder, which needs a "
-            "path of a file system (a shared one for --executor ray), not an object store URI"
-        )
+    """The lookup of the rows that ``column`` (id_to) names, saved under ``root``/lookup (reused if there);
+    ``root`` is a path of a file system (InterpolateMethod.check_job refuses an object store URI)."""
     folder = root / LOOKUP
     if all((folder / f"{name}.npy").exists() for name in ("keys", "z", "found")):
         return LatentLookup(folder)

@@ -150,6 +150,14 @@ def row_inputs(
     return ({}, {}) if hook is None else hook(batch, shape)
 
 
+def check_method(method: EditMethod, plan, shape, root) -> None:
+    """Refuse (ZsteerError) a job the method cannot run, before anything is written: ``method.check_job(plan,
+    shape, root)``, if it has one (the interpolation's id_to type and job folder). Default: nothing."""
+    hook = getattr(method, "check_job", None)
+    if hook is not None:
+        hook(plan, shape, root)
+
+
 def prepare_method(method: EditMethod, plan, shape, root) -> EditMethod:
     """The method with what it builds once per job before any unit runs (``method.prepare(plan, shape,
     root)``: the interpolation's id_to lookup in the job folder ``root``); default: itself."""

@@ -31,7 +31,7 @@ from .folder import DUPLICATES, JobFolder
 from .identity import differences, job_identity
 from .lock import job_lock
 from .manifest import ManifestPlan, ModelShape, plan_manifest
-from .method import check_registered, needs_targets, prepare_method, replaced_columns
+from .method import check_method, check_registered, needs_targets, prepare_method, replaced_columns
 from .progress import Progress
 from .rows import RowDefaults, plan_units
 from .signals import StopFlag
@@ -99,6 +99,7 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     plan = plan_manifest(
         resolve_manifests(config.manifests, exclude=folder.root), shape, method.row_columns, outputs
     )
+    check_method(method, plan, shape, folder.root)  # before job.json: a refused job leaves nothing behind
     targets = resolve_job_targets(
         config.edit.targets,
         config.edit.preserve,

@@ -279,6 +279,21 @@ def test_torch_and_onnxruntime_agree_on_a_direction_job(tmp_path, job_models, di
         )
 
 
+def test_an_id_to_column_that_names_no_ids_is_refused_before_anything_is_written(tmp_path, job_models):
+    """One line naming the column, no job folder left behind, so the same command runs once it is fixed."""
+    z = latents(4, seed=2)
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(4), "z": z, "id_to": ["1", "0", "3", "2"]})
+    out = tmp_path / "interp"
+    config = job_config(path, out, job_models, targets=(), method=InterpolateMethod(frames=2))
+    with pytest.raises(
+        ZsteerError, match=r"^column 'id_to' is string but the ids are int64: it must name ids$"
+    ):
+        run_job(config)
+    assert not out.exists()
+    write_manifest(path, {"id": np.arange(4), "z": z, "id_to": [1, 0, 3, 2]})
+    assert run_job(config).status == "complete"
+
+
 def test_interpolation_frames_endpoints_id_to_across_units_and_rejects(tmp_path, job_models, monkeypatch):
     n, frames = 30, 4
     z = latents(n, seed=6)

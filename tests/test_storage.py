@@ -368,6 +368,7 @@ def test_interpolation_by_id_to_on_a_uri_out_is_one_line(job_models, tmp_path):
     assert str(info.value).startswith(f"--out {out}: interpolation with id_to") and "\n" not in str(
         info.value
     )
+    assert not (tmp_path / "job").exists(), "refused before the job folder is written"
 
 
 # ---------------------------------------------------------------------------------------------------------
