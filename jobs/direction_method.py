@@ -211,15 +211,35 @@ class DirectionMethod:
             pa.array(result.alpha[rows].numpy().astype(np.float32)),
         ] + result_columns(result, rows)
 
+    def check_job(self, plan, shape: ModelShape, root) -> None:
+        """Refuse, before the job folder is written, directions that do not fit the job's models."""
+        self._check_models(shape.z_dim, shape.attributes)
+
+    def _check_models(self, z_dim: int, attributes: tuple[str, ...]) -> None:
+        """The file against the models: its length, and what --distance / --until-prob need of them."""
+        ds = self.loaded
+        if ds.z_dim != z_dim:
+            raise ZsteerError(
+                f"{self.directions}: directions of length {ds.z_dim}, the generator takes z_dim={z_dim}"
+            )
+        if self.distance is not None:
+            for name in ds.names:
+                vector, normal = ds.conditioned(name, self.conditions).float(), ds.boundary(name)[0].float()
+                if ds.has_boundary(name) and float((vector * normal).sum()) < 1e-3:
+                    raise ZsteerError(
+                        f"--distance: direction {name!r} conditioned on {', '.join(self.conditions)} "
+                        "is orthogonal to its own boundary; it cannot move to a distance"
+                    )
+        if self.until_prob is not None:
+            for name, attribute in zip(ds.names, ds.attributes, strict=True):
+                if attribute is not None and attribute not in attributes:
+                    raise ZsteerError(f"direction {name!r} raises {attribute!r}, which the classifier lacks")
+
     def make_editor(
         self, generator: LoadedModel, classifier: LoadedModel, engine: EngineConfig, backend: BackendConfig
     ) -> Editor:
         self._check()
-        if self.loaded.z_dim != generator.spec.z_dim:
-            raise ZsteerError(
-                f"{self.directions}: directions of length {self.loaded.z_dim}, the generator takes "
-                f"z_dim={generator.spec.z_dim}"
-            )
+        self._check_models(generator.spec.z_dim, classifier.attributes)
         renderer = backend_factory(backend.name)(
             generator, classifier, AscentConfig(steps=0), engine, backend
         )
@@ -251,18 +271,6 @@ class DirectionEditor:
         self.attribute = torch.tensor(
             [attributes.index(a) if a in attributes else -1 for a in ds.attributes], dtype=torch.int64
         )
-        if method.distance is not None:
-            along = (self.vectors * self.normals).sum(1)  # [K] how fast each direction crosses its boundary
-            for k in range(len(ds.names)):
-                if ds.has_boundary(ds.names[k]) and along[k] < 1e-3:
-                    raise ZsteerError(
-                        f"--distance: direction {ds.names[k]!r} conditioned on {', '.join(method.conditions)} "
-                        "is orthogonal to its own boundary; it cannot move to a distance"
-                    )
-        if method.until_prob is not None:
-            for k, a in enumerate(ds.attributes):
-                if a is not None and a not in attributes:
-                    raise ZsteerError(f"direction {ds.names[k]!r} raises {a!r}, which the classifier lacks")
 
     def render(self, z, labels=None):
         return self.renderer.render(z, labels)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -277,6 +279,27 @@ def test_torch_and_onnxruntime_agree_on_a_direction_job(tmp_path, job_models, di
         np.testing.assert_allclose(
             np.array(a.column(column).to_pylist()), np.array(b.column(column).to_pylist()), atol=1e-4
         )
+
+
+def test_directions_that_do_not_fit_the_models_are_refused_before_anything_is_written(
+    tmp_path, job_models, directions_file
+):
+    """Another z length, or --until-prob towards an attribute the classifier lacks: one line, no job folder."""
+    found = load_directions(directions_file)
+    manifest = write_manifest(tmp_path / "m.parquet", {"id": np.arange(4), "z": latents(4)})
+    longer = dataclasses.replace(found, vectors=torch.nn.functional.pad(found.vectors, (0, 2)), normals=None)
+    renamed = dataclasses.replace(found, attributes=tuple(f"other{i}" for i in range(len(found.names))))
+    cases = [
+        (longer, {}, rf"directions of length {Z_DIM + 2}, the generator takes z_dim={Z_DIM}$"),
+        (renamed, {"until_prob": 0.9}, r"^direction 'attr0' raises 'other0', which the classifier lacks$"),
+    ]
+    for i, (directions, settings, message) in enumerate(cases):
+        path = save_directions(directions, tmp_path / f"dirs{i}")
+        out = tmp_path / f"out{i}"
+        method = DirectionMethod(directions=path, direction="attr1", **settings)
+        with pytest.raises(ZsteerError, match=message):
+            _direction_job(manifest, out, job_models, method)
+        assert not out.exists()
 
 
 def test_an_id_to_column_that_names_no_ids_is_refused_before_anything_is_written(tmp_path, job_models):
