@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ from .duplicates import DuplicateIndex, find_duplicates
 from .executor import Executor, JobWork, make_executor
 from .folder import DUPLICATES, JobFolder
 from .identity import differences, job_identity
+from .latent_lookup import LOOKUP
 from .lock import job_lock
 from .manifest import ManifestPlan, ModelShape, plan_manifest
 from .method import check_method, check_registered, needs_targets, prepare_method, replaced_columns
@@ -175,25 +177,53 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
                 )
         folder.make()
         folder.write_job({"identity": prep.identity, "runtime": prep.runtime})
-        units = plan_units(prep.plan, config.unit_rows)
-        commits = _intact(folder, folder.load_commits(), {u.key: u.n_rows for u in units})
-        removed = folder.remove_orphans(commits)
-        done = {c.unit for c in commits}
-        todo = [u for u in units if u.key not in done]
-        previous = _previous_runs(folder)
-        if commits:
-            log.info(
-                "resuming %s: %d of %d units done%s",
-                folder.root, len(units) - len(todo), len(units),
-                f", removed {removed} file(s) that no marker names" if removed else "",
-            )  # fmt: skip
-        if not todo:  # a run killed right after its last commit leaves no summary: write it now
-            log.info("nothing to do: every unit of %s is committed", folder.root)
-            run = RunStats().as_dict("complete")
-            summary = write_summary(folder, commits, prep.plan.num_rows, len(units), run, previous)
-            return JobResult(folder.root, "complete", None, summary)
-        plan = unit_plan(config, prep, _duplicates(folder, prep.plan))
-        return _run(config, prep, plan, commits, todo, len(units), previous, editor_factory)
+        try:
+            return _start(config, prep, editor_factory)
+        except ZsteerError:
+            if old is None:  # this run made the job: a refusal before any unit wrote leaves no job behind
+                _forget_refused_start(folder)
+            raise
+
+
+def _start(config: JobConfig, prep: PreparedJob, editor_factory: EditorFactory | None) -> JobResult:
+    """The units still to do, after job.json: resume bookkeeping, then one run (``_run``)."""
+    folder = prep.folder
+    units = plan_units(prep.plan, config.unit_rows)
+    commits = _intact(folder, folder.load_commits(), {u.key: u.n_rows for u in units})
+    removed = folder.remove_orphans(commits)
+    done = {c.unit for c in commits}
+    todo = [u for u in units if u.key not in done]
+    previous = _previous_runs(folder)
+    if commits:
+        log.info(
+            "resuming %s: %d of %d units done%s",
+            folder.root, len(units) - len(todo), len(units),
+            f", removed {removed} file(s) that no marker names" if removed else "",
+        )  # fmt: skip
+    if not todo:  # a run killed right after its last commit leaves no summary: write it now
+        log.info("nothing to do: every unit of %s is committed", folder.root)
+        run = RunStats().as_dict("complete")
+        summary = write_summary(folder, commits, prep.plan.num_rows, len(units), run, previous)
+        return JobResult(folder.root, "complete", None, summary)
+    plan = unit_plan(config, prep, _duplicates(folder, prep.plan))
+    return _run(config, prep, plan, commits, todo, len(units), previous, editor_factory)
+
+
+def _forget_refused_start(folder: JobFolder) -> None:
+    """Take back a new job that was refused before any unit wrote a file (a backend that refuses the
+    settings, models that do not fit: found when the editor is built, after job.json): its job.json and
+    what was derived from the inputs it pinned (the duplicate index, the interpolation's id_to lookup), so
+    that the folder is as ``check_fresh_or_job`` accepts and the corrected command starts afresh, instead
+    of being refused as a resume with other settings. Once a unit wrote anything, the job stays resumable."""
+    if any(folder.storage.list_folder(path) for path in (folder.parts, folder.rejects, folder.commits)):
+        return
+    folder.storage.remove(folder.root / DUPLICATES)
+    lookup = folder.root / LOOKUP
+    if (
+        isinstance(lookup, Path) and lookup.is_dir()
+    ):  # only ever on a plain path (InterpolateMethod.check_job)
+        shutil.rmtree(lookup)
+    folder.storage.remove(folder.job_json)  # last: until it goes, a rerun resumes this start
 
 
 def _check_inputs_there(folder: JobFolder, old, new: dict) -> None:

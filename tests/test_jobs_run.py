@@ -3,6 +3,7 @@ rejects, resume checks, the lock, and exactly-once after an injected crash."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -29,6 +30,8 @@ from modelkit import write_models
 from PIL import Image
 
 from zsteer.core.errors import ZsteerError
+from zsteer.jobs.backends import BackendConfig
+from zsteer.jobs.interpolate_method import InterpolateMethod
 from zsteer.jobs.lock import FolderLock
 from zsteer.jobs.runner import run_job
 from zsteer.pipeline.config import AscentConfig, EngineConfig
@@ -285,6 +288,30 @@ def test_a_folder_that_is_not_a_job_is_refused(tmp_path, models, manifest):
     with pytest.raises(ZsteerError, match="not a zsteer job folder"):
         run_job(job_config(manifest, out, models))
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("method", ["ascent", "interpolate"])
+def test_settings_a_backend_refuses_leave_no_job_behind(tmp_path, models, method):
+    """onnxruntime refuses bf16 when the editor is built, after job.json (and the interpolation's id_to
+    lookup) were written: the refusal takes them back, so the corrected command starts afresh in the same
+    folder instead of being refused as a resume with other settings."""
+    z = latents(8)
+    columns = {"id": np.arange(8), "z": z} | (
+        {"id_to": np.arange(8)[::-1].copy()} if method == "interpolate" else {}
+    )
+    path = write_manifest(tmp_path / "m.parquet", columns)
+    out = tmp_path / "job"
+    extra = {"method": InterpolateMethod(frames=2), "targets": ()} if method == "interpolate" else {}
+    refused = dataclasses.replace(
+        job_config(path, out, models, **extra),
+        engine=EngineConfig(batch_size=16, precision="bf16"),
+        backend=BackendConfig(name="onnxruntime"),
+    )
+    with pytest.raises(ZsteerError, match=r"^--precision bf16: the onnxruntime backend runs fp32 only$"):
+        run_job(refused)
+    assert not (out / "job.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "commits", "parts", "rejects"]
+    assert run_job(job_config(path, out, models, **extra)).status == "complete"
 
 
 def test_crash_between_shard_and_commit_leaves_no_duplicates(tmp_path, models, manifest, monkeypatch):

@@ -279,8 +279,9 @@ def test_a_worker_that_cannot_see_the_job_folder_stops_the_run_in_one_line(clust
 def test_a_worker_whose_node_sees_no_cuda_stops_the_run_in_one_line_and_the_job_resumes(
     cluster, data, job_models, local_job, tmp_path
 ):
-    """The worker-side device check comes back as its own line; a worker that fails as it starts leaves
-    job.json and no unit, and the same job then runs to completion."""
+    """The worker-side device check comes back as its own line; a worker that fails as it starts leaves no
+    unit and no job.json (the start is taken back: runner._forget_refused_start), and the same job then
+    runs to completion."""
     from zsteer.jobs.folder import JobFolder
     from zsteer.jobs.ray_executor import UnitWorker, WorkerSpec, _get
 
@@ -298,7 +299,7 @@ def test_a_worker_whose_node_sees_no_cuda_stops_the_run_in_one_line_and_the_job_
     out = tmp_path / "job"
     with pytest.raises(ZsteerError, match=r"^no GPU on this node$"):
         run_job(_ray(data, out, job_models), editor_factory=raykit.FailAtStart("no GPU on this node"))
-    assert (out / "job.json").exists() and not list((out / "commits").iterdir())
+    assert not (out / "job.json").exists() and not list((out / "commits").iterdir())
     run_job(_ray(data, out, job_models))
     _assert_same_output(out, local_job)
 
