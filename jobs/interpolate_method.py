@@ -98,9 +98,9 @@ class InterpolateMethod:
 
     def prepare(self, plan: ManifestPlan, shape: ModelShape, root: Path) -> InterpolateMethod:
         """This method with the job's id_to lookup, when the manifest has an id_to column."""
+        self.check_job(plan, shape, root)
         if ID_TO not in plan.carried.names:
             return self
-        self.check_job(plan, shape, root)
         return replace(self, lookup=build_latent_lookup(plan, ID_TO, shape.z_dim, root))
 
     # ---- rows ---------------------------------------------------------------------------------------

@@ -218,10 +218,8 @@ def _forget_refused_start(folder: JobFolder) -> None:
     if any(folder.storage.list_folder(path) for path in (folder.parts, folder.rejects, folder.commits)):
         return
     folder.storage.remove(folder.root / DUPLICATES)
-    lookup = folder.root / LOOKUP
-    if (
-        isinstance(lookup, Path) and lookup.is_dir()
-    ):  # only ever on a plain path (InterpolateMethod.check_job)
+    lookup = folder.root / LOOKUP  # only ever on a plain path (InterpolateMethod.check_job)
+    if isinstance(lookup, Path) and lookup.is_dir():
         shutil.rmtree(lookup)
     folder.storage.remove(folder.job_json)  # last: until it goes, a rerun resumes this start
 
