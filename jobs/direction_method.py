@@ -39,6 +39,7 @@ from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.config import AscentConfig, EngineConfig
 from zsteer.pipeline.direction_file import DirectionSet, directions_fingerprint, load_directions
 from zsteer.pipeline.editor import EditBatch, Editor, EditResult, as_tensor
+from zsteer.pipeline.probability import probabilities
 
 from .backends import BackendConfig, backend_factory
 from .manifest import ModelShape
@@ -341,7 +342,7 @@ class DirectionEditor:
         p_target = float(m.until_prob)
         n = z0.shape[0]
         attr = self.attribute[index]  # [n]
-        p0 = torch.sigmoid(before.gather(1, attr.clamp_min(0).unsqueeze(1)).squeeze(1))  # [n]
+        p0 = probabilities(before.gather(1, attr.clamp_min(0).unsqueeze(1)).squeeze(1))  # [n]
         sign = torch.full((n,), 1.0 if p_target >= 0.5 else -1.0)  # gain the attribute, or lose it
 
         def reached(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -359,7 +360,7 @@ class DirectionEditor:
             bracketing = torch.isnan(hi[rows])
             a = torch.where(bracketing, probe[rows], (lo[rows] + hi[rows]) / 2)  # [r] |alpha| tried
             logits = self._logits(z0[rows] + (sign[rows] * a).unsqueeze(1) * v[rows], _take(labels, rows))
-            p = torch.sigmoid(logits.gather(1, attr[rows].unsqueeze(1)).squeeze(1))
+            p = probabilities(logits.gather(1, attr[rows].unsqueeze(1)).squeeze(1))
             evals[rows] += 1
             ok = reached(p, rows)
             hi[rows] = torch.where(ok, a, hi[rows])

@@ -32,9 +32,10 @@ import torch
 from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.attributes import parse_target
 from zsteer.pipeline.checkpoints import LoadedModel, file_fingerprint
-from zsteer.pipeline.generic_net import classifier_input_shape
+from zsteer.pipeline.generic_net import classifier_input_shape, invariant_call
 from zsteer.pipeline.loading import demo_model_paths
 from zsteer.pipeline.network import fit_to_classifier
+from zsteer.pipeline.probability import probabilities
 
 from .folder import JobFolder, write_bytes_atomic, write_json_atomic
 from .jobview import JobView, ManifestLatents, open_job
@@ -68,7 +69,8 @@ class ReportConfig:
     # Attributes to score as targets, as --target writes them (NAME or NAME=WEIGHT, a negative weight
     # scoring removal); empty = each job's own targets. Needed for jobs whose method records none.
     targets: tuple[str, ...] = ()
-    # Rows rendered and judged at once: bounds memory and sets the speed, not the numbers.
+    # Rows rendered and judged at once: bounds memory and sets the speed, not the numbers (a row's judged
+    # bits and the counts are the same at any batch; means only up to float summation order).
     batch: int = 256
 
 
@@ -128,23 +130,27 @@ class TargetTally:
 
 
 def judge_probabilities(judge: LoadedModel, images: np.ndarray) -> np.ndarray:
-    """Judge probabilities [n, A] of uint8 images [n, H, W, C], resized and expanded as the judge reads."""
+    """Judge probabilities [n, A] of uint8 images [n, H, W, C], resized and expanded as the judge reads.
+
+    A row's bits do not depend on the images judged with it (so neither do the report's counts on
+    ``ReportConfig.batch``): the judge runs as ``invariant_call`` runs it, and ``probabilities`` in
+    float64 replaces torch's sigmoid, whose bits depend on a value's place in the tensor."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # [n, C, H, W]
     chan, height, width = classifier_input_shape(judge)  # a course or an imported (.pt2) judge
-    x = fit_to_classifier(x, chan, height, width)  # as the editor feeds its classifier
-    with torch.no_grad():
-        return torch.sigmoid(judge.module(x)).double().numpy()
+    with torch.no_grad():  # resized and expanded as the editor feeds its classifier
+        logits = invariant_call(
+            judge, lambda rows: judge.module(fit_to_classifier(rows, chan, height, width)), x
+        )
+        return probabilities(logits.double()).numpy()  # [n, A]
 
 
 def judged_rows(view: JobView, judge: LoadedModel, batch: int) -> Iterator[tuple]:
     """(p_before [n, A], p_after [n, A], latent shift [n], strip values [n] or None) of the job's committed
     rows, ``batch`` at a time; the strip values are a strip job's ``alpha`` or ``frame`` (JobView.strip_column).
 
-    The rows of a strip share their input row: its "before" is rendered once. It is still judged once per
-    output row, in the batch of its output rows: the judge's bits depend on its batch size (by a float32
-    ulp, measured), and judging the distinct rows alone would give an alpha-0 frame a drift of ~1e-10
-    instead of 0. An interpolation frame towards another class (``label_to``) is rendered with that
-    frame's blended class."""
+    The rows of a strip share their input row: its "before" is rendered and judged once (a row's judged
+    bits do not depend on its batch, so an alpha-0 frame's drift is exactly 0). An interpolation frame
+    towards another class (``label_to``) is rendered with that frame's blended class."""
     latents = ManifestLatents(view.inputs)
     for shard in view.committed_parts():
         reader = view.folder.storage.parquet_file(shard)
@@ -167,7 +173,7 @@ def judged_rows(view: JobView, judge: LoadedModel, batch: int) -> Iterator[tuple
                 after = render_latents(view.generator, z_edited, out_labels)  # [n, H, W, C]
             shift = np.linalg.norm(z_edited.astype(np.float64) - z[source], axis=1)  # [n]
             values = None if strip is None else (strip, np.asarray(record.column(strip).to_pylist()))
-            yield judge_probabilities(judge, before[source]), judge_probabilities(judge, after), shift, values
+            yield judge_probabilities(judge, before)[source], judge_probabilities(judge, after), shift, values
 
 
 def check_judge(view: JobView, judge: LoadedModel, allow_same_classifier: bool) -> None:

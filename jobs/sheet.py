@@ -22,6 +22,7 @@ from zsteer.core.errors import ZsteerError, first_line
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.directions import blend_classes
 from zsteer.pipeline.engine import to_uint8_images
+from zsteer.pipeline.generic_net import invariant_call
 from zsteer.pipeline.network import latent_input
 
 from .jobview import ManifestLatents, open_job
@@ -171,7 +172,8 @@ def render_latents(generator: LoadedModel, z: np.ndarray, labels: np.ndarray | N
         z_in = latent_input(
             z_t, None if labels is None else torch.from_numpy(labels), generator.spec.n_classes
         )
-    return to_uint8_images(generator.module(z_in)).numpy()
+    # Row by row for an imported generator: an image's bits must not depend on the batch it was drawn in.
+    return to_uint8_images(invariant_call(generator, generator.module, z_in)).numpy()
 
 
 def output_classes(

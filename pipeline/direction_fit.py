@@ -25,6 +25,7 @@ from .direction_file import DirectionSet
 from .directions import _unit, axis_directions, boundary_directions, pca_directions, sefa_directions
 from .generic_net import build_net
 from .network import EditNet
+from .probability import probabilities
 
 METHODS = ("boundary", "gradient", "sefa", "pca", "axis")
 # Samples per method when FitConfig.n_samples is None: the boundary keeps 2% top and bottom, so 20,000
@@ -201,9 +202,9 @@ def judge_directions(
     along each direction: which attributes a direction moves, and how strongly."""
     net = build_net(generator, judge, fast=True)
     z, labels = sample_latents(net, n, seed)
-    before = torch.sigmoid(score_latents(net, z, labels, batch))  # [n, A]
+    before = probabilities(score_latents(net, z, labels, batch))  # [n, A]
     out = []
     for v in vectors:
-        moved = torch.sigmoid(score_latents(net, z + alpha * v, labels, batch))
+        moved = probabilities(score_latents(net, z + alpha * v, labels, batch))
         out.append((moved - before).mean(0))
     return torch.stack(out)

@@ -32,7 +32,7 @@ import logging
 import torch
 from torch import nn
 
-from .ascent_loop import MIN_ROWS
+from .ascent_loop import MIN_ROWS, pad_rows
 from .imported import ImportedClassifierSpec, is_imported
 from .loaded import LoadedModel
 from .models import ClassifierSpec
@@ -101,15 +101,29 @@ class ModelNet(nn.Module):
 
     def _per_row(self, fn, x: torch.Tensor) -> torch.Tensor:
         """``fn(x)``; row by row as MIN_ROWS copies of each row when ``row_by_row`` (module docstring)."""
-        if not self.row_by_row:
-            return fn(x)
-        copies = torch.zeros(MIN_ROWS, dtype=torch.int64, device=x.device)
-        return torch.cat([fn(x[i : i + 1].index_select(0, copies))[:1] for i in range(x.shape[0])])
+        return each_row_alone(fn, x) if self.row_by_row else fn(x)
 
     def train(self, mode: bool = True):
         """The modules are frozen graphs; only the flag changes (torch refuses eval() on exported ones)."""
         self.training = mode
         return self
+
+
+def each_row_alone(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for x [N, ...], one call of ``fn`` per row, run as MIN_ROWS copies of the row: every call
+    sees the same tensor for a given row, whatever batch it came in (module docstring)."""
+    copies = torch.zeros(MIN_ROWS, dtype=torch.int64, device=x.device)
+    return torch.cat([fn(x[i : i + 1].index_select(0, copies))[:1] for i in range(x.shape[0])])
+
+
+def invariant_call(model: LoadedModel, fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for x [N, ...], where ``fn`` runs ``model``'s module as it is (a forward outside the
+    engine: the report's judge, a sheet's render), with each row's bits independent of its batch: row by
+    row for an imported model, as ModelNet runs it; a course model in one call of at least MIN_ROWS rows."""
+    if is_imported(model):
+        return each_row_alone(fn, x)
+    m = x.shape[0]
+    return fn(pad_rows(x, max(m, MIN_ROWS)))[:m]
 
 
 def _adaptation(resize: bool, expand: bool, g_range: tuple, c_range: tuple) -> str:

@@ -25,6 +25,7 @@ from zsteer.jobs.report import (
     ReportConfig,
     TargetTally,
     judge_probabilities,
+    judged_rows,
     report_job,
     write_report,
 )
@@ -112,6 +113,44 @@ def test_report_job_streams_to_the_numbers_of_a_direct_computation(judged_job, t
         assert got[key] == other[key], key
     for key in ("target_prob_after", "mean_other_drift", "latent_shift"):
         assert got[key] == pytest.approx(other[key], rel=1e-6), key
+
+
+def _judged_at(view, judge, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(p_before, p_after) of every row of ``view``, judged ``batch`` rows at a time."""
+    parts = list(judged_rows(view, judge, batch))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def test_a_rows_judged_bits_do_not_depend_on_the_report_batch(judged_job):
+    """torch.sigmoid's bits depend on a value's place in its tensor, which failed this at batch 1 and 3."""
+    job, _, judge = judged_job
+    view = open_job(job)
+    want = _judged_at(view, judge, 256)
+    for batch in (1, 3):
+        got = _judged_at(view, judge, batch)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_an_imported_judge_runs_row_by_row(judged_job, tmp_path):
+    """A graph zsteer did not write may pick kernels by its row count: the report runs it a row at a call."""
+    from byokit import POOLED_CARD, pooled_classifier
+
+    from zsteer.pipeline.importer import write_imported
+
+    job, _, _ = judged_job
+    write_imported(
+        pooled_classifier(), POOLED_CARD, tmp_path / "pooled.pt2", source="byokit:pooled_classifier"
+    )
+    judge = load_classifier(tmp_path / "pooled.pt2")
+    calls = []
+    real = judge.module.forward
+    judge.module.forward = lambda x: calls.append(len(x)) or real(x)
+    view = open_job(job)
+    before, after = _judged_at(view, judge, 256)
+    assert before.shape == after.shape == (23, len(POOLED_CARD.attributes))
+    assert set(calls) == {2} and len(calls) == 2 * 23  # before and after: each row alone, as two copies
+    np.testing.assert_array_equal(_judged_at(view, judge, 5)[1], after)
 
 
 def test_write_report_writes_json_csv_markdown_and_plots(judged_job, tmp_path):
