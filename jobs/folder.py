@@ -2,6 +2,7 @@
 
     OUT/job.json            identity (settings, model fingerprints, inputs, version) + runtime settings
     OUT/duplicates.npz      the ids that occur more than once in the inputs (duplicates.py)
+    OUT/lookup/             an interpolation's id_to latents (latent_lookup.py; plain paths only)
     OUT/parts/part-F-G-C-K.parquet       edited rows of unit F:G:C (file, row group, chunk), shard K
     OUT/rejects/rejects-F-G-C-K.parquet  rejected rows of unit F:G:C, shard K
     OUT/commits/commit-F-G-C.json        unit F:G:C's completion marker: its parts, rejects, counts, and
@@ -35,6 +36,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,7 +58,7 @@ from .storage import (  # noqa: F401 (the local protocol's writers: report, benc
 
 JOB_JSON, SUMMARY_JSON = "job.json", "summary.json"
 PARTS, REJECTS, COMMITS = "parts", "rejects", "commits"
-DUPLICATES = "duplicates.npz"
+DUPLICATES, LOOKUP = "duplicates.npz", "lookup"
 _COMMIT_NAME = re.compile(r"commit-(\d{6,}-\d{6,}-\d{6,})\.json")
 _SHARD_NAME = {PARTS: "part-{stem}-{k:03d}{token}.parquet", REJECTS: "rejects-{stem}-{k:03d}{token}.parquet"}
 # A shard of a unit committed to an object store ends in its attempt's token (``attempt_token``).
@@ -272,6 +274,19 @@ class JobFolder:
         if not isinstance(doc, dict):
             raise ZsteerError(f"{self.job_json}: expected a JSON object, found {type(doc).__name__}; {hint}")
         return doc
+
+    def forget_new_job(self) -> None:
+        """Take back a job that was refused before any unit wrote a file: its job.json and what was derived
+        from the inputs it pinned (the duplicate index, an interpolation's lookup), so the folder is as
+        ``check_fresh_or_job`` accepts and the corrected command starts afresh instead of being refused as
+        a resume with other settings. Once a unit wrote anything, the job stays as it is: resumable."""
+        if any(self.storage.list_folder(path) for path in (self.parts, self.rejects, self.commits)):
+            return
+        self.storage.remove(self.root / DUPLICATES)
+        lookup = self.root / LOOKUP
+        if isinstance(lookup, Path) and lookup.is_dir():  # never on an object store (latent_lookup.py)
+            shutil.rmtree(lookup)
+        self.storage.remove(self.job_json)  # last: until it goes, a rerun resumes this start
 
     def write_job(self, doc: dict) -> None:
         self.write_json(self.job_json, doc)

@@ -29,11 +29,10 @@ import pyarrow.compute as pc
 from zsteer.core.errors import ZsteerError
 
 from .duplicates import READ_ROWS, id_keys
+from .folder import LOOKUP
 from .manifest import ID, ManifestPlan, Z
 from .rows import MAX_ABS_Z, largest_magnitudes
 from .storage import storage_of
-
-LOOKUP = "lookup"
 
 
 @dataclass(frozen=True)

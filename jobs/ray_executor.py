@@ -135,7 +135,7 @@ class UnitWorker:
                 "folder (and the manifests) must be on storage every node mounts at the same path"
             )
         # Before the editor is built and before any unit: a failure here is one line (ZsteerError, see
-        # _get) and leaves no job behind (runner._forget_refused_start), so the same command runs once the
+        # _get) and leaves no job behind (JobFolder.forget_new_job), so the same command runs once the
         # node is fixed.
         require_device(
             spec.device,

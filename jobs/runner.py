@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +29,6 @@ from .duplicates import DuplicateIndex, find_duplicates
 from .executor import Executor, JobWork, make_executor
 from .folder import DUPLICATES, JobFolder
 from .identity import differences, job_identity
-from .latent_lookup import LOOKUP
 from .lock import job_lock
 from .manifest import ManifestPlan, ModelShape, plan_manifest
 from .method import check_method, check_registered, needs_targets, prepare_method, replaced_columns
@@ -181,7 +179,7 @@ def run_job(config: JobConfig, editor_factory: EditorFactory | None = None) -> J
             return _start(config, prep, editor_factory)
         except ZsteerError:
             if old is None:  # this run made the job: a refusal before any unit wrote leaves no job behind
-                _forget_refused_start(folder)
+                folder.forget_new_job()
             raise
 
 
@@ -207,21 +205,6 @@ def _start(config: JobConfig, prep: PreparedJob, editor_factory: EditorFactory |
         return JobResult(folder.root, "complete", None, summary)
     plan = unit_plan(config, prep, _duplicates(folder, prep.plan))
     return _run(config, prep, plan, commits, todo, len(units), previous, editor_factory)
-
-
-def _forget_refused_start(folder: JobFolder) -> None:
-    """Take back a new job that was refused before any unit wrote a file (a backend that refuses the
-    settings, models that do not fit: found when the editor is built, after job.json): its job.json and
-    what was derived from the inputs it pinned (the duplicate index, the interpolation's id_to lookup), so
-    that the folder is as ``check_fresh_or_job`` accepts and the corrected command starts afresh, instead
-    of being refused as a resume with other settings. Once a unit wrote anything, the job stays resumable."""
-    if any(folder.storage.list_folder(path) for path in (folder.parts, folder.rejects, folder.commits)):
-        return
-    folder.storage.remove(folder.root / DUPLICATES)
-    lookup = folder.root / LOOKUP  # only ever on a plain path (InterpolateMethod.check_job)
-    if isinstance(lookup, Path) and lookup.is_dir():
-        shutil.rmtree(lookup)
-    folder.storage.remove(folder.job_json)  # last: until it goes, a rerun resumes this start
 
 
 def _check_inputs_there(folder: JobFolder, old, new: dict) -> None:

@@ -280,7 +280,7 @@ def test_a_worker_whose_node_sees_no_cuda_stops_the_run_in_one_line_and_the_job_
     cluster, data, job_models, local_job, tmp_path
 ):
     """The worker-side device check comes back as its own line; a worker that fails as it starts leaves no
-    unit and no job.json (the start is taken back: runner._forget_refused_start), and the same job then
+    unit and no job.json (the start is taken back: JobFolder.forget_new_job), and the same job then
     runs to completion."""
     from zsteer.jobs.folder import JobFolder
     from zsteer.jobs.ray_executor import UnitWorker, WorkerSpec, _get
