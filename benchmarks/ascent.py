@@ -36,10 +36,10 @@ def main() -> None:
     import torch
 
     from zsteer.jobs.bench.config import RunControl
+    from zsteer.jobs.bench.models import course_size_models
     from zsteer.jobs.bench.roofline import ascent_flops_per_latent, matmul_peak
     from zsteer.jobs.bench.timing import Meter, measure_interleaved
     from zsteer.pipeline.attributes import CELEBA40
-    from zsteer.pipeline.checkpoints import LoadedModel
     from zsteer.pipeline.engine import (
         AscentConfig,
         AscentEngine,
@@ -48,14 +48,11 @@ def main() -> None:
         make_engine,
         target_vector,
     )
-    from zsteer.pipeline.models import ClassifierSpec, CourseClassifier, CourseGenerator, GeneratorSpec
     from zsteer.pipeline.network import EditNet
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    gen, cls = CourseGenerator(64, 3, 64).eval(), CourseClassifier(3, 40, 64).eval()
-    gen_m = LoadedModel(gen, GeneratorSpec(), "bench", "random")
-    cls_m = LoadedModel(cls, ClassifierSpec(), "bench", "random", CELEBA40)
+    gen_m, cls_m = course_size_models(seed=0)
+    gen, cls = gen_m.module, cls_m.module
     smiling = CELEBA40.index("Smiling")
 
     control = RunControl(warmup_seconds=1.0, min_seconds=args.seconds, min_iterations=3)

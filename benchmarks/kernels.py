@@ -51,8 +51,6 @@ import math
 # ops' share.
 from zsteer.cli.malloc import reexec_with_malloc_settings
 
-Z_DIM, HIDDEN, N_ATTR = 64, 64, 40
-
 
 def traffic(fn) -> tuple[int, int]:
     """(launches, bytes) of one call of ``fn``, counted over the aten ops it dispatches."""
@@ -97,11 +95,11 @@ def main() -> None:
 
     from zsteer.core.status import ACTIVE
     from zsteer.jobs.bench.config import RunControl
+    from zsteer.jobs.bench.models import course_size_models
     from zsteer.jobs.bench.timing import CudaClock, measure
     from zsteer.kernels.ascent_update import ascent_update, ascent_update_torch
     from zsteer.kernels.objective import objective_torch
     from zsteer.pipeline.attributes import CELEBA40
-    from zsteer.pipeline.checkpoints import LoadedModel
     from zsteer.pipeline.compile import compile_step
     from zsteer.pipeline.engine import (
         AscentConfig,
@@ -110,29 +108,23 @@ def main() -> None:
         make_engine,
         target_vector,
     )
-    from zsteer.pipeline.models import ClassifierSpec, CourseClassifier, CourseGenerator, GeneratorSpec
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    gen = LoadedModel(
-        CourseGenerator(Z_DIM, 3, HIDDEN).eval(), GeneratorSpec(z_dim=Z_DIM, hidden_dim=HIDDEN), "b", "random"
-    )
-    cls = LoadedModel(
-        CourseClassifier(3, N_ATTR, HIDDEN).eval(), ClassifierSpec(hidden_dim=HIDDEN), "b", "random", CELEBA40
-    )
+    gen, cls = course_size_models(seed=0)
+    z_dim, n_attr, hidden = gen.spec.z_dim, len(cls.attributes), gen.spec.hidden_dim
     smiling = CELEBA40.index("Smiling")
     lr, max_shift, penalty = 0.1, 3.0, 0.1
 
     def inputs(n: int, device: str):
         """Per-row tensors of one step, as the engine passes them (clean mode, all rows active)."""
-        weights = target_vector([(smiling, 1.0)], N_ATTR).expand(n, N_ATTR).contiguous()
-        z0 = torch.randn(n, Z_DIM)
+        weights = target_vector([(smiling, 1.0)], n_attr).expand(n, n_attr).contiguous()
+        z0 = torch.randn(n, z_dim)
         t = {
-            "z": z0 + 0.1 * torch.randn(n, Z_DIM),
+            "z": z0 + 0.1 * torch.randn(n, z_dim),
             "z0": z0,
-            "grad": torch.randn(n, Z_DIM),
-            "logits": torch.randn(n, N_ATTR),
-            "logits0": torch.randn(n, N_ATTR),
+            "grad": torch.randn(n, z_dim),
+            "logits": torch.randn(n, n_attr),
+            "logits0": torch.randn(n, n_attr),
             "weights": weights,
             "preserve": default_preserve(weights),
             "stop_prob": torch.full((n,), 0.9),
@@ -160,7 +152,7 @@ def main() -> None:
 
         def step():
             logits, _, grad_in = engine._grad_step(t["z"], logits0, t["weights"], t["preserve"], penalty)
-            return ascent_update(*upd_args({**t, "logits": logits}, grad_in[:, :Z_DIM]), impl=impl)
+            return ascent_update(*upd_args({**t, "logits": logits}, grad_in[:, :z_dim]), impl=impl)
 
         return step
 
@@ -175,8 +167,8 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, {args.threads} CPU threads; "
-        f"course models z_dim {Z_DIM}, hidden {HIDDEN}, "
-        f"{N_ATTR} attributes"
+        f"course models z_dim {z_dim}, hidden {hidden}, "
+        f"{n_attr} attributes"
     )
     t = inputs(128, "cpu")
     obj_l, obj_b = traffic(lambda: objective_torch(*obj_args(t)))

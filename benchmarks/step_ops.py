@@ -42,18 +42,14 @@ def main() -> None:
     from torch.utils.flop_counter import flop_registry
 
     from zsteer.jobs.bench.config import RunControl
+    from zsteer.jobs.bench.models import course_size_models
     from zsteer.jobs.bench.roofline import matmul_peak, step_flops
     from zsteer.jobs.bench.timing import measure
-    from zsteer.pipeline.attributes import CELEBA40
-    from zsteer.pipeline.checkpoints import LoadedModel
     from zsteer.pipeline.engine import AscentConfig, EngineConfig, make_engine
-    from zsteer.pipeline.models import ClassifierSpec, CourseClassifier, CourseGenerator, GeneratorSpec
     from zsteer.pipeline.network import EditNet
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    gen = LoadedModel(CourseGenerator(64, 3, 64).eval(), GeneratorSpec(), "bench", "random")
-    cls = LoadedModel(CourseClassifier(3, 40, 64).eval(), ClassifierSpec(), "bench", "random", CELEBA40)
+    gen, cls = course_size_models(seed=0)
     net = make_engine(gen, cls, AscentConfig(steps=10), EngineConfig(args.batch_size, compile="off")).net
     z = torch.randn(args.batch_size, net.input_dim)  # [N, input_dim]
 
