@@ -12,8 +12,10 @@ Faults are of two kinds:
 
 - the data of a row group cannot be decoded part way (a corrupt page, a bad compressed block, a page
   whose CRC does not match: files written with page checksums are read with their verification on, so
-  flipped bytes in a page are found instead of edited as a valid row): not fatal; its remaining rows, in every unit of the row group still to do, become rejects with the reason,
-  so every row is still accounted for exactly once;
+  flipped bytes in a page are found instead of edited as a valid row): not fatal; its rows from the
+  first block of ``DECODE_ROWS`` that fails on, in every unit of the row group still to do, become
+  rejects with the reason, so every row is still accounted for exactly once, and which rows survive does
+  not depend on the read size, the units or a resume;
 - the file cannot be opened or read (gone, permission denied, an I/O error of the disk or the network):
   a ``ReadError``, which stops the job with one line naming the file; nothing of the unit was committed,
   so the same command resumes once the file is back. Such a fault says nothing about the rows, so they
@@ -36,6 +38,11 @@ from .rows import Unit
 from .storage import storage_of
 
 READ_BUFFER = 1 << 20  # bytes read at a time from a column chunk (pyarrow's buffered stream)
+# Rows a row group is decoded at a time, in blocks counted from its first row. Fixed, not --read-rows: where
+# a damaged page stops a row group (at the first block that fails to decode) must not depend on the read
+# size, the units or where a resume started (docs/ARCHITECTURE.md, "Batch invariance"). Reads of
+# ``read_rows`` rows are made of whole blocks; 1024 rows of z are a few hundred kB.
+DECODE_ROWS = 1024
 
 
 class ReadError(ZsteerError):
@@ -82,30 +89,59 @@ def _check_unchanged(file: InputFile, pf: pq.ParquetFile, stat) -> None:
 
 
 class _RowGroupStream:
-    """The rows of one row group in order, as record batches of at most ``read_rows`` rows."""
+    """The rows of one row group in order, as record batches of at most ``read_rows`` rows, decoded in
+    blocks of ``DECODE_ROWS``."""
 
     def __init__(self, pf: pq.ParquetFile, file: InputFile, row_group: int, read_rows: int):
         self.file, self.row_group = file, row_group
         self.size = file.row_groups[row_group]
+        self.read_rows = read_rows
         self.pos = 0  # rows of the row group handed out (or skipped) so far
         # Threads off: two cores are the engine's; reading is far from the bottleneck (docs/NOTES.md, "Reading and threads").
-        self._batches = pf.iter_batches(
-            batch_size=read_rows, row_groups=[row_group], columns=file.schema.names, use_threads=False
+        self._blocks = pf.iter_batches(
+            batch_size=DECODE_ROWS, row_groups=[row_group], columns=file.schema.names, use_threads=False
         )
-        self._head: pa.RecordBatch | None = None  # the rest of a batch cut at a unit boundary
+        self._head: pa.RecordBatch | None = None  # decoded rows not handed out yet
+        self._fault: _Undecodable | None = None  # a block that failed after the head's blocks decoded
+
+    def _block(self, decoded: int) -> pa.RecordBatch:
+        """The next decoded block (``decoded``: rows of the row group decoded before it); raises
+        _Undecodable or an OS fault."""
+        try:
+            block = next(self._blocks, None)
+        except Exception as exc:
+            if is_os_fault(exc):
+                raise
+            raise _Undecodable(first_line(exc)) from exc
+        if block is None or block.num_rows == 0:
+            raise _Undecodable(f"read {decoded} rows, the footer says {self.size}")
+        return block
+
+    def _fill(self, want: int) -> None:
+        """Decode whole blocks into the head until it holds ``want`` rows. A block that fails after others
+        decoded is kept for the next call: the rows before it are handed out first."""
+        if self._fault is not None:
+            raise self._fault
+        blocks, rows = [], 0
+        while rows < want:
+            try:
+                blocks.append(self._block(self.pos + rows))
+            except _Undecodable as exc:
+                if not blocks:
+                    raise
+                self._fault = exc
+                break
+            rows += blocks[-1].num_rows
+        self._head = (
+            blocks[0] if len(blocks) == 1 else pa.Table.from_batches(blocks).combine_chunks().to_batches()[0]
+        )
 
     def _next(self, limit: int) -> pa.RecordBatch:
-        """The next at most ``limit`` rows (at least one); raises _Undecodable or an OS fault."""
+        """The next at most ``limit`` rows (at least one; at most ``read_rows``); raises _Undecodable or
+        an OS fault."""
+        limit = min(limit, self.read_rows)
         if self._head is None:
-            try:
-                batch = next(self._batches, None)
-            except Exception as exc:
-                if is_os_fault(exc):
-                    raise
-                raise _Undecodable(first_line(exc)) from exc
-            if batch is None or batch.num_rows == 0:
-                raise _Undecodable(f"read {self.pos} rows, the footer says {self.size}")
-            self._head = batch
+            self._fill(limit)
         batch, self._head = self._head.slice(0, limit), self._head.slice(limit)
         if self._head.num_rows == 0:
             self._head = None

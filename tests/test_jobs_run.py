@@ -340,12 +340,17 @@ def test_big_row_groups_are_split_into_bounded_shards(tmp_path, models):
     assert sorted(read_parts(out).column("id").to_pylist()) == list(range(150))
 
 
+@pytest.mark.parametrize("read_rows", [1, 4, 7, 4096])
 @pytest.mark.parametrize("unit_rows", [4096, 3])
-def test_unreadable_row_group_becomes_rejects(tmp_path, models, monkeypatch, unit_rows):
-    """A row group that fails mid-read (a corrupt page) turns its unread rows into rejects, in every
-    unit of the row group still to come (with 3-row units: the rest of 13-15, then 16-18 and 19)."""
+def test_unreadable_row_group_becomes_rejects(tmp_path, models, monkeypatch, unit_rows, read_rows):
+    """A row group that fails mid-read (a corrupt page in its second block of 4 decoded rows) turns its
+    rows from that block on into rejects, in every unit of the row group still to come (with 3-row units:
+    the rest of 13-15, then 16-18 and 19), whatever the read size: blocks are counted from the row
+    group's start, so where it stops does not depend on --read-rows (read in batches of 7 rows, the
+    rows 14-16 were rejected or not with them)."""
     from zsteer.jobs import reader
 
+    monkeypatch.setattr(reader, "DECODE_ROWS", 4)
     path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(30), "z": latents(30)}, row_group_size=10)
     real = reader.pq.ParquetFile
 
@@ -357,7 +362,7 @@ def test_unreadable_row_group_becomes_rejects(tmp_path, models, monkeypatch, uni
                 yield batch
 
     monkeypatch.setattr(reader.pq, "ParquetFile", Flaky)
-    run_job(job_config(path, tmp_path / "job", models, read_rows=4, unit_rows=unit_rows))
+    run_job(job_config(path, tmp_path / "job", models, read_rows=read_rows, unit_rows=unit_rows))
     reasons = reasons_by_row(tmp_path / "job")
     assert sorted(reasons) == [14, 15, 16, 17, 18, 19]
     assert set(reasons.values()) == {"row group unreadable: Corrupt snappy compressed data."}
