@@ -35,7 +35,7 @@ from zsteer.pipeline.network import flatten_layers, latent_input
 from .graphs import EditVJP
 from .graphset import OnnxGraphs
 from .onnx_export import export_graphs, to_onnx
-from .runtime import Placement, import_onnxruntime, make_sessions
+from .runtime import Placement, RowChunks, import_onnxruntime, make_sessions
 
 # ATen operators of a graph that export/vjp.py can differentiate, and the layer each becomes.
 _STACK_OPS = ("conv2d", "conv_transpose2d", "batch_norm", "relu", "leaky_relu", "tanh")
@@ -89,9 +89,15 @@ class OrtForwardEngine(AscentLoop):
                 ClassifierForward(net), (image,), ["images"], ["logits"]
             ).SerializeToString(),
         }
+        placement = Placement.parse(engine.device)
+        # On the CPU with several threads, rows run on 1-thread sessions, ``threads`` chunks of rows at a
+        # time (runtime.RowChunks, as the course graphs run): a row's bits then cannot depend on the thread
+        # count, and the per-row calls of a graph this small gain more from running side by side.
+        chunked = placement.device_type == "cpu" and (backend.threads or 0) > 1
         self.sessions, _ = make_sessions(
-            models, Placement.parse(engine.device), backend.threads, backend.cpu_fallback
+            models, placement, 1 if chunked else backend.threads, backend.cpu_fallback
         )
+        self.chunks = RowChunks(backend.threads if chunked else 1)
         # Tensors go in and out through numpy on the host (forward-only runs are not the hot loop).
         self.device = torch.device("cpu")
 
@@ -103,17 +109,24 @@ class OrtForwardEngine(AscentLoop):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None, images: bool):
         """(images [m, H, W, C] uint8 or None, logits [m, A]), one session call per row (MIN_ROWS copies)."""
+        feeds = {"z": z.cpu().numpy()}  # [m, z_dim]
+        if self.n_labels:
+            feeds["labels"] = labels.cpu().numpy().astype(np.int64)  # [m]
+        generated, logits = self.chunks.run(self._rows_alone, feeds, z.shape[0])
+        out = torch.from_numpy(logits)
+        return (to_uint8_images(torch.from_numpy(generated)) if images else None), out
+
+    def _rows_alone(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """[images [k, C, H, W], logits [k, A]] of some rows, each row one run of MIN_ROWS copies of it."""
         pixels, logits = [], []
         copies = np.zeros(MIN_ROWS, dtype=np.int64)
-        for i in range(z.shape[0]):
-            feeds = {"z": z[i : i + 1].cpu().numpy()[copies]}
-            if self.n_labels:
-                feeds["labels"] = labels[i : i + 1].cpu().numpy().astype(np.int64)[copies]
-            generated = self.sessions["generator"].run(None, feeds)[0]
+        for i in range(len(feeds["z"])):
+            generated = self.sessions["generator"].run(
+                None, {k: v[i : i + 1][copies] for k, v in feeds.items()}
+            )[0]
             logits.append(self.sessions["classifier"].run(None, {"images": generated})[0][:1])
             pixels.append(generated[:1])
-        out = torch.from_numpy(np.concatenate(logits))
-        return (to_uint8_images(torch.from_numpy(np.concatenate(pixels))) if images else None), out
+        return [np.concatenate(pixels), np.concatenate(logits)]
 
 
 @dataclass

@@ -32,9 +32,9 @@ class BackendConfig:
     name: str = "torch"
     # A folder written by `zsteer export` to run from; None = export the graphs in memory at start-up.
     onnx_dir: Path | None = None
-    # onnxruntime's threads; None = onnxruntime's choice. On the CPU, the course-layout graphs with 2 or
-    # more run that many 1-thread session runs at once over chunks of a batch's rows
-    # (export/runtime.RowChunks: faster, same bits); imported models' forward runs on that many threads.
+    # onnxruntime's threads; None = onnxruntime's choice. On the CPU, 2 or more run that many 1-thread
+    # session runs at once over chunks of a batch's rows (export/runtime.RowChunks: faster, same bits),
+    # for the course-layout graphs and for imported models' row-by-row forward alike.
     threads: int | None = None
     # On a machine where the CUDA provider is listed but unusable, run on the CPU instead of failing.
     cpu_fallback: bool = False

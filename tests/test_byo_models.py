@@ -372,6 +372,22 @@ def test_onnxruntime_renders_any_imported_graph_and_refuses_its_ascent_naming_th
         export_models(gen, cls, Path("unused"))
 
 
+def test_onnxruntime_renders_imported_rows_with_the_same_bits_on_any_threads_and_batch(imported):
+    """On 2 threads the rows go to concurrent 1-thread runs (runtime.RowChunks), each row still alone."""
+    gen, cls = load_generator(imported["embedding"]), load_classifier(imported["pooled"])
+    z, labels = _rows(11, seed=4)
+
+    def render(threads, rows):
+        backend = BackendConfig("onnxruntime", threads=threads)
+        renderer = backend_factory("onnxruntime")(gen, cls, AscentConfig(steps=0), EngineConfig(), backend)
+        return renderer.render(z[rows], labels[rows])
+
+    images, logits = render(1, slice(None))
+    for threads, rows in ((2, slice(None)), (2, slice(3, 9)), (3, slice(2, 3))):
+        got_images, got_logits = render(threads, rows)
+        assert torch.equal(got_logits, logits[rows]) and torch.equal(got_images, images[rows])
+
+
 def test_onnxruntime_ascent_on_an_imported_layer_stack_matches_torch(tmp_path):
     gen = write_imported(with_gain(StackGenerator(), 5), RESIDUAL_CARD, tmp_path / "stack_g.pt2")
     cls = write_imported(with_gain(StackClassifier(), 6), STACK_CARD, tmp_path / "stack_c.pt2")
