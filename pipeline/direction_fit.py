@@ -16,10 +16,12 @@ independent judge, so that an unsupervised direction is not described by what it
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 
+from .ascent_loop import MIN_ROWS, pad_rows
 from .checkpoints import LoadedModel
 from .direction_file import DirectionSet
 from .directions import _unit, axis_directions, boundary_directions, pca_directions, sefa_directions
@@ -86,29 +88,41 @@ def sample_latents(net: EditNet, n: int, seed: int) -> tuple[torch.Tensor, torch
     return z, labels
 
 
+def _batches(
+    z: torch.Tensor, labels: torch.Tensor | None, batch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, int]]:
+    """(z [b, D], labels [b] or None, m): ``batch`` rows at a time, each padded to at least MIN_ROWS rows
+    (of which the first m are real), as the engine runs them, so a row's bits do not depend on ``batch``."""
+    for s in range(0, z.shape[0], batch):
+        zb = z[s : s + batch]
+        m = zb.shape[0]
+        size = max(m, MIN_ROWS)
+        yield pad_rows(zb, size), pad_rows(None if labels is None else labels[s : s + batch], size), m
+
+
 @torch.no_grad()
 def score_latents(net: EditNet, z: torch.Tensor, labels: torch.Tensor | None, batch: int) -> torch.Tensor:
     """Classifier logits [N, A] of latents z [N, D], ``batch`` at a time."""
-    out = []
-    for s in range(0, z.shape[0], batch):
-        lab = None if labels is None else labels[s : s + batch]
-        out.append(net(net.latent_input(z[s : s + batch], lab)).float())
-    return torch.cat(out)
+    return torch.cat(
+        [net(net.latent_input(zb, lab))[:m].float() for zb, lab, m in _batches(z, labels, batch)]
+    )
 
 
 def gradient_directions(
     net: EditNet, z: torch.Tensor, labels: torch.Tensor | None, attributes: list[int], batch: int
 ) -> torch.Tensor:
-    """Per attribute, the mean over z [N, D] of the unit gradients d logit_a / dz -> unit rows [len, D]."""
+    """Per attribute, the mean over z [N, D] of the unit gradients d logit_a / dz -> unit rows [len, D].
+
+    The sum runs in float64 by batches and ends as float32: how ``batch`` groups it moves the float64 sum by
+    about 1e-16, which the float32 result keeps only where it sits on a rounding boundary."""
     total = torch.zeros(len(attributes), net.z_dim, dtype=torch.float64)
-    for s in range(0, z.shape[0], batch):
-        zb = z[s : s + batch].clone().requires_grad_(True)
-        lab = None if labels is None else labels[s : s + batch]
+    for zb, lab, m in _batches(z, labels, batch):
+        zb = zb.clone().requires_grad_(True)
         with torch.enable_grad():
-            logits = net(net.latent_input(zb, lab))  # [b, A]
+            logits = net(net.latent_input(zb, lab))[:m]  # [m, A]
             for i, a in enumerate(attributes):
                 (grad,) = torch.autograd.grad(logits[:, a].sum(), zb, retain_graph=i + 1 < len(attributes))
-                total[i] += _unit(grad.double()).sum(0)
+                total[i] += _unit(grad[:m].double()).sum(0)
     return _unit(total).float()
 
 

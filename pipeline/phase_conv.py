@@ -71,7 +71,13 @@ def interleave_phases(y: torch.Tensor, stride: int) -> torch.Tensor:
     s = stride
     if y.is_contiguous(memory_format=torch.channels_last):
         nhwc = y.permute(0, 2, 3, 1).reshape(n, h, w, s, s, -1)  # a view: [N, i, j, a, b, C]
-        return nhwc.transpose(2, 3).reshape(n, h * s, w * s, -1).permute(0, 3, 1, 2)
+        # Copied into a tensor of its own rather than returned as a permuted view: a custom Function's
+        # output that is a view cannot be modified in place under autograd (the tanh_ after the layer).
+        out = torch.empty(
+            n, nhwc.shape[-1], h * s, w * s, dtype=y.dtype, device=y.device, memory_format=torch.channels_last
+        )
+        out.permute(0, 2, 3, 1).view(n, h, s, w, s, -1).copy_(nhwc.transpose(2, 3))  # [N, i, a, j, b, C]
+        return out
     return y.reshape(n, s, s, -1, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, -1, h * s, w * s)
 
 

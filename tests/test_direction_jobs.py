@@ -41,6 +41,26 @@ def directions_file(job_models, tmp_path_factory):
     return save_directions(found, tmp_path_factory.mktemp("dirs") / "boundaries")
 
 
+@pytest.mark.parametrize("method", ["boundary", "gradient"])
+def test_fitted_directions_are_the_same_bits_at_any_fit_batch_size(job_models, method):
+    """FitConfig.batch_size is memory only: 141 samples in batches of 20 leave a 1-row batch, which a
+    course network runs with other bits unless padded to MIN_ROWS (as the engine pads every batch). The
+    gradient fit also runs plain autograd through the fast network, which the phase layers once refused."""
+    from zsteer.pipeline.direction_fit import judge_directions
+
+    generator, classifier = load_models(ModelSource(*job_models))
+
+    def fit(batch_size):
+        config = FitConfig(method=method, n_samples=141, fraction=0.2, batch_size=batch_size)
+        return fit_directions(generator, classifier, config).vectors
+
+    want = fit(512)
+    for batch_size in (20, 3):
+        assert torch.equal(fit(batch_size), want), batch_size
+    effects = [judge_directions(generator, classifier, want, n=141, batch=b) for b in (512, 20)]
+    assert torch.equal(effects[0], effects[1])
+
+
 def _table(out):
     parts = read_parts(out)
     keys = [c for c in ("id", "alpha", "frame") if c in parts.column_names]
