@@ -1,6 +1,7 @@
 """Streaming the manifest: unit by unit, a bounded number of rows at a time.
 
-Memory is bounded by ``read_rows`` whatever the row-group size: a row group is never read whole. Files
+Memory is bounded by ``read_rows`` rows (and one block of ``DECODE_ROWS`` being decoded) whatever the
+row-group size: a row group is never read whole. Files
 are opened without pre-buffering (which would read every column chunk of a row group at once: 256 MB for
 a 1M-row row group of 64 floats) and with a small read buffer, so a column chunk is read page by page.
 

@@ -148,7 +148,7 @@ def judged_rows(view: JobView, judge: LoadedModel, batch: int) -> Iterator[tuple
     """(p_before [n, A], p_after [n, A], latent shift [n], strip values [n] or None) of the job's committed
     rows, ``batch`` at a time; the strip values are a strip job's ``alpha`` or ``frame`` (JobView.strip_column).
 
-    The rows of a strip share their input row: its "before" is rendered and judged once (a row's judged
+    The rows of a strip share their input row: its "before" is rendered and judged once per batch (a row's judged
     bits do not depend on its batch, so an alpha-0 frame's drift is exactly 0). An interpolation frame
     towards another class (``label_to``) is rendered with that frame's blended class."""
     latents = ManifestLatents(view.inputs)
