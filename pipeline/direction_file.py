@@ -68,6 +68,14 @@ class DirectionSet:
     def z_dim(self) -> int:
         return int(self.vectors.shape[1])
 
+    @property
+    def generator_fingerprint(self) -> str | None:
+        """The fingerprint of the generator the directions were fitted on (None: not recorded)."""
+        models = self.info.get("models")
+        generator = models.get("generator") if isinstance(models, dict) else None
+        fingerprint = generator.get("fingerprint") if isinstance(generator, dict) else None
+        return fingerprint if isinstance(fingerprint, str) else None
+
     def index(self, name: str) -> int:
         """Position of the direction ``name``; a one-line error listing the names otherwise."""
         try:
@@ -161,9 +169,12 @@ def directions_fingerprint(path: str | Path) -> str:
 def load_directions(path: str | Path) -> DirectionSet:
     """Read a directions file; anything missing or malformed is a one-line error naming the file."""
     tensors_path, sidecar_path = _paths(path)
-    for part in (tensors_path, sidecar_path):
-        if not part.is_file():
-            raise ZsteerError(f"{part}: no such directions file (write one with `zsteer directions fit`)")
+    missing = [part for part in (tensors_path, sidecar_path) if not part.is_file()]
+    if missing:
+        raise ZsteerError(
+            f"{path}: not a directions file; expected NAME.safetensors + NAME.json, as `zsteer directions fit` "
+            f"writes ({' and '.join(map(str, missing))} missing)"
+        )
     try:
         doc = json.loads(sidecar_path.read_text())
         tensors = load_file(str(tensors_path))
@@ -191,4 +202,9 @@ def load_directions(path: str | Path) -> DirectionSet:
         raise ZsteerError(f"{sidecar_path}: malformed directions file ({exc})") from None
     if not torch.isfinite(result.vectors).all():
         raise ZsteerError(f"{tensors_path}: directions hold NaN or Inf")
+    if doc.get("z_dim") != result.z_dim:
+        raise ZsteerError(
+            f"{sidecar_path}: z_dim is {doc.get('z_dim')} but the vectors of {tensors_path.name} have "
+            f"{result.z_dim} values"
+        )
     return result

@@ -158,3 +158,49 @@ def test_a_directions_file_round_trips_and_refuses_what_it_is_not(tmp_path):
     assert directions_fingerprint(path) != fingerprint
     with pytest.raises(ZsteerError, match="no direction 'x'"):
         found.index("x")
+
+
+def test_a_sidecar_whose_z_dim_disagrees_with_its_vectors_is_refused(tmp_path):
+    """A .json saying z_dim 32 over vectors of 64 values: one line naming the file and both numbers."""
+    import json
+
+    found = DirectionSet(
+        method="axis", names=("z0", "z1"), vectors=torch.eye(2, 64), intercepts=torch.full((2,), float("nan")),
+        attributes=(None, None), stats=({}, {}),
+    )  # fmt: skip
+    path = save_directions(found, tmp_path / "d")
+    sidecar = tmp_path / "d.json"
+    doc = json.loads(sidecar.read_text())
+    doc["z_dim"] = 32
+    sidecar.write_text(json.dumps(doc))
+    with pytest.raises(
+        ZsteerError, match=r"d\.json: z_dim is 32 but the vectors of d\.safetensors have 64 values$"
+    ):
+        load_directions(path)
+
+
+def test_a_path_that_is_no_directions_file_is_named_as_given(tmp_path):
+    """--directions good.parquet: the message names good.parquet and what a directions file is, not a
+    good.safetensors the user never gave."""
+    given = tmp_path / "good.parquet"
+    given.write_bytes(b"PAR1")
+    with pytest.raises(ZsteerError) as caught:
+        load_directions(given)
+    message = str(caught.value)
+    assert message.startswith(f"{given}: not a directions file; expected NAME.safetensors + NAME.json"), (
+        message
+    )
+    assert "\n" not in message
+
+
+def test_a_directions_file_knows_the_generator_it_was_fitted_on():
+    def with_info(info):
+        return DirectionSet(
+            method="axis", names=("z0",), vectors=torch.eye(1, 4), intercepts=torch.full((1,), float("nan")),
+            attributes=(None,), stats=({},), info=info,
+        )  # fmt: skip
+
+    fitted = {"models": {"generator": {"fingerprint": "abc"}, "classifier": {"fingerprint": "def"}}}
+    assert with_info(fitted).generator_fingerprint == "abc"
+    assert with_info({}).generator_fingerprint is None
+    assert with_info({"models": "garbage"}).generator_fingerprint is None
