@@ -12,6 +12,7 @@ import click
 import torch
 
 from zsteer.core.errors import ZsteerError
+from zsteer.jobs.direction_method import check_strength
 from zsteer.pipeline.checkpoints import load_classifier
 from zsteer.pipeline.direction_file import DirectionSet, load_directions, save_directions
 from zsteer.pipeline.direction_fit import METHODS, FitConfig, fit_directions, judge_directions
@@ -71,7 +72,11 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...]:
     show_default=True,
     help="boundary: share of the kept samples the SVM is fitted on (the rest is held out).",
 )
-@click.option("--k", type=click.IntRange(min=1), help="sefa/pca: directions kept (default z_dim / 10).")
+@click.option(
+    "--k",
+    type=click.IntRange(min=1),
+    help="sefa/pca: directions kept, at most z_dim (default: z_dim for sefa, min(10, z_dim) for pca).",
+)
 @click.option(
     "--condition",
     multiple=True,
@@ -192,11 +197,15 @@ def _judge(judge: Path | None, generator_fingerprint: str, found_generator: str 
 def show(file, judge, samples, alpha, top, as_json, **opt):
     """A table of FILE's directions and statistics; for sefa, pca and axis, which attributes each moves
     (judged on samples)."""
+    try:
+        check_strength("--alpha", alpha)
+    except ValueError as exc:
+        raise ZsteerError(str(exc)) from None
     found = load_directions(file)
     moves_text, moves = None, None
     if found.method in ("sefa", "pca", "axis"):
         generator, _ = load_models(model_source(opt))
-        expected = found.info.get("models", {}).get("generator", {}).get("fingerprint")
+        expected = found.generator_fingerprint
         if expected is not None and expected != generator.fingerprint:
             click.echo(
                 f"zsteer: {file} was fitted on another generator ({expected}); judging on "

@@ -94,7 +94,10 @@ def direction_method(opt: dict) -> DirectionMethod:
 def interpolate_method(opt: dict) -> InterpolateMethod:
     """InterpolateMethod from the parsed flags."""
     _refuse_others(opt, "interpolate", _DIRECTION_FLAGS)
-    return InterpolateMethod(**_given(opt, _INTERPOLATE_FLAGS))
+    try:
+        return InterpolateMethod(**_given(opt, _INTERPOLATE_FLAGS))
+    except ValueError as exc:
+        raise ZsteerError(f"--method interpolate: {exc}") from None
 
 
 # --method name -> the parser of its settings (ascent's flags are parsed in edit.py).

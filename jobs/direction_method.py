@@ -22,6 +22,7 @@ every forward runs at least MIN_ROWS rows, as the ascent's do (pipeline/ascent_l
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -44,8 +45,23 @@ from zsteer.pipeline.probability import probabilities
 from .backends import BackendConfig, backend_factory
 from .manifest import ModelShape
 from .method import result_columns, result_fields
+from .rows import MAX_ABS_Z
+
+log = logging.getLogger("zsteer.jobs")
 
 DIRECTION, ALPHA = "direction", "alpha"
+# Most output rows one input row may become (a strip's alphas, an interpolation's frames). Every output
+# row of a read batch is held in memory at once (latents, logits and, with images, 12 KiB of pixels at
+# 64x64), so a strip of 1e8 grows past any machine; 1024 is far past any strip a sheet shows or a film
+# needs (40 s at 25 fps) and keeps a 128-row batch's images near 1.5 GiB.
+MAX_STRIP = 1024
+
+
+def check_strength(name: str, value: float) -> None:
+    """A strength or distance along a unit direction: finite and at most MAX_ABS_Z in magnitude (a move
+    that far takes z past any latent of the prior: jobs/rows.py), else ValueError naming ``name``."""
+    if not math.isfinite(value) or abs(value) > MAX_ABS_Z:
+        raise ValueError(f"{name} {value}: expected a finite number of magnitude at most {MAX_ABS_Z:g}")
 
 
 @dataclass(frozen=True)
@@ -86,8 +102,20 @@ class DirectionMethod:
         modes = [bool(self.alphas), self.distance is not None, self.until_prob is not None]
         if sum(modes) > 1:
             raise ValueError("give one of alphas, distance and until_prob")
-        if not math.isfinite(self.alpha) or any(not math.isfinite(a) for a in self.alphas):
-            raise ValueError("alpha values must be finite")
+        if len(self.alphas) > MAX_STRIP:
+            raise ValueError(f"alphas: {len(self.alphas)} values, at most {MAX_STRIP} (MAX_STRIP) per row")
+        check_strength("alpha", self.alpha)
+        for value in self.alphas:
+            check_strength("alphas", value)
+        if self.distance is not None:
+            check_strength("distance", self.distance)
+        check_strength("max_alpha", self.max_alpha)
+        check_strength("first_alpha", self.first_alpha)
+        if self.direction is not None and self.direction in self.conditions:
+            raise ValueError(
+                f"condition {self.direction}: the direction moved (direction {self.direction}) cannot be made "
+                "orthogonal to itself"
+            )
         if self.until_prob is not None and not 0 < self.until_prob < 1:
             raise ValueError(f"until_prob must be in (0, 1), got {self.until_prob}")
         if self.until_prob is not None and not self.scores_before:
@@ -186,6 +214,12 @@ class DirectionMethod:
                 null = column.is_null().to_numpy(zero_copy_only=False)
                 for i in np.flatnonzero(~null & ~np.isfinite(values)):
                     reasons.setdefault(int(i), f"alpha {values[i]} is not finite")
+                for i in np.flatnonzero(~null & np.isfinite(values) & (np.abs(values) > MAX_ABS_Z)):
+                    reasons.setdefault(
+                        int(i),
+                        f"alpha {values[i]:.4g} is beyond {MAX_ABS_Z:g} in magnitude (it moves z past "
+                        "any latent of the prior)",
+                    )
                 alpha = np.where(null, np.nan, values).astype(np.float32)
         for i in np.flatnonzero(index < 0):
             reasons.setdefault(
@@ -213,8 +247,18 @@ class DirectionMethod:
         ] + result_columns(result, rows)
 
     def check_job(self, plan, shape: ModelShape, root) -> None:
-        """Refuse, before the job folder is written, directions that do not fit the job's models."""
+        """Refuse, before the job folder is written, directions that do not fit the job's models, and a
+        file of several directions with neither --direction nor a 'direction' column (every row would be
+        rejected; a row's null in such a column is per-row data, a reject)."""
+        self._check()
         self._check_models(shape.z_dim, shape.attributes)
+        if self.default_index() is None and DIRECTION not in plan.carried.names:
+            names = self.loaded.names
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise ZsteerError(
+                f"--directions {self.directions}: {len(names)} directions ({shown}); give --direction NAME "
+                "or a 'direction' column in the manifest"
+            )
 
     def _check_models(self, z_dim: int, attributes: tuple[str, ...]) -> None:
         """The file against the models: its length, and what --distance / --until-prob need of them."""
@@ -236,11 +280,24 @@ class DirectionMethod:
                 if attribute is not None and attribute not in attributes:
                     raise ZsteerError(f"direction {name!r} raises {attribute!r}, which the classifier lacks")
 
+    def _warn_other_generator(self, fingerprint: str) -> None:
+        """One warning when the file was fitted on another generator: used as asked (related generators
+        may share directions), but said, since a direction of another generator is usually noise here."""
+        fitted = self.loaded.generator_fingerprint
+        if fitted is not None and fitted != fingerprint:
+            log.warning(
+                "%s: directions fitted on generator %s, editing with generator %s",
+                self.directions,
+                fitted,
+                fingerprint,
+            )
+
     def make_editor(
         self, generator: LoadedModel, classifier: LoadedModel, engine: EngineConfig, backend: BackendConfig
     ) -> Editor:
         self._check()
         self._check_models(generator.spec.z_dim, classifier.attributes)
+        self._warn_other_generator(generator.fingerprint)
         renderer = backend_factory(backend.name)(
             generator, classifier, AscentConfig(steps=0), engine, backend
         )
@@ -388,6 +445,8 @@ def parse_alphas(text: str) -> tuple[float, ...]:
             k = int(count)
             if k < 1:
                 raise ValueError
+            if k > MAX_STRIP:
+                raise ZsteerError(f"--alphas {text}: {k} values, at most {MAX_STRIP} per row (MAX_STRIP)")
             return tuple(float(x) for x in np.linspace(float(start), float(stop), k))
         return tuple(float(x) for x in text.split(","))
     except ValueError:

@@ -36,6 +36,7 @@ from zsteer.pipeline.generic_net import build_net
 from zsteer.pipeline.network import EditNet
 
 from .backends import BackendConfig, backend_factory
+from .direction_method import MAX_STRIP
 from .duplicates import id_keys
 from .latent_lookup import LatentLookup, build_latent_lookup, float_rows
 from .manifest import ManifestPlan, ModelShape
@@ -63,8 +64,8 @@ class InterpolateMethod:
     lookup: LatentLookup | None = None
 
     def __post_init__(self):
-        if self.frames < 2:
-            raise ValueError(f"frames must be >= 2, got {self.frames}")
+        if not 2 <= self.frames <= MAX_STRIP:
+            raise ValueError(f"frames must be in [2, {MAX_STRIP}] (MAX_STRIP), got {self.frames}")
         if self.path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
 
@@ -80,8 +81,14 @@ class InterpolateMethod:
         return float("nan")
 
     def check_job(self, plan: ManifestPlan, shape: ModelShape, root) -> None:
-        """Refuse, before the job folder is written, an id_to column that cannot name ids, or one on an --out
-        that cannot hold the lookup (``root``: a path or an object store URI)."""
+        """Refuse, before the job folder is written, a manifest with no end point column (every row would
+        be rejected), an id_to column that cannot name ids, or one on an --out that cannot hold the lookup
+        (``root``: a path or an object store URI)."""
+        if not any(name in plan.carried.names for name in self.row_columns):
+            raise ZsteerError(
+                f"--method interpolate: the manifest has none of the columns {', '.join(self.row_columns)}; "
+                "each row needs an end point to interpolate to"
+            )
         if ID_TO not in plan.carried.names:
             return
         kind = plan.carried.field(ID_TO).type

@@ -53,7 +53,7 @@ class FitConfig:
     seed: int = 0
     # Boundary, gradient: the attributes to fit (empty = every attribute of the classifier).
     attributes: tuple[str, ...] = ()
-    # sefa, pca: directions kept (None = z_dim for sefa, 10 for pca).
+    # sefa, pca: directions kept, at most z_dim (None = z_dim for sefa, min(10, z_dim) for pca).
     k: int | None = None
     # Directions of this fit every direction is made orthogonal to (conditional manipulation).
     conditions: tuple[str, ...] = ()
@@ -159,6 +159,8 @@ def fit_directions(generator: LoadedModel, classifier: LoadedModel, config: FitC
             intercepts = torch.full((len(chosen),), nan)
             seconds["sample_and_fit"] = time.perf_counter() - t0
     else:
+        if config.k is not None and config.k > d and config.method in ("sefa", "pca"):
+            raise ValueError(f"--k {config.k}: at most z_dim={d} directions in a {d}-dimensional z-space")
         if config.method == "sefa":
             if not isinstance(net, EditNet):
                 raise ValueError(
@@ -198,6 +200,11 @@ def fit_directions(generator: LoadedModel, classifier: LoadedModel, config: FitC
         missing = [c for c in config.conditions if c not in names]
         if missing:
             raise ValueError(f"--condition {missing[0]}: not a direction of this fit ({', '.join(names)})")
+        if all(set(config.conditions) <= {name} for name in names):
+            raise ValueError(
+                f"--condition {','.join(config.conditions)}: a direction cannot be made orthogonal to itself, "
+                f"and this fit has no other direction ({', '.join(names)})"
+            )
         result = result.with_conditions(config.conditions)
     return result
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -464,7 +465,7 @@ def test_directions_cli_fits_and_shows(tmp_path, job_models):
     assert shown.exit_code == 0, shown.output
     assert shown.output.count("moves:") == 3
     bad = CliRunner().invoke(main, ["directions", "show", str(tmp_path / "missing")])
-    assert bad.exit_code == 2 and "no such directions file" in bad.output
+    assert bad.exit_code == 2 and "missing: not a directions file" in bad.output
 
 
 def test_a_direction_strip_is_exactly_once_after_sigkill(tmp_path, job_models, directions_file):
@@ -513,3 +514,169 @@ def test_a_direction_strip_is_exactly_once_after_sigkill(tmp_path, job_models, d
     assert killed.num_rows == 9 * (n - 1) and read_rejects(out).column("row").to_pylist() == [11]
     assert killed.drop_columns(["image"]).equals(clean.drop_columns(["image"]))
     assert killed.column("image").equals(clean.column("image"))
+
+
+# ---- refused settings: one line, exit 2, before anything is written --------------------------------------
+
+
+def test_a_strip_longer_than_max_strip_is_refused():
+    """--alphas 1:2:100000000 once grew to 23 GB and --frames 1e8 died in the allocator: both are bounded
+    by MAX_STRIP, in the parser (before any allocation) and in the methods themselves."""
+    from zsteer.cli.method_options import METHOD_PARSERS
+    from zsteer.jobs.direction_method import MAX_STRIP
+
+    assert len(parse_alphas(f"0:1:{MAX_STRIP}")) == MAX_STRIP
+    with pytest.raises(
+        ZsteerError, match=rf"^--alphas 1:2:100000000: 100000000 values, at most {MAX_STRIP} "
+    ):
+        parse_alphas("1:2:100000000")
+    with pytest.raises(ValueError, match="at most"):
+        DirectionMethod(alphas=(0.0,) * (MAX_STRIP + 1))
+    InterpolateMethod(frames=MAX_STRIP)
+    with pytest.raises(ZsteerError, match=rf"^--method interpolate: frames must be in \[2, {MAX_STRIP}\]"):
+        METHOD_PARSERS["interpolate"]({"frames": 100_000_000})
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"distance": float("nan")}, "distance nan"),
+        ({"distance": 1e30}, "distance 1e+30"),
+        ({"alpha": 1e30}, "alpha 1e+30"),
+        ({"alpha": 1e300}, "alpha 1e+300"),
+        ({"alpha": float("-inf")}, "alpha -inf"),
+        ({"alphas": "0,nan"}, "alphas nan"),
+        ({"alphas": "-2e3:0:3"}, "alphas -2000.0"),
+        ({"until_prob": 0.9, "max_alpha": float("inf")}, "max_alpha inf"),
+        ({"until_prob": 0.9, "max_alpha": float("nan")}, "max_alpha nan"),
+    ],
+)
+def test_non_finite_or_huge_strengths_are_refused(settings, message):
+    """A strength past MAX_ABS_Z moves z past any latent of the prior (1e30 gave z ~1e29, 1e300 a float32
+    overflow traceback, NaN a job of NaN rows): one line naming the flag."""
+    from zsteer.cli.method_options import METHOD_PARSERS
+
+    opt = {"directions": "d", "direction": "attr0", **settings}
+    with pytest.raises(
+        ZsteerError, match=rf"^--method direction: {re.escape(message)}: expected a finite number "
+    ):
+        METHOD_PARSERS["direction"](opt)
+    DirectionMethod(alpha=-1000.0, direction="attr0")  # at the bound: kept
+
+
+def test_a_direction_conditioned_on_itself_is_refused():
+    with pytest.raises(ValueError, match="cannot be made orthogonal to itself"):
+        DirectionMethod(direction="attr1", conditions=("attr0", "attr1"))
+    DirectionMethod(direction="attr1", conditions=("attr0",))
+
+
+def test_a_per_row_alpha_beyond_max_abs_z_is_a_row_reject(tmp_path, job_models, directions_file):
+    n = 4
+    path = write_manifest(
+        tmp_path / "m.parquet",
+        {"id": np.arange(n), "z": latents(n, seed=5), "alpha": [1.0, 1e30, None, -2e3]},
+    )
+    out = tmp_path / "alpha"
+    _direction_job(path, out, job_models, DirectionMethod(directions=directions_file, direction="attr2"))
+    rejects = read_rejects(out)
+    reasons = dict(zip(rejects["row"].to_pylist(), rejects["reason"].to_pylist(), strict=True))
+    assert set(reasons) == {1, 3}
+    assert reasons[1] == "alpha 1e+30 is beyond 1000 in magnitude (it moves z past any latent of the prior)"
+    assert _table(out).column("id").to_pylist() == [0, 2]
+
+
+def test_several_directions_with_none_chosen_are_refused_before_the_job(
+    tmp_path, job_models, directions_file
+):
+    """No --direction and no 'direction' column over a file of 5 directions: one line, no job folder (every
+    row used to be rejected, exit 0). With the column, a row's null is that row's reject."""
+    n = 3
+    z = latents(n, seed=7)
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(n), "z": z})
+    out = tmp_path / "none"
+    with pytest.raises(ZsteerError, match=r"5 directions \(attr0, attr1, .*\); give --direction NAME or a"):
+        _direction_job(path, out, job_models, DirectionMethod(directions=directions_file))
+    assert not out.exists()
+    path = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(n), "z": z, "direction": ["attr0", None, "attr1"]}
+    )
+    _direction_job(path, out, job_models, DirectionMethod(directions=directions_file))
+    rejects = read_rejects(out)
+    assert rejects["row"].to_pylist() == [1] and rejects["reason"][0].as_py().startswith("no direction")
+    assert _table(out).column("direction").to_pylist() == ["attr0", "attr1"]
+
+
+def test_an_interpolation_without_end_point_columns_is_refused_before_the_job(tmp_path, job_models):
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(3), "z": latents(3, seed=8)})
+    out = tmp_path / "interp"
+    config = job_config(path, out, job_models, targets=(), method=InterpolateMethod(frames=4))
+    with pytest.raises(
+        ZsteerError, match=r"^--method interpolate: the manifest has none of the columns z_to, id_to"
+    ):
+        run_job(config)
+    assert not out.exists()
+
+
+def test_directions_of_another_generator_are_used_with_a_warning(
+    tmp_path, job_models, directions_file, caplog
+):
+    """Related generators may share directions: used, but one warning names the file and both generators."""
+    found = load_directions(directions_file)
+    fitted = found.generator_fingerprint
+    models = found.info["models"] | {
+        "generator": found.info["models"]["generator"] | {"fingerprint": "0123456789abcdef"}
+    }
+    moved = save_directions(
+        dataclasses.replace(found, info=found.info | {"models": models}), tmp_path / "other"
+    )
+    path = write_manifest(tmp_path / "m.parquet", {"id": np.arange(2), "z": latents(2, seed=1)})
+    with caplog.at_level("WARNING", logger="zsteer.jobs"):
+        _direction_job(
+            path,
+            tmp_path / "same",
+            job_models,
+            DirectionMethod(directions=directions_file, direction="attr0"),
+        )
+    assert not [r for r in caplog.records if "fitted on generator" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="zsteer.jobs"):
+        result = _direction_job(
+            path, tmp_path / "out", job_models, DirectionMethod(directions=moved, direction="attr0")
+        )
+    assert result.status == "complete"
+    warned = [r.getMessage() for r in caplog.records if "fitted on generator" in r.getMessage()]
+    assert warned == [
+        f"{moved}: directions fitted on generator 0123456789abcdef, editing with generator {fitted}"
+    ]
+
+
+def test_directions_cli_refuses_what_it_used_to_ignore(tmp_path, job_models):
+    """show --alpha nan printed NaNs; fit --k beyond z_dim wrote (pca) or capped (sefa) silently; a fit's
+    only direction conditioned on itself recorded a condition that did nothing."""
+    from click.testing import CliRunner
+
+    from zsteer.cli.main import main
+
+    gen, cls = job_models
+    models = ["--generator", str(gen), "--classifier", str(cls)]
+    out = tmp_path / "dirs"
+
+    def run(*args):
+        result = CliRunner().invoke(main, ["directions", *args, *models])
+        assert result.exit_code == 2, result.output
+        return result.output.strip().splitlines()[-1]
+
+    for method in ("sefa", "pca"):
+        line = run("fit", "--out", str(out), "--method", method, "--k", str(Z_DIM + 1))
+        assert (
+            line
+            == f"zsteer: error: --k {Z_DIM + 1}: at most z_dim={Z_DIM} directions in a {Z_DIM}-dimensional z-space"
+        )
+    line = run("fit", "--out", str(out), "--method", "gradient", "--n-samples", "8", "--attribute", "attr0",
+               "--condition", "attr0")  # fmt: skip
+    assert "cannot be made orthogonal to itself" in line
+    assert not (tmp_path / "dirs.json").exists()
+    fitted = CliRunner().invoke(main, ["directions", "fit", "--out", str(out), "--method", "axis", *models])
+    assert fitted.exit_code == 0, fitted.output
+    for alpha in ("nan", "1e300"):
+        line = run("show", str(out), "--judge", str(cls), "--alpha", alpha)
+        assert line.startswith(f"zsteer: error: --alpha {float(alpha)}: expected a finite number"), line
