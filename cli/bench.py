@@ -22,36 +22,20 @@ from zsteer.pipeline.config import PRECISIONS
 
 from .models import model_options, model_source
 from .paths import check_out_parent
+from .values import int_values, settings_checked, split_values
 
 REGRESSION_EXIT = 1
 _DEFAULT = RunControl()
 
 
-def _values(given: tuple[str, ...], default: list, convert=str, name: str = "") -> tuple:
-    """A matrix axis: repeated and/or comma-separated values (--batch-size 8,128 --batch-size 512)."""
-    items = [v.strip() for value in given for v in value.split(",") if v.strip()]
-    if not items:
-        return tuple(default)
-    try:
-        return tuple(dict.fromkeys(convert(v) for v in items))
-    except ValueError:
-        raise click.BadParameter(
-            f"{', '.join(items)}: expected {convert.__name__} values", param_hint=name
-        ) from None
+def _values(given: tuple[str, ...], default: list) -> tuple:
+    """A matrix axis of names: repeated and/or comma-separated values (--backend torch,onnxruntime)."""
+    return tuple(dict.fromkeys(split_values(given))) or tuple(default)
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
-    return number
-
-
-def _steps(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError(value)
-    return number
+def _ints(given: tuple[str, ...], default: list, flag: str, minimum: int = 1) -> tuple:
+    """A matrix axis of integers (--batch-size 8,128 --batch-size 512), each at least ``minimum``."""
+    return int_values(given, flag, minimum) or tuple(default)
 
 
 def _choices(values: tuple, allowed, flag: str) -> tuple:
@@ -158,7 +142,13 @@ def _axis(flag: str, dest: str, what: str, default: str):
 @click.option(
     "--quick", is_flag=True, help="A ~30 s look: short warm-up and windows, one stage pass, short peak."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latents every cell edits.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the latents every cell edits.",
+)
 @click.option(
     "--job-rows",
     type=click.IntRange(min=1),
@@ -254,18 +244,18 @@ def bench(**opt):  # fmt: skip
         mode=_choices(_values(opt["modes"], ["engine"]), MODES, "--mode"),
         backend=_choices(backends, [*BACKENDS, COMPILED], "--backend"),
         method=_values(opt["methods"], ["ascent"]),
-        batch_size=_values(opt["batch_sizes"], [128], _positive_int, "--batch-size"),
-        steps=_values(opt["steps"], [10], _steps, "--steps"),
+        batch_size=_ints(opt["batch_sizes"], [128], "--batch-size"),
+        steps=_ints(opt["steps"], [10], "--steps", minimum=0),
         images=_choices(_values(opt["images"], ["none"]), IMAGE_FORMATS, "--images"),
         device=_values(opt["devices"], ["cpu"]),
-        threads=_values(opt["threads"], [None], _positive_int, "--threads"),
+        threads=_ints(opt["threads"], [None], "--threads"),
         precision=_choices(_values(opt["precisions"], ["fp32"]), PRECISIONS, "--precision"),
     )
     outputs = ((opt["json_path"], "--json"), (opt["csv_path"], "--csv"), (opt["markdown_path"], "--markdown"))
     for path, flag in outputs:  # before any work, not after minutes of measuring
         if path is not None and str(path) != "-":
             check_out_parent(flag, path)
-    try:
+    with settings_checked():
         config = BenchConfig(
             cells=cells, models=model_source(opt), targets=tuple(opt["targets"]), control=control,
             seed=opt["seed"], job_rows=opt["job_rows"], job_batches=3 if quick else 8, workers=opt["workers"],
@@ -273,8 +263,6 @@ def bench(**opt):  # fmt: skip
             peak_seconds=opt["peak_seconds"] if opt["peak_seconds"] is not None else (0.2 if quick else 0.5),
             stage_iterations=1 if quick else 3, interleave=opt["interleave"],
         )  # fmt: skip
-    except ValueError as exc:
-        raise ZsteerError(f"invalid settings: {exc}") from None
     bar, progress = _progress(len(cells))
     try:
         report = run_bench(config, progress)

@@ -26,6 +26,7 @@ from zsteer.pipeline.config import MAX_STEPS, PRECISIONS, AscentConfig, EngineCo
 from .method_options import METHOD_PARSERS, method_options, refuse_method_flags
 from .models import model_options, model_source
 from .paths import PathOrUri, check_out_parent
+from .values import settings_checked
 
 
 def _names(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -193,7 +194,7 @@ def edit(ctx, **opt):
     check_out_parent("--out", opt["out"])
     _check_impl(opt["impl"], opt["device"])
     preserve = _names(opt["preserve"]) or None
-    try:
+    with settings_checked():
         config = JobConfig(
             manifests=tuple(opt["manifests"]),
             output=OutputConfig(
@@ -218,8 +219,6 @@ def edit(ctx, **opt):
             read_rows=opt["read_rows"],
             unit_rows=opt["unit_rows"],
         )
-    except ValueError as exc:  # a dataclass's own check, for what click's types do not cover
-        raise ZsteerError(f"invalid settings: {exc}") from None
     result = run_job(config)
     if result.signum is not None:
         argv = ctx.obj["argv"] if ctx.obj else sys.argv[1:]

@@ -144,7 +144,13 @@ def main():
 
 @main.command()
 @click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Rows to write (ids 0..N-1).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same seed, the same rows.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed: the same seed, the same rows.",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Parquet file.")
 @click.option("--z-dim", type=click.IntRange(min=1), default=64, show_default=True, help="Length of z.")
 @click.option(

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import click
 
+from zsteer.core.errors import ZsteerError
 from zsteer.demo.command import DemoConfig, format_report, run_demo
 from zsteer.jobs.sheet import SheetConfig, job_sheet
 from zsteer.pipeline.engine import AscentConfig
 from zsteer.pipeline.loading import ModelSource, load_models
 
 from .paths import PathOrUri, check_out_parent
+from .values import int_values, settings_checked
 
 
 @click.command()
@@ -41,7 +43,7 @@ _DEMO = DemoConfig()
     "--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=_DEMO.out, show_default=True
 )
 @click.option("--n", "n", type=click.IntRange(min=1), default=_DEMO.n, show_default=True, help="Latents.")
-@click.option("--seed", type=int, default=_DEMO.seed, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=_DEMO.seed, show_default=True)
 @click.option("--target", default=_DEMO.target, show_default=True, help="Demo attribute to add.")
 @click.option("--steps", type=click.IntRange(min=1), default=_DEMO.ascent.steps, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEMO.ascent.lr, show_default=True)
@@ -49,7 +51,8 @@ _DEMO = DemoConfig()
 def demo(out, n, seed, target, steps, lr, penalty):
     """Edit sampled latents on the embedded demo models; an independent judge scores the result."""
     check_out_parent("--out", out)
-    ascent = AscentConfig(steps=steps, lr=lr, penalty=penalty, normalize=True)
+    with settings_checked():
+        ascent = AscentConfig(steps=steps, lr=lr, penalty=penalty, normalize=True)
     report = run_demo(DemoConfig(out=out, n=n, seed=seed, target=target, ascent=ascent))
     click.echo(format_report(report))
     click.echo(f"zsteer: wrote {out / 'sheet.png'} and {out / 'demo_report.json'}", err=True)
@@ -73,10 +76,11 @@ def export(generator, classifier, attributes, out, exporter, batch_sizes, no_ste
     from zsteer.export.onnx_export import export_models
 
     check_out_parent("--out", out)  # before the models load and the graphs are exported and checked
-    try:
-        sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
-    except ValueError:
-        raise click.BadParameter(f"{batch_sizes!r} is not a comma-separated list of integers") from None
+    sizes = int_values((batch_sizes,), "--batch-sizes")
+    if not sizes:
+        raise ZsteerError(
+            f"--batch-sizes: expected a comma-separated list of positive integers, got {batch_sizes!r}"
+        )
     gen, cls = load_models(ModelSource(generator, classifier, attributes))
     report = export_models(
         gen, cls, out, exporter=exporter, batch_sizes=sizes, steps=() if no_step else (False, True)
