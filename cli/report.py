@@ -12,8 +12,7 @@ import click
 from zsteer.core.errors import ZsteerError
 from zsteer.demo import WEIGHTS_DIR
 from zsteer.demo.evaluate import attribute_correlation, correlation_section
-from zsteer.jobs.report import ReportConfig, build_report, demo_judge_for, write_report
-from zsteer.pipeline.checkpoints import load_classifier
+from zsteer.jobs.report import ReportConfig, build_report, demo_judge_for, load_judge, write_report
 
 from .paths import PathOrUri, check_out_parent
 
@@ -52,7 +51,7 @@ def report(jobs, judge, out, targets, allow_same_classifier, batch):
         jobs=tuple(jobs), judge=judge or demo_judge, out=out, allow_same_classifier=allow_same_classifier,
         targets=tuple(targets), batch=batch,
     )  # fmt: skip
-    data = build_report(config, load_classifier(config.judge))
+    data = build_report(config, load_judge(config.judge))
     if demo_judge is not None:  # the demo models: show the correlations the procedural data planted
         correlation = attribute_correlation(WEIGHTS_DIR)
         data["demo_correlation"] = correlation

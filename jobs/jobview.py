@@ -79,14 +79,20 @@ def job_field(job: dict, key: str, kind: type, where: Path):
     return value
 
 
-def open_job(path: Path | str, hint: str = "not a job folder zsteer can read") -> JobView:
-    """Read the job folder ``path`` (a path or a URI); every missing or changed piece is a one-line
-    ZsteerError."""
+def read_job_doc(path: Path | str, hint: str = "not a job folder zsteer can read") -> tuple[JobFolder, dict]:
+    """The job folder ``path`` (a path or a URI) and its job.json; a folder without one, or with one that
+    is not a JSON object, is a one-line ZsteerError ending in ``hint``."""
     folder = JobFolder(locate(path, "JOB"))
     found = folder.storage.stat(folder.job_json)
     if found is None or found.kind != "file":
         raise ZsteerError(f"{path}: not a zsteer job folder (no {JOB_JSON})")
-    job = folder.read_job(hint=hint)
+    return folder, folder.read_job(hint=hint)
+
+
+def open_job(path: Path | str, hint: str = "not a job folder zsteer can read") -> JobView:
+    """Read the job folder ``path`` (a path or a URI); every missing or changed piece is a one-line
+    ZsteerError."""
+    folder, job = read_job_doc(path, hint)
     where = folder.job_json
     gen_path = job_field(job, "runtime.generator_path", str, where)
     gen_spec = job_field(job, "identity.generator.spec", dict, where)

@@ -31,16 +31,15 @@ import torch
 
 from zsteer.core.errors import ZsteerError
 from zsteer.pipeline.attributes import parse_target
-from zsteer.pipeline.checkpoints import LoadedModel, file_fingerprint
+from zsteer.pipeline.checkpoints import LoadedModel, file_fingerprint, load_classifier, load_generator
 from zsteer.pipeline.generic_net import classifier_input_shape, invariant_call
 from zsteer.pipeline.loading import demo_model_paths
 from zsteer.pipeline.network import fit_to_classifier
 from zsteer.pipeline.probability import probabilities
 
-from .folder import JobFolder, write_bytes_atomic, write_json_atomic
-from .jobview import JobView, ManifestLatents, open_job
+from .folder import write_bytes_atomic, write_json_atomic
+from .jobview import JobView, ManifestLatents, open_job, read_job_doc
 from .sheet import output_classes, render_latents
-from .storage import locate
 
 log = logging.getLogger("zsteer.report")
 REPORT_JSON, REPORT_CSV, REPORT_MD = "report.json", "report.csv", "report.md"
@@ -253,7 +252,11 @@ def report_job(view: JobView, judge: LoadedModel, config: ReportConfig) -> dict:
 
 
 def demo_judge_for(jobs: tuple[Path, ...]) -> Path | None:
-    """The embedded demo judge if every job ran on the embedded demo generator and classifier, else None."""
+    """The embedded demo judge if every job ran on the embedded demo generator and classifier, else None.
+
+    Every path of ``jobs`` must be a job folder (a one-line ZsteerError otherwise): a mistyped path is
+    named as such, not taken for a job on other models."""
+    docs = [read_job_doc(path)[1] for path in jobs]
     try:
         demo = demo_model_paths()
     except ZsteerError:
@@ -262,9 +265,8 @@ def demo_judge_for(jobs: tuple[Path, ...]) -> Path | None:
     if judge is None or not judge.is_file():
         return None
     wanted = {role: file_fingerprint(demo[role]) for role in ("generator", "classifier")}
-    for path in jobs:
-        doc = JobFolder(locate(path, "JOB")).read_job(hint="not a job folder zsteer can read") or {}
-        identity = doc.get("identity", {}) if isinstance(doc, dict) else {}
+    for doc in docs:
+        identity = doc.get("identity") if isinstance(doc.get("identity"), dict) else {}
         for role, fingerprint in wanted.items():
             recorded = (
                 identity.get(role, {}).get("fingerprint") if isinstance(identity.get(role), dict) else None
@@ -272,6 +274,21 @@ def demo_judge_for(jobs: tuple[Path, ...]) -> Path | None:
             if recorded != fingerprint:
                 return None
     return judge
+
+
+def load_judge(path: Path) -> LoadedModel:
+    """The judge classifier at ``path``; a generator given in its place is named as one (its sidecar would
+    otherwise be refused field by field, as a classifier's)."""
+    try:
+        return load_classifier(path)
+    except ZsteerError:
+        try:
+            load_generator(path)
+        except ZsteerError:
+            raise  # the classifier's error: it is no generator either
+        raise ZsteerError(
+            f"--judge {path}: a generator, not a classifier; give a classifier the edits did not steer with"
+        ) from None
 
 
 def build_report(config: ReportConfig, judge: LoadedModel) -> dict:

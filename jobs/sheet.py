@@ -35,7 +35,7 @@ class SheetConfig:
 
     # The job folder written by `zsteer edit`: a path or a URI (jobs/storage.py).
     job: Path | str
-    # Output PNG.
+    # Output image (PNG, or another format PIL writes, by the file's extension).
     out: Path
     # Rows (latents) on the sheet, taken in output order.
     rows: int = 16
@@ -112,12 +112,43 @@ def _caption(rows: list[int], columns: dict[str, list], target: int | None, name
     return f"{text} {name} " + (f"{before:.2f}->{after}" if before is not None else after)
 
 
+def image_extensions() -> tuple[str, ...]:
+    """The file name extensions PIL can write an image as (".png", ".jpg", ...), sorted.
+
+    PIL's stub plugins (BUFR, GRIB, HDF5, WMF) register a save function that only works with a handler
+    installed from elsewhere: they are left out.
+    """
+    Image.init()
+    return tuple(
+        sorted(
+            ext
+            for ext, fmt in Image.registered_extensions().items()
+            if fmt in Image.SAVE
+            and not Image.SAVE[fmt].__module__.endswith(("StubImagePlugin", "WmfImagePlugin"))
+        )
+    )
+
+
+def check_image_path(path: Path, flag: str = "--out") -> None:
+    """Refuse a path whose extension names no image format PIL writes, before any work (PIL would refuse
+    it only when saving, after the whole sheet was rendered)."""
+    accepted = image_extensions()
+    suffix = Path(path).suffix.lower()
+    if suffix not in accepted:
+        got = f"{suffix!r}" if suffix else "no extension"
+        raise ZsteerError(
+            f"{flag} {path}: expected an image file name, got {got}; the extensions PIL writes are "
+            f"{', '.join(accepted)} (.png is the usual one)"
+        )
+
+
 def job_sheet(config: SheetConfig) -> Path:
     """Write the contact sheet of ``config.job``; returns its path.
 
     One sheet row per input row: its "before" image, then its edited image, or for a strip job (rows
     with an ``alpha`` or ``frame`` column) every image of the strip in that column's order.
     """
+    check_image_path(config.out)
     view = open_job(config.job, hint="not a job folder zsteer can draw")
     parts = view.committed_parts()  # the markers' files: never one of an attempt that did not commit
     key = view.strip_column

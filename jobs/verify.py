@@ -110,12 +110,16 @@ class VerifyReport:
 
 
 def verify_folder(root: Path | str) -> VerifyReport:
-    """Check every marker of the job folder ``root`` (a path or a URI), every file they name, and
+    """Check job.json, every marker of the job folder ``root`` (a path or a URI), every file they name, and
     summary.json's counts."""
     folder = JobFolder(locate(root, "OUT"))
     if not folder.storage.is_file(folder.job_json):
         raise ZsteerError(f"{root}: not a zsteer job folder (no {JOB_JSON})")
     report = VerifyReport()
+    try:  # the job's settings: without them the folder can be neither resumed nor drawn nor judged
+        folder.read_job(hint="zsteer edit, sheet and report refuse the folder")
+    except ZsteerError as exc:
+        report.problems.append(Problem(folder.job_json, str(exc).removeprefix(f"{folder.job_json}: ")))
     commits: list[Commit] = []
     named: set[AnyPath] = set()
     for path in folder.marker_paths():
