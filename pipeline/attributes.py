@@ -64,6 +64,10 @@ def load_attribute_names(source: str) -> tuple[str, ...]:
             raise AttributeNameError(f"{path}: expected a JSON list of attribute names (strings)")
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise AttributeNameError(
+            f"{path}: no attribute names in it (expected one name a line, or a JSON list)"
+        )
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise AttributeNameError(f"{path}: attribute {dup!r} is listed twice")

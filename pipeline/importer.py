@@ -11,10 +11,13 @@ runs (pipeline/imported.py), so a file ``zsteer import`` accepts is a file a job
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import logging
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,9 +131,23 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _user_call(where: str, what: str, fn: Callable, *args):
+    """``fn(*args)``: the user's code (their factory, their forward); whatever it raises becomes one line
+    naming ``where`` (--module package.module:attribute) and the exception, not a traceback into it."""
+    try:
+        return fn(*args)
+    except ZsteerError:
+        raise
+    except Exception as exc:
+        raise ZsteerError(
+            f"{where}: {what} raised {type(exc).__name__}: {first_line(exc, limit=200)}"
+        ) from None
+
+
 def build_module(config: ImportConfig) -> nn.Module:
     """The user's module, with ``config.weights`` loaded (strictly), in eval mode."""
-    module = resolve_factory(config.factory, config.paths)()
+    where = f"--module {config.factory}"
+    module = _user_call(where, "building the module", resolve_factory(config.factory, config.paths))
     if not isinstance(module, nn.Module):
         raise ZsteerError(f"--module {config.factory}: returned {type(module).__name__}, not an nn.Module")
     if config.weights is not None:
@@ -155,17 +172,58 @@ def _sample_inputs(card, rows: int, seed: int) -> tuple[torch.Tensor, ...]:
     return (z,)
 
 
+@contextlib.contextmanager
+def _quiet_torch_export() -> Iterator[None]:
+    """Silence what a failing torch.export writes to stderr besides its exception (fake_tensor's logged
+    tracebacks, symbolic_shapes' warnings, the partial graph printed to sys.stderr): the exception's first
+    line is what the user gets. Every logger under "torch" that exists is raised above CRITICAL for the
+    attempt and set back after it."""
+    loggers = [logging.getLogger("torch")] + [
+        logger
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.startswith("torch.") and isinstance(logger, logging.Logger)
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _run_eager(module: nn.Module, inputs: tuple[torch.Tensor, ...], where: str):
+    """The eager module's output for ``inputs``; an exception or a NaN / Inf in the output is one line
+    (torch.export would report the first as a tracing failure, the second as a mismatch with eager)."""
+    rows = len(inputs[0])
+    with torch.no_grad():
+        out = _user_call(where, f"forward on a sample batch of {rows} rows", module, *inputs)
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise ZsteerError(
+            f"{where}: forward gives {bad} NaN or Inf value(s) of {out.numel()} on a sample batch of {rows} "
+            "rows; a model zsteer imports must give finite outputs"
+        )
+    return out
+
+
 def export_module(
-    module: nn.Module, card: GeneratorCard | ClassifierCard, tolerance: float = 1e-4
+    module: nn.Module, card: GeneratorCard | ClassifierCard, tolerance: float = 1e-4, source: str = ""
 ) -> torch.export.ExportedProgram:
-    """``module`` traced by torch.export with a dynamic batch axis, eval mode, checked against eager."""
+    """``module`` traced by torch.export with a dynamic batch axis, eval mode, checked against eager.
+
+    ``source`` ("package.module:attribute") names the module in errors; default: its class name."""
     _check_card(card)
     module = module.eval()
+    where = f"--module {source}" if source else type(module).__name__
     args = _sample_inputs(card, TRACE_ROWS, seed=0)
+    _run_eager(module, args, where)  # the user's own errors first, as theirs
     batch = torch.export.Dim("N", min=1)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_torch_export():
             program = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
     except Exception as exc:  # torch.export raises many types; the user needs the first line
         first = first_line(exc, limit=200)
@@ -173,8 +231,9 @@ def export_module(
     exported = program.module()
     for rows in CHECK_ROWS:
         inputs = _sample_inputs(card, rows, seed=rows)
+        want = _run_eager(module, inputs, where)
         with torch.no_grad():
-            want, got = module(*inputs), exported(*inputs)
+            got = exported(*inputs)
         if not isinstance(want, torch.Tensor) or want.shape != got.shape:
             raise ZsteerError(f"the exported program gives {tuple(got.shape)} for {rows} rows, the module "
                               f"{getattr(want, 'shape', type(want).__name__)}")  # fmt: skip
@@ -217,7 +276,7 @@ def write_imported(
     out = Path(out)
     if out.suffix != ".pt2":
         raise ZsteerError(f"--out {out}: an imported model is a .pt2 file")
-    program = export_module(module, card, tolerance)
+    program = export_module(module, card, tolerance, source)
     if isinstance(card, GeneratorCard):
         with torch.no_grad():
             images = program.module()(*_sample_inputs(card, 2, seed=2))
