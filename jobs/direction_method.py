@@ -153,6 +153,11 @@ class DirectionMethod:
         k = self.default_index()
         if k is not None:
             self._check_usable(ds.names[k], where=f"--direction {ds.names[k]}")
+            if ds.names[k] in self.conditions:
+                raise ZsteerError(
+                    f"--condition {ds.names[k]}: the direction moved (the file's only direction) cannot be "
+                    "made orthogonal to itself"
+                )
 
     def _check_usable(self, name: str, where: str) -> str | None:
         """Why direction ``name`` cannot serve this method's strength rule (None: it can); raises for
@@ -201,6 +206,11 @@ class DirectionMethod:
                         continue
                     if value not in ds.names:
                         reasons[i] = f"direction {value!r} is not in {Path(self.directions).name}"
+                        continue
+                    if value in self.conditions:
+                        reasons[i] = (
+                            f"direction {value!r} is a --condition: it cannot be made orthogonal to itself"
+                        )
                         continue
                     index[i] = ds.names.index(value)
         if ALPHA in names:

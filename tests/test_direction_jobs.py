@@ -564,10 +564,41 @@ def test_non_finite_or_huge_strengths_are_refused(settings, message):
     DirectionMethod(alpha=-1000.0, direction="attr0")  # at the bound: kept
 
 
-def test_a_direction_conditioned_on_itself_is_refused():
+def test_a_direction_conditioned_on_itself_is_refused(tmp_path, job_models, directions_file):
+    """--direction X --condition X used to be ignored silently: refused; a row whose 'direction' is a
+    condition is that row's reject; the only direction of a file conditioned on itself is refused."""
     with pytest.raises(ValueError, match="cannot be made orthogonal to itself"):
         DirectionMethod(direction="attr1", conditions=("attr0", "attr1"))
-    DirectionMethod(direction="attr1", conditions=("attr0",))
+    n = 3
+    z = latents(n, seed=4)
+    path = write_manifest(
+        tmp_path / "m.parquet", {"id": np.arange(n), "z": z, "direction": ["attr1", "attr0", None]}
+    )
+    out = tmp_path / "rows"
+    _direction_job(
+        path,
+        out,
+        job_models,
+        DirectionMethod(directions=directions_file, direction="attr1", conditions=("attr0",)),
+    )
+    rejects = read_rejects(out)
+    assert rejects["row"].to_pylist() == [1]
+    assert rejects["reason"].to_pylist() == [
+        "direction 'attr0' is a --condition: it cannot be made orthogonal to itself"
+    ]
+    found = load_directions(directions_file)
+    only = save_directions(dataclasses.replace(
+        found, names=found.names[:1], vectors=found.vectors[:1], intercepts=found.intercepts[:1],
+        attributes=found.attributes[:1], stats=found.stats[:1], normals=None,
+    ), tmp_path / "only")  # fmt: skip
+    plain = write_manifest(tmp_path / "plain.parquet", {"id": np.arange(n), "z": z})
+    with pytest.raises(
+        ZsteerError, match=r"^--condition attr0: the direction moved \(the file's only direction\)"
+    ):
+        _direction_job(
+            plain, tmp_path / "only_out", job_models, DirectionMethod(directions=only, conditions=("attr0",))
+        )
+    assert not (tmp_path / "only_out").exists()
 
 
 def test_a_per_row_alpha_beyond_max_abs_z_is_a_row_reject(tmp_path, job_models, directions_file):
