@@ -44,9 +44,10 @@ def verify(out):
     if report.ok:
         click.echo(f"zsteer: verified {checked}: all intact", err=True)
         return 0
-    click.echo(
-        f"zsteer: verified {checked}: {len(report.problems)} bad; run the job's `zsteer edit` command again "
-        "to redo the damaged units",
-        err=True,
+    advice = (
+        "restore job.json from a copy, or run the job afresh in a new folder (a rerun here is refused)"
+        if report.job_json_bad
+        else "run the job's `zsteer edit` command again to redo the damaged units"
     )
+    click.echo(f"zsteer: verified {checked}: {len(report.problems)} bad; {advice}", err=True)
     return DAMAGED_EXIT

@@ -103,6 +103,7 @@ class VerifyReport:
     legacy: int = 0  # markers without checksums (checked by row counts)
     problems: list[Problem] = field(default_factory=list)  # each bad file, once
     strays: list[AnyPath] = field(default_factory=list)  # files no marker names (left by an interrupted run)
+    job_json_bad: bool = False  # job.json unreadable: a rerun of the job cannot redo anything, it is refused
 
     @property
     def ok(self) -> bool:
@@ -120,6 +121,7 @@ def verify_folder(root: Path | str) -> VerifyReport:
         folder.read_job(hint="zsteer edit, sheet and report refuse the folder")
     except ZsteerError as exc:
         report.problems.append(Problem(folder.job_json, str(exc).removeprefix(f"{folder.job_json}: ")))
+        report.job_json_bad = True
     commits: list[Commit] = []
     named: set[AnyPath] = set()
     for path in folder.marker_paths():

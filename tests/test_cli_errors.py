@@ -105,7 +105,7 @@ def test_verify_reports_an_unreadable_job_json_as_a_problem(tmp_path):
     result = run("verify", job)
     assert result.exit_code == 1, result.output
     assert f"zsteer: bad: {job / 'job.json'}: unreadable" in result.stderr
-    assert "all intact" not in result.stderr
+    assert "all intact" not in result.stderr and "restore job.json" in result.stderr
     (job / "job.json").write_text("[1, 2]\n")
     result = run("verify", job)
     assert result.exit_code == 1 and "expected a JSON object, found list" in result.stderr
