@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from zsteer.core.errors import ZsteerError
-from zsteer.jobs.direction_method import DirectionMethod, parse_alphas
+from zsteer.jobs.direction_method import MAX_STRIP, DirectionMethod, parse_alphas
 from zsteer.jobs.interpolate_method import InterpolateMethod
 from zsteer.pipeline.directions import PATHS
 
@@ -34,7 +34,7 @@ def method_options(fn):
         click.option("--alpha", type=float, help=f"--method direction: strength (default {d.alpha}; a row's "
                      "'alpha' column overrides it)."),
         click.option("--alphas", help="--method direction: a strip, START:STOP:COUNT (e.g. -3:3:7) or a,b,c; "
-                     "one output row per (row, alpha)."),
+                     f"one output row per (row, alpha), at most {MAX_STRIP} values."),
         click.option("--distance", type=float, help="--method direction: move to this signed distance from "
                      "the direction's fitted boundary (boundary directions)."),
         click.option("--until-prob", type=prob, help="--method direction: per row, the smallest |alpha| at "
@@ -49,7 +49,8 @@ def method_options(fn):
                      help="--method direction: score the starting latent (logits_before; default on). "
                      "--no-scores-before writes NaN there and halves a fixed-alpha edit's forwards."),
         click.option("--frames", type=click.IntRange(min=2),
-                     help=f"--method interpolate: frames per row, both ends included (default {i.frames})."),
+                     help=f"--method interpolate: frames per row, both ends included, at most {MAX_STRIP} "
+                     f"(default {i.frames})."),
         click.option("--path", "path", type=click.Choice(PATHS),
                      help=f"--method interpolate: lerp or slerp (default {i.path})."),
     ]  # fmt: skip
