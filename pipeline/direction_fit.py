@@ -69,10 +69,21 @@ class FitConfig:
             raise ValueError(f"train_split must be in (0, 1), got {self.train_split}")
         if self.n_samples is not None and self.n_samples < 2:
             raise ValueError(f"n_samples must be >= 2, got {self.n_samples}")
+        if self.attributes and self.conditions:  # refused before the fit's minutes, not after
+            _check_not_self_conditioned(self.attributes, self.conditions)
 
     @property
     def samples(self) -> int:
         return DEFAULT_SAMPLES[self.method] if self.n_samples is None else self.n_samples
+
+
+def _check_not_self_conditioned(names: tuple[str, ...], conditions: tuple[str, ...]) -> None:
+    """ValueError when conditioning would change no direction: each is only conditioned on itself."""
+    if all(set(conditions) <= {name} for name in names):
+        raise ValueError(
+            f"--condition {','.join(conditions)}: a direction cannot be made orthogonal to itself, "
+            f"and this fit has no other direction ({', '.join(names)})"
+        )
 
 
 def _model_doc(model: LoadedModel) -> dict:
@@ -200,11 +211,7 @@ def fit_directions(generator: LoadedModel, classifier: LoadedModel, config: FitC
         missing = [c for c in config.conditions if c not in names]
         if missing:
             raise ValueError(f"--condition {missing[0]}: not a direction of this fit ({', '.join(names)})")
-        if all(set(config.conditions) <= {name} for name in names):
-            raise ValueError(
-                f"--condition {','.join(config.conditions)}: a direction cannot be made orthogonal to itself, "
-                f"and this fit has no other direction ({', '.join(names)})"
-            )
+        _check_not_self_conditioned(names, config.conditions)
         result = result.with_conditions(config.conditions)
     return result
 

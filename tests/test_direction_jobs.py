@@ -706,6 +706,9 @@ def test_directions_cli_refuses_what_it_used_to_ignore(tmp_path, job_models):
                "--condition", "attr0")  # fmt: skip
     assert "cannot be made orthogonal to itself" in line
     assert not (tmp_path / "dirs.json").exists()
+    with pytest.raises(ValueError, match="orthogonal to itself"):  # refused before the fit's minutes
+        FitConfig(attributes=("attr0",), conditions=("attr0",))
+    FitConfig(attributes=("attr0", "attr1"), conditions=("attr0",))  # attr1 is made orthogonal to attr0
     fitted = CliRunner().invoke(main, ["directions", "fit", "--out", str(out), "--method", "axis", *models])
     assert fitted.exit_code == 0, fitted.output
     for alpha in ("nan", "1e300"):
