@@ -281,14 +281,15 @@ def load_judge(path: Path) -> LoadedModel:
     otherwise be refused field by field, as a classifier's)."""
     try:
         return load_classifier(path)
+    except ZsteerError as exc:
+        classifier_error = exc
+    try:
+        load_generator(path)
     except ZsteerError:
-        try:
-            load_generator(path)
-        except ZsteerError:
-            raise  # the classifier's error: it is no generator either
-        raise ZsteerError(
-            f"--judge {path}: a generator, not a classifier; give a classifier the edits did not steer with"
-        ) from None
+        raise classifier_error from None  # no generator either: what is wrong with it as a classifier
+    raise ZsteerError(
+        f"--judge {path}: a generator, not a classifier; give a classifier the edits did not steer with"
+    )
 
 
 def build_report(config: ReportConfig, judge: LoadedModel) -> dict:

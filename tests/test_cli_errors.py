@@ -125,6 +125,10 @@ def test_report_says_a_generator_given_as_judge_is_a_generator(tmp_path):
         run("report", job, "--judge", generator, "--out", tmp_path / "rep"), f"--judge {generator}"
     )
     assert "a generator, not a classifier" in line and "n_classes" not in line
+    missing = tmp_path / "judge.safetensors"  # neither: the classifier's own error, not the generator's
+    one_line_error(
+        run("report", job, "--judge", missing, "--out", tmp_path / "rep"), f"{missing}: classifier checkpoint"
+    )
 
 
 @pytest.mark.parametrize("text", ["", "\n  \n", "[]"])
