@@ -232,13 +232,14 @@ def bench(**opt):  # fmt: skip
     baseline = read_report(opt["baseline"]) if opt["baseline"] else None
     quick = opt["quick"]
     base = QUICK if quick else _DEFAULT
-    control = RunControl(
-        warmup_seconds=base.warmup_seconds if opt["warmup_seconds"] is None else opt["warmup_seconds"],
-        min_seconds=base.min_seconds if opt["min_seconds"] is None else opt["min_seconds"],
-        min_iterations=opt["min_iterations"] or base.min_iterations,
-        tolerance=opt["tolerance"],
-        max_windows=opt["max_windows"] or base.max_windows,
-    )
+    with settings_checked():  # e.g. a NaN --tolerance, which click's FloatRange lets through
+        control = RunControl(
+            warmup_seconds=base.warmup_seconds if opt["warmup_seconds"] is None else opt["warmup_seconds"],
+            min_seconds=base.min_seconds if opt["min_seconds"] is None else opt["min_seconds"],
+            min_iterations=opt["min_iterations"] or base.min_iterations,
+            tolerance=opt["tolerance"],
+            max_windows=opt["max_windows"] or base.max_windows,
+        )
     backends = _values(opt["backends"], ["torch"])
     cells = matrix(
         mode=_choices(_values(opt["modes"], ["engine"]), MODES, "--mode"),

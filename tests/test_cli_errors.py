@@ -58,6 +58,12 @@ def test_demo_refuses_what_the_ascent_config_refuses_as_edit_does(flag, value, f
     assert not out.exists()
 
 
+def test_bench_refuses_what_its_run_control_refuses_in_one_line():
+    one_line_error(
+        run("bench", "--quick", "--tolerance", "nan"), "invalid settings: tolerance must be in (0, 1)"
+    )
+
+
 @pytest.mark.parametrize("sizes", ["0", "-1", "1,0", "two", ""])
 def test_export_refuses_batch_sizes_that_are_not_positive(sizes, tmp_path):
     line = one_line_error(
