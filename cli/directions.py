@@ -20,6 +20,7 @@ from zsteer.pipeline.loading import demo_model_paths, load_models
 
 from .models import model_options, model_source
 from .paths import check_out_parent
+from .values import settings_checked
 
 
 @click.group()
@@ -82,7 +83,13 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...]:
     multiple=True,
     help="Make every direction orthogonal to these directions of the fit (conditional manipulation).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the latents and the split.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seeds the latents and the split.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -110,13 +117,11 @@ def fit(
     if threads:
         torch.set_num_threads(threads)  # the CLI owns its process
     check_out_parent("--out", out)
-    try:
+    with settings_checked():
         config = FitConfig(
             method=method, n_samples=n_samples, fraction=fraction, train_split=train_split, seed=seed,
             attributes=_names(fit_attributes), k=k, conditions=_names(condition), batch_size=batch_size,
         )  # fmt: skip
-    except ValueError as exc:
-        raise ZsteerError(f"invalid settings: {exc}") from None
     generator, classifier = load_models(model_source(opt))
     try:
         found = fit_directions(generator, classifier, config)

@@ -41,6 +41,7 @@ def one_line_error(result, *fragments: str, exit_code: int = 2) -> str:
         ("sample", "--n", 10, "--out", "s.parquet"),
         ("demo", "--n", 8, "--steps", 1, "--out", "runs/x"),
         ("bench", "--quick"),
+        ("directions", "fit", "--method", "axis", "-o", "d"),
     ],
 )
 def test_a_negative_seed_is_refused_at_the_option(args, tmp_path, monkeypatch):
@@ -58,10 +59,17 @@ def test_demo_refuses_what_the_ascent_config_refuses_as_edit_does(flag, value, f
     assert not out.exists()
 
 
-def test_bench_refuses_what_its_run_control_refuses_in_one_line():
-    one_line_error(
-        run("bench", "--quick", "--tolerance", "nan"), "invalid settings: tolerance must be in (0, 1)"
-    )
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--tolerance", "nan"), "invalid settings: tolerance must be in (0, 1)"),
+        (("--min-seconds", "inf"), "invalid settings: warmup_seconds and min_seconds must be finite"),
+        (("--peak-seconds", "nan"), "peak_seconds finite and >= 0"),
+    ],
+)
+def test_bench_refuses_what_its_run_control_refuses_in_one_line(args, message):
+    """An infinite --min-seconds once ran until killed."""
+    one_line_error(run("bench", "--quick", *args), message)
 
 
 @pytest.mark.parametrize("sizes", ["0", "-1", "1,0", "two", ""])

@@ -9,6 +9,7 @@ three agree within a tolerance.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -42,8 +43,11 @@ class RunControl:
     max_windows: int = 8
 
     def __post_init__(self):
-        if self.warmup_seconds < 0 or self.min_seconds < 0:
-            raise ValueError("warmup_seconds and min_seconds must be >= 0")
+        if not (0 <= self.warmup_seconds < math.inf and 0 <= self.min_seconds < math.inf):
+            raise ValueError(
+                f"warmup_seconds and min_seconds must be finite and >= 0, got {self.warmup_seconds} and "
+                f"{self.min_seconds}"
+            )
         if self.min_iterations < 1 or self.agree < 1:
             raise ValueError("min_iterations and agree must be >= 1")
         if self.max_windows < self.agree:
@@ -143,5 +147,5 @@ class BenchConfig:
             raise ValueError(f"job_rows must be >= 1, got {self.job_rows}")
         if self.job_batches < 1:
             raise ValueError(f"job_batches must be >= 1, got {self.job_batches}")
-        if self.workers < 0 or self.stage_iterations < 0 or self.peak_seconds < 0:
-            raise ValueError("workers, stage_iterations and peak_seconds must be >= 0")
+        if self.workers < 0 or self.stage_iterations < 0 or not 0 <= self.peak_seconds < math.inf:
+            raise ValueError("workers and stage_iterations must be >= 0, peak_seconds finite and >= 0")
