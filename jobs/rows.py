@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from zsteer.core.status import MAX_ABS_Z  # the bound of a latent's values (jobs import it from here too)
+
 from .duplicates import DuplicateIndex, id_keys, position
 from .manifest import (
     ID,
@@ -139,13 +141,6 @@ class Reasons:
 
 def _mask(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False).astype(bool)
-
-
-# Largest |z_i| a row may have. Latents are drawn from N(0, I), where |z_i| > 10 has a chance below 1e-22
-# per value; 1,000 standard deviations out no generator has seen anything like it, and far beyond (1e18
-# and up) the float32 objective overflows: such a row is garbage in, so it is rejected with its value
-# rather than edited into garbage out. Edited latents that drifted (tens of sigma) stay well inside.
-MAX_ABS_Z = 1000.0
 
 
 def largest_magnitudes(block: np.ndarray) -> np.ndarray:

@@ -20,7 +20,15 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ._triton_common import block, check_device, check_float, check_shape, fp_options, on_device, row_tiling
-from .ascent_update import ACTIVE, MAX_SHIFT, NON_FINITE, TARGET_REACHED, UpdateResult
+from .ascent_update import (
+    ACTIVE,
+    MAX_ABS_Z,
+    MAX_SHIFT,
+    NON_FINITE,
+    OUT_OF_RANGE,
+    TARGET_REACHED,
+    UpdateResult,
+)
 
 
 @triton.jit
@@ -35,7 +43,7 @@ def _ascent_update_kernel(
     s_l_r, s_l_c, s_w_r, s_w_c, s_stop, s_status,
     s_oz_r, s_oz_c, s_oacc_r, s_oacc_c, s_ognorm, s_oshift, s_ostatus, s_omoved,
     ACTIVE_CODE: tl.constexpr, REACHED_CODE: tl.constexpr, MAX_SHIFT_CODE: tl.constexpr,
-    NON_FINITE_CODE: tl.constexpr,
+    NON_FINITE_CODE: tl.constexpr, OUT_OF_RANGE_CODE: tl.constexpr, MAX_ABS_Z: tl.constexpr,
     HAS_ACCUM: tl.constexpr, NORMALIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_A: tl.constexpr,
 ):  # fmt: skip
@@ -100,8 +108,11 @@ def _ascent_update_kernel(
     finite = tl.sum(tl.where(lane_ok, 0, 1), axis=1) == 0  # [BLOCK_N]
     if NORMALIZE:
         finite = finite & (gnorm < float("inf"))  # an overflowed norm would give a zero step
-    stepped = stepping & finite
+    # A finite step past MAX_ABS_Z freezes the row too (False for NaN lanes: NON_FINITE decides those).
+    in_range = tl.sum(tl.where(tl.abs(candf) <= MAX_ABS_Z, 0, 1), axis=1) == 0
+    stepped = stepping & finite & in_range
     failed = stepping & ~finite
+    far = stepping & finite & ~in_range
     z_same = z_raw.to(out_z_ptr.dtype.element_ty)
     changed = tl.sum(tl.where(cand_out != z_same, 1, 0), axis=1) > 0  # padding lanes: 0 and 0
     moved = stepped & changed
@@ -109,6 +120,7 @@ def _ascent_update_kernel(
     new_z = tl.where(moved[:, None], cand_out, z_same)
     new_status = tl.where(reached, REACHED_CODE, status)
     new_status = tl.where(stepped & capped, MAX_SHIFT_CODE, new_status)
+    new_status = tl.where(far, OUT_OF_RANGE_CODE, new_status)
     new_status = tl.where(failed, NON_FINITE_CODE, new_status)
     # Recomputed from the stored z, so a frozen row reports its current distance from z0.
     new_off = new_z.to(tl.float32) - z0
@@ -118,7 +130,7 @@ def _ascent_update_kernel(
     tl.store(out_z_ptr + r * s_oz_r + d_cols * s_oz_c, new_z, mask=d_mask)
     if HAS_ACCUM:
         # A row frozen by the guard keeps its old sum: the bad gradient is not carried into later steps.
-        new_acc = tl.where(failed[:, None], acc, new_acc)
+        new_acc = tl.where((failed | far)[:, None], acc, new_acc)
         tl.store(
             out_accum_ptr + r * s_oacc_r + d_cols * s_oacc_c,
             new_acc.to(out_accum_ptr.dtype.element_ty),
@@ -188,7 +200,7 @@ def _launch(kernel, options, args, out: UpdateResult, acc_out: torch.Tensor) -> 
             *out.z.stride(), *acc_out.stride(), *out.grad_norm.stride(), *out.shift.stride(),
             *out.status.stride(), *out.moved.stride(),
             ACTIVE_CODE=ACTIVE, REACHED_CODE=TARGET_REACHED, MAX_SHIFT_CODE=MAX_SHIFT,
-            NON_FINITE_CODE=NON_FINITE,
+            NON_FINITE_CODE=NON_FINITE, OUT_OF_RANGE_CODE=OUT_OF_RANGE, MAX_ABS_Z=MAX_ABS_Z,
             HAS_ACCUM=accum is not None, NORMALIZE=bool(normalize),
             BLOCK_N=block_n, BLOCK_D=block(d), BLOCK_A=block(a), num_warps=num_warps, **options,
         )  # fmt: skip

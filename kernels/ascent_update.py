@@ -11,7 +11,8 @@ Per row, in this order:
    (``accum``, the notebook never zeroes z.grad); optionally divided by its norm;
 4. z + lr * direction; if ||z - z0|| > max_shift the row is put back on that sphere and stops (MAX_SHIFT);
 5. a non-finite gradient or result freezes the row at its old z (NON_FINITE); so does, with ``normalize``,
-   a finite direction whose float32 norm overflows (its unit vector cannot be formed: it would be 0).
+   a finite direction whose float32 norm overflows (its unit vector cannot be formed: it would be 0); a
+   finite result with a value beyond MAX_ABS_Z (an absurd lr) freezes it too (OUT_OF_RANGE).
 
 ``moved`` is 1 only where z changed: a zero direction (a zero gradient, or a step below z's resolution)
 leaves the row ACTIVE with ``moved`` 0, so the engine's ``steps_taken`` counts updates that moved z.
@@ -27,7 +28,16 @@ from typing import NamedTuple
 
 import torch
 
-from zsteer.core.status import ACTIVE, MAX_SHIFT, NON_FINITE, STATUS_NAMES, STEPS_DONE, TARGET_REACHED  # noqa: F401 (re-exported)
+from zsteer.core.status import (  # noqa: F401 (re-exported)
+    ACTIVE,
+    MAX_ABS_Z,
+    MAX_SHIFT,
+    NON_FINITE,
+    OUT_OF_RANGE,
+    STATUS_NAMES,
+    STEPS_DONE,
+    TARGET_REACHED,
+)
 
 from .dispatch import choose_impl, float_refusal, triton_module, width_refusal
 
@@ -115,16 +125,19 @@ def ascent_update_torch(
     finite = torch.isfinite(candidate).all(dim=1) & torch.isfinite(grad).all(dim=1)
     # Normalising a direction whose norm overflowed would step by 0 and leave the row ACTIVE: flag it.
     finite = finite & (~norm_t | torch.isfinite(grad_norm))
+    in_range = (candidate.abs() <= MAX_ABS_Z).all(dim=1)  # False for NaN: NON_FINITE decides those
+    ok = finite & in_range
 
-    stepped = stepping & finite
+    stepped = stepping & ok
     moved = stepped & (candidate != z).any(dim=1)  # z changed (a zero direction leaves it as it is)
     new_z = torch.where(moved.unsqueeze(1), candidate, z)
     # torch.where rather than masked writes: no host-device sync on CUDA.
     new_status = torch.where(reached, TARGET_REACHED, status)
     new_status = torch.where(stepped & capped, MAX_SHIFT, new_status)
+    new_status = torch.where(stepping & finite & ~in_range, OUT_OF_RANGE, new_status)
     new_status = torch.where(stepping & ~finite, NON_FINITE, new_status).to(status.dtype)
     if new_accum is not None:
-        new_accum = torch.where((stepping & ~finite).unsqueeze(1), accum, new_accum)
+        new_accum = torch.where((stepping & ~ok).unsqueeze(1), accum, new_accum)
     new_shift = torch.linalg.vector_norm(new_z - z0, dim=1)
     grad_norm = torch.where(stepping, grad_norm, 0.0)
     return UpdateResult(new_z, new_accum, grad_norm, new_shift, new_status, moved.to(torch.int32))

@@ -11,10 +11,20 @@ import types
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from zsteer.core.status import ACTIVE, MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED
+from zsteer.core.status import (
+    ACTIVE,
+    MAX_ABS_Z,
+    MAX_SHIFT,
+    NON_FINITE,
+    OUT_OF_RANGE,
+    STEPS_DONE,
+    TARGET_REACHED,
+    stop_reasons,
+)
 from zsteer.kernels import dispatch
 from zsteer.kernels.ascent_update import (
     ascent_update,
@@ -286,9 +296,27 @@ def test_zero_direction_moves_nothing_and_overflowed_norm_is_flagged():
         if normalize:  # the unit vector of an overflowed norm cannot be formed: flagged, not a zero step
             assert upd.status[1] == NON_FINITE and upd.moved[1] == 0 and torch.equal(upd.z[1], z[1])
             assert upd.moved[2] == 1, "normalised, the tiny gradient is a step of lr"
-        else:  # without normalising, the norm is not used: z + lr * grad is finite and taken
-            assert upd.status[1] == ACTIVE and upd.moved[1] == 1
+        else:  # without normalising, the norm is not used: z + lr * grad is finite, but 3e37 out
+            assert upd.status[1] == OUT_OF_RANGE and upd.moved[1] == 0 and torch.equal(upd.z[1], z[1])
             assert upd.moved[2] == 0 and upd.status[2] == ACTIVE and torch.equal(upd.z[2], z[2])
+
+
+def test_a_step_past_max_abs_z_keeps_the_row_and_says_out_of_range():
+    """An absurd lr once took rows to z ~ 1e29 (latent_shift inf) with stop_reason 'steps'."""
+    z, z0, grad, _, logits, weights, stop_prob, status = _update_args(n=4, d=3)
+    grad[:] = torch.tensor([1.0, 0.0, 0.0])
+    z[3] = torch.tensor([MAX_ABS_Z - 0.5, 0.0, 0.0])  # a step of 0.4 stays inside, one of 1e30 not
+    accum = torch.ones_like(z)
+    for lr, far in ((1e30, [True, True, True, True]), (0.4, [False, False, False, False])):
+        upd = ascent_update_torch(z, z0, grad, accum, logits, weights, stop_prob, status, lr, math.inf, False)
+        stepping = status == ACTIVE
+        for i in range(4):
+            if not stepping[i] or not far[i]:
+                continue
+            assert upd.status[i] == OUT_OF_RANGE and upd.moved[i] == 0
+            assert torch.equal(upd.z[i], z[i]) and torch.equal(upd.accum[i], accum[i])
+        assert (upd.z.abs() <= MAX_ABS_Z).all()
+    assert stop_reasons(np.array([OUT_OF_RANGE]))[0] == "out_of_range"
 
 
 def test_final_status_tests_the_targets_after_the_last_step():
@@ -305,6 +333,7 @@ _WITHOUT_TRITON = """
 import importlib.util, sys
 real = importlib.util.find_spec
 importlib.util.find_spec = lambda name, *a, **k: None if name == "triton" else real(name, *a, **k)
+import numpy as np
 import pytest
 sys.exit(pytest.main(["tests/test_kernels_triton.py", "-q", "-p", "no:cacheprovider", "-k", "without_the_interpreter"]))
 """

@@ -31,7 +31,7 @@ if not INTERPRET and not torch.cuda.is_available():
         allow_module_level=True,
     )
 
-from zsteer.core.status import ACTIVE, MAX_SHIFT, NON_FINITE, STEPS_DONE, TARGET_REACHED  # noqa: E402
+from zsteer.core.status import ACTIVE, MAX_SHIFT, NON_FINITE, OUT_OF_RANGE, STEPS_DONE, TARGET_REACHED  # noqa: E402
 from zsteer.kernels._triton_ascent_update import ascent_update_triton  # noqa: E402
 from zsteer.kernels._triton_objective import objective_triton  # noqa: E402
 from zsteer.kernels.ascent_update import (  # noqa: E402
@@ -245,7 +245,11 @@ def _update_inputs(n: int, d: int, a: int, seed: int, with_accum: bool, rows: st
         # (d > 1: for one element torch's norm returns |x| where x * x overflows.)
         z[4, 0], grad[4, 0] = 3.3e38, 1e38
     if n > 5 and d > 1:  # finite gradient and step, but the float32 norm overflows: NON_FINITE if normalised
-        grad[5, :2] = 3e38
+        grad[5, :2] = 3e38  # (and, not normalised, a finite step past MAX_ABS_Z: OUT_OF_RANGE)
+    for i in range(6, n, 50):  # a finite step of 0.3 from 999.9: just past MAX_ABS_Z, under the cap
+        z0[i, 0] = 999.9
+        z[i], grad[i] = z0[i], 0.0
+        grad[i, 0] = 1.0
     if rows == "all_frozen":
         grad = torch.full_like(grad, math.nan)  # never read for frozen rows
     tensors = (z, z0, grad, accum, logits, weights, stop_prob, status)
@@ -303,7 +307,7 @@ def test_update_inputs_cover_every_case():
     want = ascent_update_torch(*args, 0.3, 1.0, False)
     status_in = args[7].cpu()
     new = want.status[status_in == ACTIVE]
-    for code in (ACTIVE, TARGET_REACHED, MAX_SHIFT, NON_FINITE):
+    for code in (ACTIVE, TARGET_REACHED, MAX_SHIFT, NON_FINITE, OUT_OF_RANGE):
         assert (new == code).any(), code
     assert (want.moved == 0).any() and (want.moved == 1).any()
 
@@ -328,6 +332,7 @@ def test_ascent_update_strided_inputs_and_int64_status():
 def test_ascent_update_half_precision(dtype):
     z, z0, grad, accum, logits, weights, stop_prob, status = _update_inputs(64, 64, 40, 15, True)
     z[4, 0], grad[4, 0] = 1.0, 1.0  # the overflow row is a float32 case
+    z[6::50, 0] = z0[6::50, 0] = 1.0  # so are the steps just past MAX_ABS_Z (999.9 is 1000 in bfloat16)
     half = [t.to(dtype) for t in (z, z0, grad, accum, logits, weights, stop_prob)]
     got = ascent_update_triton(*half[:6], half[6], status, 0.3, 1.0, True)
     want = ascent_update_torch(*[t.float() for t in half], status, 0.3, 1.0, True)
