@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 import torch
+from click.core import ParameterSource
 
 from zsteer.core.errors import ZsteerError
 from zsteer.jobs.ascent_method import AscentMethod
@@ -147,6 +148,34 @@ def _executor_options(opt: dict) -> tuple[tuple[str, object], ...]:
     return tuple((_RAY_OPTIONS[flag], value) for flag, value in given.items())
 
 
+# The flags of the ascent (AscentConfig): another method would ignore them, so they are refused there.
+_ASCENT_FLAGS = (
+    "steps",
+    "lr",
+    "penalty",
+    "normalize",
+    "max_shift",
+    "stop_at_prob",
+    "lab_compat",
+    "lab_batch",
+)
+
+
+def _refuse_unused_ascent_flags(ctx: click.Context, opt: dict) -> None:
+    """An ascent flag the user gave (not a default) with another --method, or --lab-batch without
+    --lab-compat, is refused rather than ignored: a --max-shift that caps nothing is worse than an error."""
+    given = [
+        name
+        for name in _ASCENT_FLAGS
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    ]
+    if given and opt["method"] != "ascent":
+        flag = "--" + given[0].replace("_", "-")
+        raise ZsteerError(f"{flag}: not an option of --method {opt['method']} (it sets the ascent)")
+    if "lab_batch" in given and not opt["lab_compat"]:
+        raise ZsteerError("--lab-batch: only with --lab-compat (it sets the notebook's gradient scaling)")
+
+
 def _method(opt: dict):
     """The --method with its settings: ascent takes the ascent flags, direction and interpolate theirs
     (method_options.py); another method its defaults."""
@@ -192,6 +221,7 @@ def edit(ctx, **opt):
     if opt["threads"]:
         torch.set_num_threads(opt["threads"])  # the CLI owns its process; the library leaves this alone
     check_out_parent("--out", opt["out"])
+    _refuse_unused_ascent_flags(ctx, opt)
     _check_impl(opt["impl"], opt["device"])
     preserve = _names(opt["preserve"]) or None
     with settings_checked():

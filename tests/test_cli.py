@@ -496,3 +496,27 @@ def test_targets_and_steps_that_would_overflow_are_refused_in_one_line(tmp_path,
     args = ["edit", "-m", manifest, "--generator", job_models[0], "--classifier", job_models[1], *flags]
     one_line_error(run(*args, "--out", tmp_path / "job"), fragment)
     assert not (tmp_path / "job" / "parts").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--method", "direction", "--max-shift", "0.1"), "--max-shift: not an option of --method direction"),
+        (("--method", "interpolate", "--penalty", "5"), "--penalty: not an option of --method interpolate"),
+        (("--method", "direction", "--steps", "10"), "--steps: not an option of --method direction"),
+        (("--method", "interpolate", "--no-normalize"), "--normalize: not an option of --method interpolate"),
+        (
+            (
+                "--lab-batch",
+                "4",
+            ),
+            "--lab-batch: only with --lab-compat",
+        ),
+    ],
+)
+def test_ascent_flags_are_refused_where_nothing_would_read_them(args, message, tmp_path):
+    """A --max-shift given with a direction edit once capped nothing, silently (even at its default value,
+    a flag the user typed is refused: the user meant something by it)."""
+    out = tmp_path / "job"
+    one_line_error(run("edit", "-m", str(tmp_path / "m.parquet"), "-o", str(out), *args), message)
+    assert not out.exists()
