@@ -172,6 +172,32 @@ def _sample_inputs(card, rows: int, seed: int) -> tuple[torch.Tensor, ...]:
     return (z,)
 
 
+def _edge_class_inputs(card: GeneratorCard, seed: int) -> tuple[torch.Tensor, ...]:
+    """A batch of two rows of classes 0 and n_classes - 1: the sample batches' labels cycle through the
+    first few classes only, so a module with fewer classes than --n-classes would pass them and fail on
+    the first job row of a top class."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(2, card.z_dim, generator=gen)  # [2, z_dim]
+    labels = torch.tensor([0, card.n_classes - 1])  # [2]
+    if card.class_input == "embedding":
+        return (z, labels)
+    return (torch.cat([z, torch.nn.functional.one_hot(labels, card.n_classes).float()], dim=1),)
+
+
+def _check_class_range(module: nn.Module, card, where: str) -> None:
+    """Refuse, naming --n-classes, a conditional generator whose forward fails on class 0 or on the top
+    class (an nn.Embedding with fewer entries, a linear layer of another width)."""
+    if not isinstance(card, GeneratorCard) or not card.n_classes:
+        return
+    try:
+        _run_eager(module, _edge_class_inputs(card, seed=1), where)
+    except ZsteerError as exc:
+        raise ZsteerError(
+            f"--n-classes {card.n_classes}: the module cannot draw classes 0 and {card.n_classes - 1} (the "
+            f"top class, n_classes - 1): {exc}; give the number of classes the module has"
+        ) from None
+
+
 @contextlib.contextmanager
 def _quiet_torch_export() -> Iterator[None]:
     """Silence what a failing torch.export writes to stderr besides its exception (fake_tensor's logged
@@ -221,6 +247,7 @@ def export_module(
     where = f"--module {source}" if source else type(module).__name__
     args = _sample_inputs(card, TRACE_ROWS, seed=0)
     _run_eager(module, args, where)  # the user's own errors first, as theirs
+    _check_class_range(module, card, where)
     batch = torch.export.Dim("N", min=1)
     try:
         with _quiet_torch_export():
@@ -229,8 +256,11 @@ def export_module(
         first = first_line(exc, limit=200)
         raise ZsteerError(f"torch.export could not trace {type(module).__name__}: {first}") from None
     exported = program.module()
-    for rows in CHECK_ROWS:
-        inputs = _sample_inputs(card, rows, seed=rows)
+    checks = [_sample_inputs(card, rows, seed=rows) for rows in CHECK_ROWS]
+    if isinstance(card, GeneratorCard) and card.n_classes:
+        checks.append(_edge_class_inputs(card, seed=1))
+    for inputs in checks:
+        rows = len(inputs[0])
         want = _run_eager(module, inputs, where)
         with torch.no_grad():
             got = exported(*inputs)

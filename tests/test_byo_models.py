@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from byokit import (
     STACK_CARD,
     Z_DIM,
     ArgmaxClassifier,
+    EmbeddingGenerator,
     StackClassifier,
     StackGenerator,
     embedding_generator,
@@ -293,6 +295,22 @@ def test_the_cards_are_what_the_sidecars_hold():
     assert RESIDUAL_CARD.class_input == "none" and EMBEDDING_CARD.output_range == (0.0, 1.0)
     with pytest.raises(ZsteerError, match="go together"):
         write_imported(residual_generator(), RESIDUAL_CARD.__class__(z_dim=Z_DIM, n_classes=2), "x.pt2")
+
+
+def test_import_runs_the_top_class_and_refuses_more_classes_than_the_module_has(tmp_path):
+    """The sample batches cycle through classes 0..4 only: a 5-entry embedding passed them as 9 classes
+    and every job crashed on a row of class 5 or more. The top class is run at import, naming --n-classes."""
+    five = with_gain(EmbeddingGenerator(n_classes=5), 2)
+    card = EMBEDDING_CARD.__class__(
+        z_dim=Z_DIM, n_classes=9, class_input="embedding", output_range=(0.0, 1.0)
+    )
+    out = tmp_path / "nine.pt2"
+    with pytest.raises(
+        ZsteerError, match=r"^--n-classes 9: the module cannot draw classes 0 and 8 .*IndexError"
+    ):
+        write_imported(five, card, out)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert write_imported(five, replace(card, n_classes=5), out).spec.n_classes == 5
 
 
 # ---- D's methods on imported models: directions and interpolation ---------------------------------------
