@@ -88,8 +88,13 @@ class OrtAscentEngine(AscentLoop):
         # back to the CPU (cpu_fallback), on ``threads`` intra-op threads: the sessions are made before
         # the placement they get is known.
         chunked = placement.device_type == "cpu" and not iobinding and (threads or 0) > 1
+        sources = {
+            "generator": graphs.files.get("generator"),
+            "classifier": graphs.files.get("classifier"),
+            "step": graphs.files.get(ascent.lab_compat),
+        }
         self.sessions, self.placement = make_sessions(
-            models, placement, 1 if chunked else threads, cpu_fallback
+            models, placement, 1 if chunked else threads, cpu_fallback, sources=sources
         )
         self.device = torch.device(
             "cpu" if self.placement.device_type == "cpu" else f"cuda:{self.placement.device_id}"

@@ -22,3 +22,6 @@ class OnnxGraphs:
     image_shape: tuple[int, int, int]  # (C, H, W) the generator draws
     attributes: tuple[str, ...] = ()
     manifest: dict = field(default_factory=dict)  # the manifest these came from, when read from a folder
+    # The file each graph was read from, for errors that name it: "generator", "classifier", and the step
+    # graphs' lab_compat (False / True); empty for graphs exported in memory.
+    files: dict = field(default_factory=dict)

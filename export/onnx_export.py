@@ -6,7 +6,8 @@
     out_dir/classifier.onnx   images [N, C, H, W] (generator-sized) -> logits [N, A]
     out_dir/step.onnx         one clean-mode ascent step (graphs.AscentStepGraph)
     out_dir/step_lab.onnx     one lab-compatible ascent step
-    out_dir/manifest.json     inputs, outputs, attribute names, specs, fingerprints, parity report
+    out_dir/manifest.json     inputs, outputs, attribute names, specs, fingerprints, each graph file's
+                              sha256 (checked on load), parity report
     out_dir/parity.json       the parity report alone (written also when the export fails)
 
 BatchNorm is folded, the batch axis is dynamic ("N"), and nothing is written but parity.json unless
@@ -16,6 +17,7 @@ onnxruntime matches PyTorch (``parity.py``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -184,6 +186,11 @@ def _graph_io(model: bytes) -> dict:
 STEP_FILES = {False: "step.onnx", True: "step_lab.onnx"}
 
 
+def file_sha256(data: bytes) -> str:
+    """The hex sha256 of a graph file's bytes, as the manifest records it."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def build_manifest(
     graphs: OnnxGraphs, generator: LoadedModel, classifier: LoadedModel, exporter: str
 ) -> dict:
@@ -196,7 +203,9 @@ def build_manifest(
         zsteer_version = "unknown"
     steps = {}
     for lab, model in graphs.steps.items():
-        steps["lab" if lab else "clean"] = {"file": STEP_FILES[lab], "lab_compat": lab, **_graph_io(model)}
+        steps["lab" if lab else "clean"] = {
+            "file": STEP_FILES[lab], "lab_compat": lab, "sha256": file_sha256(model), **_graph_io(model)
+        }  # fmt: skip
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -213,11 +222,11 @@ def build_manifest(
         "status_codes": {str(code): name for code, name in STATUS_NAMES.items()},
         "generator": {
             "file": "generator.onnx", "spec": generator.spec.to_dict(), "fingerprint": generator.fingerprint,
-            "source": generator.path, **_graph_io(graphs.generator),
+            "source": generator.path, "sha256": file_sha256(graphs.generator), **_graph_io(graphs.generator),
         },
         "classifier": {
             "file": "classifier.onnx", "spec": classifier.spec.to_dict(), "fingerprint": classifier.fingerprint,
-            "source": classifier.path, **_graph_io(graphs.classifier),
+            "source": classifier.path, "sha256": file_sha256(graphs.classifier), **_graph_io(graphs.classifier),
         },
         "steps": steps,
     }  # fmt: skip
@@ -277,20 +286,36 @@ def load_graphs(export_dir: str | Path) -> OnnxGraphs:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
 
-    def read(name: str) -> bytes:
-        file = export_dir / name
+    def read(entry: dict) -> bytes:
+        file = export_dir / entry["file"]
         if not file.is_file():
             raise ExportError(f"{file}: missing (named in {MANIFEST})")
-        return file.read_bytes()
+        data = file.read_bytes()
+        # The model fingerprints say which models were exported; the hash says these are the bytes that
+        # export wrote (a graph file copied in from another export of the same shapes runs silently
+        # otherwise). A folder exported before hashes were recorded has none and is read unchecked.
+        expected = entry.get("sha256")
+        if expected is not None and file_sha256(data) != expected:
+            raise ExportError(
+                f"{file}: its sha256 is not the one {MANIFEST} records (changed, truncated or copied in "
+                "from another export; re-export the folder)"
+            )
+        return data
 
+    steps = {entry["lab_compat"]: entry for entry in manifest["steps"].values()}
     return OnnxGraphs(
-        generator=read(manifest["generator"]["file"]),
-        classifier=read(manifest["classifier"]["file"]),
-        steps={entry["lab_compat"]: read(entry["file"]) for entry in manifest["steps"].values()},
+        generator=read(manifest["generator"]),
+        classifier=read(manifest["classifier"]),
+        steps={lab: read(entry) for lab, entry in steps.items()},
         z_dim=manifest["z_dim"],
         n_labels=manifest["n_labels"],
         n_attributes=manifest["n_attributes"],
         image_shape=tuple(manifest["image_shape"]),
         attributes=tuple(manifest["attributes"]),
+        files={
+            "generator": str(export_dir / manifest["generator"]["file"]),
+            "classifier": str(export_dir / manifest["classifier"]["file"]),
+            **{lab: str(export_dir / entry["file"]) for lab, entry in steps.items()},
+        },
         manifest=manifest,
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsteer.core.errors import ExportError
+from zsteer.core.errors import ExportError, first_line
 
 _INSTALL_HINT = "pip install 'zsteer[cpu]' (or 'zsteer[gpu]' for CUDA; not both)"
 
@@ -84,12 +84,17 @@ def session_options(threads: int | None = None):
     return opts
 
 
-def make_session(model: bytes | str | Path, placement: Placement, threads: int | None = None):
+def make_session(
+    model: bytes | str | Path, placement: Placement, threads: int | None = None, source: str | None = None
+):
     """An InferenceSession on ``placement``; a CUDA request that onnxruntime cannot honour is an error.
 
     onnxruntime-gpu lists CUDAExecutionProvider as available whether or not a GPU and the CUDA libraries
     are there, and silently falls back to the CPU when it cannot load them; so the providers the session
     actually got are checked after it is made.
+
+    A model onnxruntime cannot load (a truncated or corrupt file) is an ExportError naming ``source``
+    (the file it was read from; a Path ``model`` names itself), not onnxruntime's multi-line error.
     """
     ort = import_onnxruntime()
     if placement.device_type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -99,9 +104,21 @@ def make_session(model: bytes | str | Path, placement: Placement, threads: int |
             "instead of 'zsteer[cpu]', or run on the cpu"
         )
     data = str(model) if isinstance(model, Path) else model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ORT warns about the fallback; the check below is the message
-        session = ort.InferenceSession(data, session_options(threads), providers=placement.providers)
+    if source is None and not isinstance(model, bytes):
+        source = str(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ORT warns about the fallback; the check below is the message
+            session = ort.InferenceSession(data, session_options(threads), providers=placement.providers)
+    except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.NoSuchFile,
+            ) as exc:  # fmt: skip
+        if source is None:
+            raise  # graphs made in memory: a failure to load them is zsteer's bug, keep its traceback
+        what = "not a valid ONNX file (truncated?)"
+        if not isinstance(exc, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf):
+            what = f"onnxruntime cannot load it ({first_line(exc)})"
+        raise ExportError(f"{source}: {what}") from None
     if placement.device_type == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise ExportError(
             f"onnxruntime could not use CUDA device {placement.device_id} (the session got "
@@ -113,17 +130,25 @@ def make_session(model: bytes | str | Path, placement: Placement, threads: int |
 
 def make_sessions(
     models: dict[str, bytes | str | Path], placement: Placement, threads: int | None = None,
-    cpu_fallback: bool = False,
+    cpu_fallback: bool = False, sources: dict[str, str | None] | None = None,
 ) -> tuple[dict, Placement]:  # fmt: skip
-    """Sessions for several models on one placement; with ``cpu_fallback`` a CUDA failure warns and uses CPU."""
+    """Sessions for several models on one placement; with ``cpu_fallback`` a CUDA failure warns and uses CPU.
+
+    ``sources``: name -> the file a model's bytes were read from, for load errors that name it.
+    """
+    sources = sources or {}
+
+    def made(on: Placement) -> dict:
+        return {name: make_session(m, on, threads, sources.get(name)) for name, m in models.items()}
+
     try:
-        return {name: make_session(m, placement, threads) for name, m in models.items()}, placement
+        return made(placement), placement
     except ExportError as exc:
         if placement.device_type != "cuda" or not cpu_fallback:
             raise
         warnings.warn(f"{exc}; falling back to onnxruntime on the CPU", stacklevel=2)
         cpu = Placement("cpu", 0)
-        return {name: make_session(m, cpu, threads) for name, m in models.items()}, cpu
+        return made(cpu), cpu
 
 
 # Rows per run of a RowChunks split: the course step at batch 128 on 2 cores ran 1.18x faster in chunks

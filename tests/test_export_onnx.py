@@ -153,3 +153,51 @@ def test_update_graph_matches_reference_in_onnxruntime():
             for name, value, want in zip(outputs, got, (ref.z, ref.accum, ref.grad_norm, ref.shift, ref.status, ref.moved),
                                          strict=True):  # fmt: skip
                 np.testing.assert_allclose(value, want.numpy(), rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def _copy_export(out, dest, drop_hashes: bool = False):
+    """A copy of an export folder; ``drop_hashes`` makes it look like one written before hashes were kept."""
+    import shutil
+
+    shutil.copytree(out, dest)
+    if drop_hashes:
+        manifest = json.loads((dest / MANIFEST).read_text())
+        for entry in (manifest["generator"], manifest["classifier"], *manifest["steps"].values()):
+            entry.pop("sha256")
+        (dest / MANIFEST).write_text(json.dumps(manifest))
+    return dest
+
+
+def test_manifest_hashes_refuse_a_swapped_graph_file(exported, tmp_path):
+    out, _ = exported
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert len(manifest["classifier"]["sha256"]) == 64 and len(manifest["steps"]["clean"]["sha256"]) == 64
+    folder = _copy_export(out, tmp_path / "swapped")
+    # Another graph's bytes under classifier.onnx: the model fingerprints alone would not notice.
+    (folder / "classifier.onnx").write_bytes((folder / "generator.onnx").read_bytes())
+    with pytest.raises(
+        ExportError, match=r"classifier\.onnx: its sha256 is not the one manifest\.json"
+    ) as info:
+        load_graphs(folder)
+    assert "\n" not in str(info.value)
+
+
+def test_export_without_hashes_still_loads(exported, tmp_path):
+    out, _ = exported
+    graphs = load_graphs(_copy_export(out, tmp_path / "old", drop_hashes=True))
+    assert set(graphs.steps) == {False, True} and graphs.classifier == (out / "classifier.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("drop_hashes", [False, True], ids=["hashed", "old-folder"])
+def test_truncated_graph_file_is_one_line_naming_it(exported, tmp_path, drop_hashes):
+    from zsteer.export.backend import OrtAscentEngine
+    from zsteer.pipeline.engine import AscentConfig
+
+    out, _ = exported
+    folder = _copy_export(out, tmp_path / "cut", drop_hashes=drop_hashes)
+    with open(folder / "step.onnx", "r+b") as f:
+        f.truncate(100)
+    expected = "its sha256 is not" if not drop_hashes else r"not a valid ONNX file \(truncated\?\)"
+    with pytest.raises(ExportError, match=rf"step\.onnx: {expected}") as info:
+        OrtAscentEngine.from_export(folder, AscentConfig(steps=2))
+    assert "\n" not in str(info.value) and str(folder / "step.onnx") in str(info.value)
