@@ -494,22 +494,46 @@ def is_uri(text: str) -> bool:
     return bool(sep) and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum()
 
 
+def read_as_uri_by_pyarrow(text: str) -> bool:
+    """Whether pyarrow.fs takes ``text`` for a URI although it has no "://" (``file:out``, ``s3:bucket``,
+    ``ab:c/d``). pyarrow's readers and writers resolve a path string that way when nothing is there yet
+    (``pyarrow.fs._resolve_filesystem_and_path``), so such a text cannot be a plain path: its files would
+    go to another file system, or fail at the first write. The test is pyarrow's own: a text it does not
+    take for a URI fails to parse with "empty scheme" or "Cannot parse URI"."""
+    if not urlsplit(text).scheme:  # no "scheme:" in front: a plain path, without asking pyarrow
+        return False
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        message = str(exc)
+        return "empty scheme" not in message and "Cannot parse URI" not in message
+    return not (isinstance(fs, pafs.LocalFileSystem) and path == text)  # an absolute path stays one
+
+
 def locate(text: str | Path, field: str) -> AnyPath:
     """``-m`` / ``--out`` as given: a plain path stays a Path; a URI becomes a StorePath on its file
-    system. A URI pyarrow cannot open (an unknown scheme, no bucket) is one line naming ``field``."""
-    if isinstance(text, (Path, StorePath)):
+    system. A URI pyarrow cannot open (an unknown scheme, no bucket, a relative ``file:`` URI) is one
+    line naming ``field``, and so is a path pyarrow would take for such a URI (``file:out``: click's
+    path options give it as a Path)."""
+    if isinstance(text, StorePath):
         return text
-    if not is_uri(text):
-        return Path(text)
+    if isinstance(text, Path) or not is_uri(text):
+        if not read_as_uri_by_pyarrow(str(text)):
+            return Path(text)
+        text = str(text)
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     opener = SCHEMES.get(scheme, lambda uri, query: (*pafs.FileSystem.from_uri(uri), None))
     try:
         fs, path, create = opener(text, parse_qs(parts.query))
     except (pa.ArrowException, ValueError, OSError) as exc:
+        hint = (
+            "give a path, or a URI such as s3://bucket/prefix or file:///absolute/path"
+            if is_uri(text)
+            else "pyarrow reads it as a URI, not a path: give an absolute path, or file:///absolute/path"
+        )
         raise ZsteerError(
-            f"{field} {text}: not a location zsteer can open ({first_line(exc)}); give a path, or a URI such as "
-            "s3://bucket/prefix or file:///absolute/path"
+            f"{field} {text}: not a location zsteer can open ({first_line(exc)}); {hint}"
         ) from None
     if scheme == "s3" and not path.strip("/"):
         raise ZsteerError(f"{field} {text}: no bucket in the URI; expected s3://bucket/prefix")

@@ -327,6 +327,38 @@ def test_the_command_line_takes_uris_for_manifests_out_and_verify(data, job_mode
     assert bad.exit_code == 2 and len(lines) == 1 and "--out nope://bucket/job: not a location" in lines[0]
 
 
+def test_a_path_pyarrow_reads_as_a_uri_is_refused_before_the_job_folder(
+    data, job_models, tmp_path, monkeypatch
+):
+    """`--out file:uri3` (click makes a Path of it) was a local folder to zsteer and a relative file: URI to
+    pyarrow's writers: the job computed its rows, then failed at the first commit, leaving `file:uri3/`."""
+    from click.testing import CliRunner
+
+    from zsteer.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    edit = ["edit", "-m", str(data), "--generator", str(job_models[0]), "--classifier", str(job_models[1])]
+    edit += ["-t", "attr1", "--steps", "1", "--images", "none", "--workers", "0"]
+    for out, reason in (
+        ("file:uri3", "File URI cannot be relative"),
+        ("ab:c/job", "Unrecognized filesystem"),
+    ):
+        result = CliRunner().invoke(main, [*edit, "--out", out])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"zsteer: error: --out {out}: not a location zsteer can open ({reason}")
+        assert "give an absolute path" in lines[0]
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(
+        ZsteerError, match=r"^--manifest file:x\.parquet: not a location .*cannot be relative"
+    ):
+        locate(Path("file:x.parquet"), "--manifest")
+    assert locate(Path(tmp_path / "a:b"), "--out") == tmp_path / "a:b"  # absolute: a path to pyarrow too
+    assert locate(Path("out/a:b"), "--out") == Path("out/a:b")
+    where = locate(f"file:{tmp_path / 'job'}", "--out")  # file:/abs is pyarrow's file:///abs
+    assert isinstance(where, StorePath) and str(where) == f"file://{tmp_path / 'job'}"
+
+
 @pytest.mark.parametrize(("second", "created"), [("PreconditionFailed", False), (None, True)])
 def test_s3_retries_a_create_that_met_a_concurrent_conditional_write(second, created, monkeypatch):
     """S3 answers 409 ConditionalRequestConflict while another conditional write of the key is in flight;
