@@ -1,8 +1,9 @@
 """`zsteer bench`: flags parsed into a BenchConfig for `run_bench`, then the report's table and files.
 
 Imported only when the command is used (main.LAZY_COMMANDS): it imports torch. Exit codes: 0 done, 1 a
-cell got slower than --baseline by more than --threshold (the CI gate), 2 bad settings or a cell that
-could not run.
+cell got slower than --baseline by more than --threshold (the CI gate), 2 bad settings (among them a
+--baseline none of whose cells the run's match: a gate that compared nothing must not pass) or a cell
+that could not run.
 """
 
 from __future__ import annotations
@@ -16,15 +17,28 @@ from tqdm import tqdm
 from zsteer.core.errors import ZsteerError
 from zsteer.jobs.backends import BACKENDS
 from zsteer.jobs.bench.config import COMPILED, IMAGE_FORMATS, MODES, QUICK, BenchConfig, RunControl, matrix
-from zsteer.jobs.bench.report import compare, markdown, read_report, regressions, table, write_csv, write_json
+from zsteer.jobs.bench.report import (
+    KEY,
+    compare,
+    markdown,
+    read_report,
+    regressions,
+    shared_cells,
+    table,
+    write_csv,
+    write_json,
+)
 from zsteer.jobs.bench.run import run_bench
 from zsteer.pipeline.config import PRECISIONS
 
 from .models import model_options, model_source
-from .paths import check_out_parent
+from .paths import check_out_file
 from .values import int_values, settings_checked, split_values
 
 REGRESSION_EXIT = 1
+# Flags that act on a measured run: --compare measures nothing, so it refuses them rather than ignore them.
+_NOT_WITH_COMPARE = (("--json", "json_path"), ("--csv", "csv_path"), ("--markdown", "markdown_path"),
+                     ("--baseline", "baseline"))  # fmt: skip
 _DEFAULT = RunControl()
 
 
@@ -193,7 +207,8 @@ def _axis(flag: str, dest: str, what: str, default: str):
 @click.option(
     "--baseline",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="An earlier --json report: cells slower than it by more than --threshold fail (exit 1).",
+    help="An earlier --json report: cells slower than it by more than --threshold fail (exit 1); a run none "
+    "of whose cells match one of its cells (every setting equal) is refused before measuring (exit 2).",
 )
 @click.option(
     "--threshold",
@@ -226,6 +241,11 @@ def bench(**opt):  # fmt: skip
       zsteer bench --compare main.json now.json
     """
     if opt["compare_paths"]:
+        given = [flag for flag, key in _NOT_WITH_COMPARE if opt[key] is not None]
+        if given:
+            raise ZsteerError(
+                f"--compare prints two reports and measures nothing: {given[0]} cannot go with it"
+            )
         a, b = opt["compare_paths"]
         click.echo(compare(read_report(a), read_report(b), (a.stem, b.stem)))
         return 0
@@ -255,7 +275,12 @@ def bench(**opt):  # fmt: skip
     outputs = ((opt["json_path"], "--json"), (opt["csv_path"], "--csv"), (opt["markdown_path"], "--markdown"))
     for path, flag in outputs:  # before any work, not after minutes of measuring
         if path is not None and str(path) != "-":
-            check_out_parent(flag, path)
+            check_out_file(flag, path)
+    if baseline is not None and not shared_cells(baseline, [cell.settings() for cell in cells]):
+        raise ZsteerError(
+            f"--baseline {opt['baseline']}: none of its {len(baseline['cells'])} cell(s) has the settings of one "
+            f"of this run's {len(cells)} ({', '.join(KEY)}): nothing would be compared"
+        )
     with settings_checked():
         config = BenchConfig(
             cells=cells, models=model_source(opt), targets=tuple(opt["targets"]), control=control,

@@ -48,3 +48,17 @@ def check_out_parent(flag: str, path: Path) -> None:
         raise ZsteerError(
             f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can write to"
         ) from None
+
+
+def check_out_file(flag: str, path: Path) -> None:
+    """Refuse an output file whose folder does not exist or is a file, naming the flag and the path as
+    given, then check as ``check_out_parent`` does: report writers (``--json``) do not create folders, so
+    ``--json nodir/x.json`` would fail only after all the work before it."""
+    if not isinstance(path, Path):
+        return
+    folder = Path(path).parent
+    if not folder.exists():
+        raise ZsteerError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another")
+    if not folder.is_dir():
+        raise ZsteerError(f"{flag} {path}: {folder} is a file, not a folder")
+    check_out_parent(flag, path)

@@ -22,6 +22,7 @@ from zsteer.jobs.bench.report import (
     markdown,
     read_report,
     regressions,
+    shared_cells,
     table,
     to_csv,
     write_json,
@@ -302,3 +303,58 @@ def test_the_precision_axis_measures_bf16_beside_fp32_and_older_reports_are_fp32
     assert "bf16" in run.output
     bad = _cli(*common, "--precision", "fp8")
     assert bad.exit_code == 2 and "--precision fp8: expected one of" in bad.stderr
+
+
+def _report_with(cells) -> dict:
+    return {"format": "zsteer-bench/1", "cells": cells}
+
+
+_GOOD_CELL = {"cell": BenchCell(batch_size=8).settings(), "result": {"latents_per_second": 10.0}}
+
+
+@pytest.mark.parametrize(
+    ("cells", "where"),
+    [
+        ([{}], "cells[0].cell: missing"),
+        ([_GOOD_CELL, 3], "cells[1]: expected an object with 'cell' and 'result', got 3"),
+        ([{"cell": _GOOD_CELL["cell"]}], "cells[0].result: missing"),
+        ([{"cell": [], "result": {}}], "cells[0].cell: expected an object, got []"),
+        ([{**_GOOD_CELL, "result": {"latents_per_second": "fast"}}],
+         'cells[0].result.latents_per_second: expected a finite number >= 0, got "fast"'),
+        ([{**_GOOD_CELL, "result": {"latents_per_second": True}}], "result.latents_per_second: expected"),
+        ([{**_GOOD_CELL, "cell": {**_GOOD_CELL["cell"], "batch_size": [8]}}],
+         "cells[0].cell.batch_size: expected an integer, got [8]"),
+        ([{**_GOOD_CELL, "cell": {**_GOOD_CELL["cell"], "threads": "1"}}],
+         'cells[0].cell.threads: expected an integer or null, got "1"'),
+        ([{**_GOOD_CELL, "cell": {k: v for k, v in _GOOD_CELL["cell"].items() if k != "mode"}}],
+         "cells[0].cell.mode: missing"),
+        ([{**_GOOD_CELL, "result": {"batch_latency_ms": {"median": "x"}}}], "cells[0].result.batch_latency_ms"),
+    ],
+)  # fmt: skip
+def test_a_malformed_cell_is_one_line_naming_the_file_cell_and_field(tmp_path, cells, where):
+    """Each was a KeyError or TypeError traceback in --compare or --baseline (or accepted silently)."""
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_report_with(cells)))
+    with pytest.raises(ZsteerError) as info:
+        read_report(path)
+    assert (
+        str(info.value).startswith(f"{path}: ") and where in str(info.value) and "\n" not in str(info.value)
+    )
+
+
+def test_a_report_of_an_older_zsteer_without_precision_still_reads(tmp_path):
+    old = {"cell": {k: v for k, v in _GOOD_CELL["cell"].items() if k != "precision"}, "result": {}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(_report_with([old, {**_GOOD_CELL, "result": {"error": "boom"}}])))
+    assert len(read_report(path)["cells"]) == 2
+
+
+def test_shared_cells_are_the_cells_a_baseline_can_compare():
+    baseline = _report_with(
+        [_GOOD_CELL, {"cell": BenchCell(mode="job").settings(), "result": {"error": "x"}}]
+    )
+    assert shared_cells(baseline, [BenchCell(batch_size=8).settings()]) == [
+        BenchCell(batch_size=8).settings()
+    ]
+    # A cell whose baseline run failed has no rate to compare with; other settings match nothing.
+    assert shared_cells(baseline, [BenchCell(mode="job").settings(), BenchCell().settings()]) == []

@@ -237,3 +237,55 @@ def test_import_still_writes_a_module_that_works(nets, tmp_path):
     result = _import(nets, tmp_path / "g.pt2", "Gen")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "g.json").read_text())["source"] == "zsteer_smoke_nets:Gen"
+
+
+def _bench_report(path: Path, **cell) -> Path:
+    from zsteer.jobs.bench.config import BenchCell
+
+    entry = {"cell": BenchCell(**cell).settings(), "result": {"latents_per_second": 10.0}}
+    path.write_text(json.dumps({"format": "zsteer-bench/1", "cells": [entry]}))
+    return path
+
+
+@pytest.fixture
+def no_bench_run(monkeypatch):
+    """Refusals must come before any measuring: a run of the benchmark fails the test."""
+    import zsteer.cli.bench
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(zsteer.cli.bench, "run_bench", refuse)
+
+
+@pytest.mark.parametrize(
+    ("flag", "target", "fragment"),
+    [
+        ("--json", "nodir/x.json", "the folder nodir does not exist"),
+        ("--csv", "a/b/x.csv", "the folder a/b does not exist"),
+        ("--markdown", "f.txt/x.md", "f.txt is a file, not a folder"),
+    ],
+)
+def test_bench_refuses_a_report_path_whose_folder_is_missing_before_measuring(
+    flag, target, fragment, tmp_path, monkeypatch, no_bench_run
+):
+    """--json nodir/x.json once ran the whole benchmark, then failed to write it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.txt").write_text("")
+    one_line_error(run("bench", "--quick", "--peak-seconds", 0, flag, target), f"{flag} {target}:", fragment)
+
+
+def test_bench_refuses_a_baseline_no_cell_of_the_run_matches(tmp_path, no_bench_run):
+    """A gate that compared nothing used to say 'no cell slower' and pass."""
+    baseline = _bench_report(tmp_path / "b1.json", mode="job", batch_size=8, steps=1, threads=1)
+    line = one_line_error(
+        run("bench", "--quick", "--batch-size", 8, "--steps", 1, "--threads", 1, "--baseline", baseline),
+        f"--baseline {baseline}: none of its 1 cell(s)",
+    )
+    assert "nothing would be compared" in line
+
+
+@pytest.mark.parametrize("flag", ["--json", "--csv", "--markdown", "--baseline"])
+def test_bench_compare_refuses_the_flags_it_would_ignore(flag, tmp_path):
+    a = _bench_report(tmp_path / "a.json")
+    one_line_error(run("bench", "--compare", a, a, flag, a), "--compare", f"{flag} cannot go with it")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from zsteer.core.errors import ZsteerError
@@ -39,8 +40,59 @@ def cell_key(cell: dict) -> tuple:
     return tuple(cell_setting(cell, name) for name in KEY)
 
 
+# A cell's settings and the JSON types each takes; a report may lack only those added after FORMAT's
+# first release (OPTIONAL_SETTINGS: cell_setting gives the default they ran with).
+_SETTING_TYPES = {
+    name: (int, type(None)) if name == "threads" else (int,) if isinstance(value, int) else (str,)
+    for name, value in _DEFAULT_CELL.items()
+}
+OPTIONAL_SETTINGS = ("precision",)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value) -> str:
+    """A JSON value as an error line quotes it: short, one line."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _cell_problem(entry) -> tuple[str, str] | None:
+    """What is wrong with one entry of a report's ``cells``: (the field, what it should be), or None."""
+    if not isinstance(entry, dict):
+        return "", f"expected an object with 'cell' and 'result', got {_shown(entry)}"
+    for part in ("cell", "result"):
+        if part not in entry:
+            return part, "missing"
+        if not isinstance(entry[part], dict):
+            return part, f"expected an object, got {_shown(entry[part])}"
+    cell, result = entry["cell"], entry["result"]
+    for name, types in _SETTING_TYPES.items():
+        if name not in cell:
+            if name in OPTIONAL_SETTINGS:
+                continue
+            return f"cell.{name}", "missing"
+        value = cell[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            expected = " or ".join({int: "an integer", str: "a string"}.get(t, "null") for t in types)
+            return f"cell.{name}", f"expected {expected}, got {_shown(value)}"
+    if "latents_per_second" in result:
+        rate = result["latents_per_second"]
+        if not (_is_number(rate) and rate >= 0):
+            return "result.latents_per_second", f"expected a finite number >= 0, got {_shown(rate)}"
+    latency = result.get("batch_latency_ms", {})
+    if not isinstance(latency, dict) or not all(v is None or _is_number(v) for v in latency.values()):
+        return "result.batch_latency_ms", f"expected an object of numbers, got {_shown(latency)}"
+    if "error" in result and not isinstance(result["error"], str):
+        return "result.error", f"expected a string, got {_shown(result['error'])}"
+    return None
+
+
 def read_report(path: str | Path) -> dict:
-    """A report written by ``write_json``; a one-line error for anything else."""
+    """A report written by ``write_json``; a one-line error for anything else, naming the cell index and
+    the field of a malformed cell (baselines and comparisons read every cell's settings and rate)."""
     try:
         doc = json.loads(Path(path).read_text())
     except OSError as exc:
@@ -49,6 +101,11 @@ def read_report(path: str | Path) -> dict:
         raise ZsteerError(f"{path}: not JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("cells"), list):
         raise ZsteerError(f"{path}: not a `zsteer bench --json` report (expected format {FORMAT!r})")
+    for index, entry in enumerate(doc["cells"]):
+        problem = _cell_problem(entry)
+        if problem is not None:
+            field, what = problem
+            raise ZsteerError(f"{path}: cells[{index}]{'.' + field if field else ''}: {what}")
     return doc
 
 
@@ -202,6 +259,13 @@ def regressions(baseline: dict, current: dict, threshold: float) -> list[dict]:
             found.append({"cell": dict(zip(KEY, key, strict=True)), "baseline": before[key], "current": rate,
                           "ratio": rate / before[key]})  # fmt: skip
     return found
+
+
+def shared_cells(baseline: dict, cells: list[dict]) -> list[dict]:
+    """The cells (settings dicts, as ``BenchCell.settings()`` gives them) that have a rate in ``baseline``
+    to be compared with: a baseline gate with none of them would pass having compared nothing."""
+    before = _rates(baseline)
+    return [cell for cell in cells if cell_key(cell) in before]
 
 
 def compare(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
