@@ -6,6 +6,7 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 
 from zsteer.pipeline.checkpoints import LoadedModel
+from zsteer.pipeline.config import EngineConfig
 
 from .manifest import ManifestPlan
 from .method import EditMethod
@@ -86,10 +87,17 @@ def _short(value) -> str:
 LATER_FIELDS = ("columns",)
 
 
+# Identity fields recorded only when they are not the default (the runner writes "precision" for bf16
+# alone, so that jobs written before it resume): absent means this value, in a comparison and in the
+# message that names a difference ('precision: "fp32" -> "bf16"', not 'null -> "bf16"').
+DEFAULT_FIELDS = {"precision": EngineConfig().precision}
+
+
 def differences(old: dict, new: dict) -> list[str]:
     """'field: old -> new' for each leaf that differs (lists compare whole); a LATER_FIELDS field that
-    ``old`` lacks is not compared."""
+    ``old`` lacks is not compared, and a DEFAULT_FIELDS field that either lacks is its default."""
     a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
+    a, b = DEFAULT_FIELDS | a, DEFAULT_FIELDS | b
     return [
         f"{key}: {_short(a.get(key))} -> {_short(b.get(key))}"
         for key in sorted(set(a) | set(b))

@@ -69,12 +69,16 @@ def test_precision_is_part_of_a_jobs_identity(tmp_path, job_models):
         job_config(manifest, out, job_models), engine=EngineConfig(batch_size=16, precision="bf16")
     )
     assert run_job(bf16).status == "complete"
-    with pytest.raises(ZsteerError, match=r"precision: \"bf16\" -> null"):
+    with pytest.raises(ZsteerError, match=r"precision: \"bf16\" -> \"fp32\""):
         run_job(job_config(manifest, out, job_models))
     # An fp32 job's job.json has no precision field: jobs written before it existed resume.
     plain = tmp_path / "plain"
     run_job(job_config(manifest, plain, job_models))
     assert "precision" not in json.loads((plain / "job.json").read_text())["identity"]
+    assert run_job(job_config(manifest, plain, job_models)).status == "complete"
+    # The absent field reads as the fp32 it stands for, not as null.
+    with pytest.raises(ZsteerError, match=r"precision: \"fp32\" -> \"bf16\""):
+        run_job(replace(job_config(manifest, plain, job_models), engine=bf16.engine))
 
 
 def test_zsteer_edit_takes_precision_from_the_command_line(tmp_path, job_models):
