@@ -281,6 +281,10 @@ def bench(**opt):  # fmt: skip
             f"--baseline {opt['baseline']}: none of its {len(baseline['cells'])} cell(s) has the settings of one "
             f"of this run's {len(cells)} ({', '.join(KEY)}): nothing would be compared"
         )
+    if opt["onnx_dir"] is not None and "onnxruntime" in backends:  # its files, before any cell runs
+        from zsteer.export.onnx_export import check_export_folder
+
+        check_export_folder(opt["onnx_dir"])
     with settings_checked():
         config = BenchConfig(
             cells=cells, models=model_source(opt), targets=tuple(opt["targets"]), control=control,

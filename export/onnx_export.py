@@ -273,6 +273,27 @@ def export_models(
     return report
 
 
+def _check_parses(file: Path, data: bytes) -> None:
+    """Refuse a graph file that is not an ONNX model, where no hash was recorded to check it by (a folder
+    exported before hashes were kept): a protobuf parse finds most truncations in milliseconds, before a
+    job starts; one cut at a field boundary still fails at session creation (runtime.make_session)."""
+    from google.protobuf.message import DecodeError  # protobuf: a dependency of onnx
+
+    model = import_onnx().ModelProto()
+    try:
+        model.ParseFromString(data)
+    except DecodeError:
+        raise ExportError(f"{file}: not a valid ONNX file (truncated?)") from None
+    if not model.graph.node:
+        raise ExportError(f"{file}: not a valid ONNX file (no graph in it; truncated?)")
+
+
+def check_export_folder(export_dir: str | Path) -> None:
+    """Check an export folder's manifest and graph files (hashes, or a parse where none are recorded)
+    without making sessions: what a command runs before it starts a job or a benchmark on the folder."""
+    load_graphs(export_dir)
+
+
 def load_graphs(export_dir: str | Path) -> OnnxGraphs:
     """The graphs of a folder written by ``export_models`` (its manifest says what is there)."""
     export_dir = Path(export_dir)
@@ -295,7 +316,9 @@ def load_graphs(export_dir: str | Path) -> OnnxGraphs:
         # export wrote (a graph file copied in from another export of the same shapes runs silently
         # otherwise). A folder exported before hashes were recorded has none and is read unchecked.
         expected = entry.get("sha256")
-        if expected is not None and file_sha256(data) != expected:
+        if expected is None:
+            _check_parses(file, data)
+        elif file_sha256(data) != expected:
             raise ExportError(
                 f"{file}: its sha256 is not the one {MANIFEST} records (changed, truncated or copied in "
                 "from another export; re-export the folder)"

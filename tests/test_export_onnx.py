@@ -201,3 +201,39 @@ def test_truncated_graph_file_is_one_line_naming_it(exported, tmp_path, drop_has
     with pytest.raises(ExportError, match=rf"step\.onnx: {expected}") as info:
         OrtAscentEngine.from_export(folder, AscentConfig(steps=2))
     assert "\n" not in str(info.value) and str(folder / "step.onnx") in str(info.value)
+
+
+def test_make_session_names_the_file_onnxruntime_cannot_load(exported, tmp_path):
+    """The last line of defence (a file cut where a protobuf parse cannot tell): onnxruntime's own
+    InvalidProtobuf, once a 70-line traceback, is one line naming the file."""
+    out, _ = exported
+    cut = tmp_path / "step.onnx"
+    cut.write_bytes((out / "step.onnx").read_bytes()[:100])
+    with pytest.raises(ExportError, match=rf"^{cut}: not a valid ONNX file \(truncated\?\)$"):
+        make_session(cut, Placement())
+    with pytest.raises(ExportError, match=r"^od/step\.onnx: not a valid ONNX file"):
+        make_session(cut.read_bytes(), Placement(), source="od/step.onnx")
+
+
+def test_bench_checks_the_onnx_dir_before_measuring(exported, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import zsteer.cli.bench
+    from zsteer.cli.main import main
+
+    out, _ = exported
+    folder = _copy_export(out, tmp_path / "od", drop_hashes=True)
+    with open(folder / "classifier.onnx", "r+b") as f:
+        f.truncate(100)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(zsteer.cli.bench, "run_bench", refuse)
+    args = ["bench", "--quick", "--backend", "onnxruntime", "--onnx-dir", str(folder), "--peak-seconds", "0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, (result.output, result.exception)
+    assert (
+        result.stderr.strip()
+        == f"zsteer: error: {folder / 'classifier.onnx'}: not a valid ONNX file (truncated?)"
+    )
