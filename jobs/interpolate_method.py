@@ -62,6 +62,9 @@ class InterpolateMethod:
     path: str = "lerp"
     # The job's id_to lookup (set by ``prepare`` before the units run; not identity).
     lookup: LatentLookup | None = None
+    # Whether the manifest has a label_to column (set by ``prepare``; not identity): the editor is then
+    # refused at once where the generator cannot take a blended class, not at the first unit.
+    blends_classes: bool = False
 
     def __post_init__(self):
         if not 2 <= self.frames <= MAX_STRIP:
@@ -82,22 +85,24 @@ class InterpolateMethod:
 
     def check_job(self, plan: ManifestPlan, shape: ModelShape, root) -> None:
         """Refuse, before the job folder is written, a manifest with no end point column (every row would
-        be rejected), an id_to column that cannot name ids, or one on an --out that cannot hold the lookup
-        (``root``: a path or an object store URI)."""
+        be rejected), an end point column of a type that cannot hold end points (naming the file), or an
+        id_to column on an --out that cannot hold the lookup (``root``: a path or an object store URI)."""
         if not any(name in plan.carried.names for name in self.row_columns):
             raise ZsteerError(
                 f"--method interpolate: the manifest has none of the columns {', '.join(self.row_columns)}; "
                 "each row needs an end point to interpolate to"
             )
-        if ID_TO not in plan.carried.names:
-            return
-        kind = plan.carried.field(ID_TO).type
-        same = (pa.types.is_integer(kind) and pa.types.is_integer(plan.id_type)) or (
-            (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and pa.types.is_string(plan.id_type)
-        )
-        if not same:
-            raise ZsteerError(f"column 'id_to' is {kind} but the ids are {plan.id_type}: it must name ids")
-        if not isinstance(root, Path):  # a URI: jobs/storage.py
+        for name in self.row_columns:
+            for file in plan.files:
+                if name in file.schema.names:
+                    problem = _column_problem(name, file.schema.field(name).type, plan.id_type, shape)
+                    if problem:
+                        raise ZsteerError(f"{file.path}: column {name!r} {problem}")
+            if name in plan.carried.names:  # the files' types widened to one (unify_schemas)
+                problem = _column_problem(name, plan.carried.field(name).type, plan.id_type, shape)
+                if problem:
+                    raise ZsteerError(f"column {name!r} {problem}")
+        if ID_TO in plan.carried.names and not isinstance(root, Path):  # a URI: jobs/storage.py
             raise ZsteerError(
                 f"--out {root}: interpolation with id_to memory-maps its lookup in the job folder, which needs "
                 "a path of a file system (a shared one for --executor ray), not an object store URI"
@@ -106,9 +111,11 @@ class InterpolateMethod:
     def prepare(self, plan: ManifestPlan, shape: ModelShape, root: Path) -> InterpolateMethod:
         """This method with the job's id_to lookup, when the manifest has an id_to column."""
         self.check_job(plan, shape, root)
+        blends = _given(plan, LABEL_TO)
         if ID_TO not in plan.carried.names:
-            return self
-        return replace(self, lookup=build_latent_lookup(plan, ID_TO, shape.z_dim, root))
+            return replace(self, blends_classes=blends)
+        lookup = build_latent_lookup(plan, ID_TO, shape.z_dim, root)
+        return replace(self, lookup=lookup, blends_classes=blends)
 
     # ---- rows ---------------------------------------------------------------------------------------
 
@@ -183,12 +190,45 @@ class InterpolateMethod:
         renderer = backend_factory(backend.name)(
             generator, classifier, AscentConfig(steps=0), engine, backend
         )
+        if self.blends_classes and getattr(generator.spec, "class_input", None) == "embedding":
+            raise ZsteerError(
+                f"label_to: {generator.path} takes its class as an embedding index, so classes cannot be "
+                "blended; blending needs a generator whose class enters as a one-hot vector"
+            )
         blender = (
             build_net(generator, classifier, fast=True)
             if generator.spec.n_classes and backend.name == "torch"
             else None
         )
         return InterpolateEditor(self, renderer, blender, engine.batch_size)
+
+
+def _given(plan: ManifestPlan, name: str) -> bool:
+    """Whether the manifest has column ``name`` with values (a column of type null holds none)."""
+    return name in plan.carried.names and not pa.types.is_null(plan.carried.field(name).type)
+
+
+def _column_problem(name: str, kind: pa.DataType, id_type: pa.DataType, shape: ModelShape) -> str | None:
+    """What is wrong with an end point column of type ``kind`` (None: nothing; a column of type null
+    holds no end points, so no rows use it): every row would be rejected for it."""
+    if pa.types.is_null(kind):
+        return None
+    if name == LABEL_TO and not pa.types.is_integer(kind):
+        return f"must be integers (classes), found {kind}"
+    if name == Z_TO:
+        listed = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+        if not listed or not pa.types.is_floating(kind.value_type):
+            return f"must be lists of {shape.z_dim} floats, found {kind}"
+        if pa.types.is_fixed_size_list(kind) and kind.list_size != shape.z_dim:
+            return f"holds {kind.list_size} values per row; the generator takes z_dim={shape.z_dim}"
+    if name == ID_TO:
+        text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        same = (pa.types.is_integer(kind) and pa.types.is_integer(id_type)) or (
+            text and pa.types.is_string(id_type)
+        )
+        if not same:
+            return f"is {kind} but the ids are {id_type}: it must name ids"
+    return None
 
 
 @dataclass

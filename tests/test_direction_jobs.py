@@ -330,7 +330,7 @@ def test_an_id_to_column_that_names_no_ids_is_refused_before_anything_is_written
     out = tmp_path / "interp"
     config = job_config(path, out, job_models, targets=(), method=InterpolateMethod(frames=2))
     with pytest.raises(
-        ZsteerError, match=r"^column 'id_to' is string but the ids are int64: it must name ids$"
+        ZsteerError, match=r"m\.parquet: column 'id_to' is string but the ids are int64: it must name ids$"
     ):
         run_job(config)
     assert not out.exists()
@@ -645,6 +645,36 @@ def test_an_interpolation_without_end_point_columns_is_refused_before_the_job(tm
         ZsteerError, match=r"^--method interpolate: the manifest has none of the columns z_to, id_to"
     ):
         run_job(config)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "expected"),
+    [
+        ("label_to", [1.0, 0.0, 2.0], "column 'label_to' must be integers (classes), found double"),
+        ("z_to", ["a", "b", "c"], f"column 'z_to' must be lists of {Z_DIM} floats, found string"),
+        ("z_to", pa.array([[1, 2]] * 3, pa.list_(pa.int64())), "column 'z_to' must be lists of"),
+        (
+            "z_to",
+            pa.array([[0.5] * 3] * 3, pa.list_(pa.float32(), 3)),
+            "column 'z_to' holds 3 values per row",
+        ),
+    ],
+)
+def test_an_end_point_column_of_the_wrong_type_is_refused_naming_the_file(
+    tmp_path, job_models, column, values, expected
+):
+    """It used to make every row a reject with exit 0, where a float `label` is a whole-file error."""
+    good = write_manifest(tmp_path / "a.parquet", {"id": np.arange(3), "z": latents(3, seed=1)})
+    bad = write_manifest(
+        tmp_path / "b.parquet", {"id": np.arange(3, 6), "z": latents(3, seed=2), column: values}
+    )
+    out = tmp_path / "interp"
+    config = job_config([good, bad], out, job_models, targets=(), method=InterpolateMethod(frames=2))
+    with pytest.raises(ZsteerError) as info:
+        run_job(config)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: {expected}") and "\n" not in message, message
     assert not out.exists()
 
 
