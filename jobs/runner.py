@@ -268,12 +268,15 @@ def _intact(folder: JobFolder, commits: list, unit_rows: dict[str, int]) -> list
     return intact
 
 
-def _make_editor(config: JobConfig, prep: PreparedJob, editor_factory: EditorFactory | None):
+def _make_editor(config: JobConfig, prep: PreparedJob, method, editor_factory: EditorFactory | None):
+    """What builds the job's editor in each worker: ``method`` is the prepared one (``UnitPlan.method``),
+    so its editor knows what ``prepare`` learnt of the manifest (interpolation: whether classes blend)."""
+
     def make() -> Editor:
         try:
             if editor_factory is not None:
                 return editor_factory(prep.generator, prep.classifier)
-            return config.method.make_editor(prep.generator, prep.classifier, config.engine, config.backend)
+            return method.make_editor(prep.generator, prep.classifier, config.engine, config.backend)
         except (ValueError, TypeError) as exc:  # e.g. channels the classifier cannot read
             raise ZsteerError(f"{prep.classifier.path}: does not fit the generator: {exc}") from None
 
@@ -291,7 +294,7 @@ def _run(config, prep, plan, commits, todo, n_units, previous, editor_factory) -
         with stop:
             executor.run(
                 JobWork(
-                    plan=plan, units=todo, make_editor=_make_editor(config, prep, editor_factory),
+                    plan=plan, units=todo, make_editor=_make_editor(config, prep, plan.method, editor_factory),
                     folder=prep.folder, rows_per_shard=config.output.rows_per_shard,
                     png_workers=config.output.workers, on_commit=commits.append, stats=stats,
                     progress=progress, stopped=lambda: stop.signum is not None,

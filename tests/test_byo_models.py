@@ -370,6 +370,32 @@ def test_a_direction_edit_on_imported_models_is_exactly_once_and_batch_invariant
     assert frames_table.num_rows == 3 * n and len(set(frames_table.column("id").to_pylist())) == n
 
 
+def test_class_blending_on_an_embedding_generator_is_refused_before_any_unit(imported, tmp_path):
+    """A label_to column with an embedding generator crashed in the first unit after job.json and the
+    lookup were written; it is refused when the editor is built, and the job is taken back."""
+    from zsteer.jobs.interpolate_method import InterpolateMethod
+
+    n = 6
+    columns = {"id": np.arange(n), "z": latents(n, seed=9, z_dim=Z_DIM), "label": np.arange(n) % N_CLASSES}
+    columns["id_to"] = [(i + 1) % n for i in range(n)]
+    models = (imported["embedding"], imported["pooled"])
+    plain = write_manifest(tmp_path / "plain.parquet", columns)
+    blended = write_manifest(
+        tmp_path / "blend.parquet", {**columns, "label_to": (np.arange(n) + 1) % N_CLASSES}
+    )
+
+    def config(manifest, out):
+        return job_config(manifest, out, models, targets=(), method=InterpolateMethod(frames=3), unit_rows=4)
+
+    out = tmp_path / "blend"
+    with pytest.raises(
+        ZsteerError, match=r"^label_to: .*embedding\.pt2 takes its class as an embedding index"
+    ):
+        run_job(config(blended, out))
+    assert not (out / "job.json").exists() and not (out / "lookup").exists()
+    assert run_job(config(plain, out)).status == "complete"  # the same folder, without label_to: runs
+
+
 # ---- onnxruntime: forward-only for any graph, ascent for the stacks the hand-written gradient covers ------
 
 
