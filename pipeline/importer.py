@@ -159,12 +159,17 @@ def build_module(config: ImportConfig) -> nn.Module:
     return module.eval()
 
 
-def _sample_inputs(card, rows: int, seed: int) -> tuple[torch.Tensor, ...]:
+def _sample_inputs(
+    card, rows: int, seed: int, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """A sample batch of ``rows`` rows for the module's forward; a generator's classes are ``labels``
+    [rows] (default: 0, 1, 2, ... cycling through the classes)."""
     gen = torch.Generator().manual_seed(seed)
     if isinstance(card, ClassifierCard):
         return (torch.rand(rows, *card.input_shape, generator=gen) * 2 - 1,)  # [rows, C, H, W] in [-1, 1]
     z = torch.randn(rows, card.z_dim, generator=gen)  # [rows, z_dim]
-    labels = torch.arange(rows) % max(card.n_classes, 1)  # [rows]
+    if labels is None:
+        labels = torch.arange(rows) % max(card.n_classes, 1)  # [rows]
     if card.class_input == "embedding":
         return (z, labels)
     if card.class_input == "onehot":
@@ -176,12 +181,7 @@ def _edge_class_inputs(card: GeneratorCard, seed: int) -> tuple[torch.Tensor, ..
     """A batch of two rows of classes 0 and n_classes - 1: the sample batches' labels cycle through the
     first few classes only, so a module with fewer classes than --n-classes would pass them and fail on
     the first job row of a top class."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(2, card.z_dim, generator=gen)  # [2, z_dim]
-    labels = torch.tensor([0, card.n_classes - 1])  # [2]
-    if card.class_input == "embedding":
-        return (z, labels)
-    return (torch.cat([z, torch.nn.functional.one_hot(labels, card.n_classes).float()], dim=1),)
+    return _sample_inputs(card, 2, seed, labels=torch.tensor([0, card.n_classes - 1]))
 
 
 def _check_class_range(module: nn.Module, card, where: str) -> None:
