@@ -314,7 +314,7 @@ def load_graphs(export_dir: str | Path) -> OnnxGraphs:
         data = file.read_bytes()
         # The model fingerprints say which models were exported; the hash says these are the bytes that
         # export wrote (a graph file copied in from another export of the same shapes runs silently
-        # otherwise). A folder exported before hashes were recorded has none and is read unchecked.
+        # otherwise). A folder exported before hashes were recorded has none: its files are parsed instead.
         expected = entry.get("sha256")
         if expected is None:
             _check_parses(file, data)
@@ -325,6 +325,16 @@ def load_graphs(export_dir: str | Path) -> OnnxGraphs:
             )
         return data
 
+    try:  # a hand-edited or damaged manifest: one line, not a KeyError from deep in here
+        return _graphs_of(export_dir, manifest, read)
+    except KeyError as exc:
+        raise ExportError(f"{path}: malformed manifest: no field {exc} (re-export the folder)") from None
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise ExportError(f"{path}: malformed manifest ({first_line(exc)}; re-export the folder)") from None
+
+
+def _graphs_of(export_dir: Path, manifest: dict, read) -> OnnxGraphs:
+    """``load_graphs``' OnnxGraphs from a manifest's fields (``read`` reads and checks one file entry)."""
     steps = {entry["lab_compat"]: entry for entry in manifest["steps"].values()}
     return OnnxGraphs(
         generator=read(manifest["generator"]),

@@ -237,3 +237,22 @@ def test_bench_checks_the_onnx_dir_before_measuring(exported, tmp_path, monkeypa
         result.stderr.strip()
         == f"zsteer: error: {folder / 'classifier.onnx'}: not a valid ONNX file (truncated?)"
     )
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda m: m.pop("z_dim"), "malformed manifest: no field 'z_dim'"),
+        (lambda m: m.__setitem__("steps", []), "malformed manifest ("),
+        (lambda m: m["generator"].pop("file"), "malformed manifest: no field 'file'"),
+    ],
+)
+def test_a_malformed_manifest_is_one_line(exported, tmp_path, edit, fragment):
+    out, _ = exported
+    folder = _copy_export(out, tmp_path / "m")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    edit(manifest)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match=rf"^{folder / MANIFEST}: ") as info:
+        load_graphs(folder)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
