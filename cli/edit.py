@@ -249,6 +249,10 @@ def edit(ctx, **opt):
             read_rows=opt["read_rows"],
             unit_rows=opt["unit_rows"],
         )
+    if config.backend.name == "onnxruntime" and config.backend.onnx_dir is not None:
+        from zsteer.export.onnx_export import check_export_folder  # onnx only when asked for
+
+        check_export_folder(config.backend.onnx_dir)  # a truncated or swapped graph: before the job folder
     result = run_job(config)
     if result.signum is not None:
         argv = ctx.obj["argv"] if ctx.obj else sys.argv[1:]

@@ -256,3 +256,30 @@ def test_a_malformed_manifest_is_one_line(exported, tmp_path, edit, fragment):
     with pytest.raises(ExportError, match=rf"^{folder / MANIFEST}: ") as info:
         load_graphs(folder)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_edit_checks_the_onnx_dir_before_the_job_folder(exported, tmp_path):
+    """A swapped graph file is refused by `zsteer edit` before --out is made (the engine would refuse it
+    only once the job had started)."""
+    from click.testing import CliRunner
+
+    from zsteer.cli.main import main
+
+    out, _ = exported
+    folder = _copy_export(out, tmp_path / "swapped")
+    (folder / "classifier.onnx").write_bytes((folder / "generator.onnx").read_bytes())
+    job = tmp_path / "job"
+    args = [
+        "edit",
+        "-m",
+        str(tmp_path / "m.parquet"),
+        "-o",
+        str(job),
+        "-t",
+        "attr1",
+        "--backend",
+        "onnxruntime",
+    ]
+    result = CliRunner().invoke(main, [*args, "--onnx-dir", str(folder)])
+    assert result.exit_code == 2 and "classifier.onnx: its sha256 is not" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not job.exists()
