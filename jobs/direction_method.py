@@ -111,10 +111,12 @@ class DirectionMethod:
             check_strength("distance", self.distance)
         check_strength("max_alpha", self.max_alpha)
         check_strength("first_alpha", self.first_alpha)
-        if self.direction is not None and self.direction in self.conditions:
+        if self.direction is not None and self.conditions and set(self.conditions) <= {self.direction}:
+            # A direction is never made orthogonal to itself (DirectionSet.conditioned skips it), so these
+            # conditions would change nothing; with others besides it, it is made orthogonal to those.
             raise ValueError(
                 f"condition {self.direction}: the direction moved (direction {self.direction}) cannot be made "
-                "orthogonal to itself"
+                "orthogonal to itself, and there is no other condition"
             )
         if self.until_prob is not None and not 0 < self.until_prob < 1:
             raise ValueError(f"until_prob must be in (0, 1), got {self.until_prob}")
@@ -153,7 +155,7 @@ class DirectionMethod:
         k = self.default_index()
         if k is not None:
             self._check_usable(ds.names[k], where=f"--direction {ds.names[k]}")
-            if ds.names[k] in self.conditions:
+            if self.direction is None and set(self.conditions) == {ds.names[k]}:
                 raise ZsteerError(
                     f"--condition {ds.names[k]}: the direction moved (the file's only direction) cannot be "
                     "made orthogonal to itself"
@@ -206,11 +208,6 @@ class DirectionMethod:
                         continue
                     if value not in ds.names:
                         reasons[i] = f"direction {value!r} is not in {Path(self.directions).name}"
-                        continue
-                    if value in self.conditions:
-                        reasons[i] = (
-                            f"direction {value!r} is a --condition: it cannot be made orthogonal to itself"
-                        )
                         continue
                     index[i] = ds.names.index(value)
         if ALPHA in names:
