@@ -518,7 +518,9 @@ def locate(text: str | Path, field: str) -> AnyPath:
     if isinstance(text, StorePath):
         return text
     if isinstance(text, Path) or not is_uri(text):
-        if not read_as_uri_by_pyarrow(str(text)):
+        # Something already there at that path (``-m latents:v2.parquet``) is read as a path, as pyarrow
+        # reads it too; only a path to be made is refused when pyarrow would take it for a URI.
+        if os.path.lexists(text) or not read_as_uri_by_pyarrow(str(text)):
             return Path(text)
         text = str(text)
     parts = urlsplit(text)

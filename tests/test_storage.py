@@ -357,6 +357,8 @@ def test_a_path_pyarrow_reads_as_a_uri_is_refused_before_the_job_folder(
     assert locate(Path("out/a:b"), "--out") == Path("out/a:b")
     where = locate(f"file:{tmp_path / 'job'}", "--out")  # file:/abs is pyarrow's file:///abs
     assert isinstance(where, StorePath) and str(where) == f"file://{tmp_path / 'job'}"
+    (tmp_path / "latents:v2.parquet").write_bytes(b"")  # a file that is there is read where it is
+    assert locate("latents:v2.parquet", "--manifest") == Path("latents:v2.parquet")
 
 
 @pytest.mark.parametrize(("second", "created"), [("PreconditionFailed", False), (None, True)])
