@@ -219,7 +219,7 @@ def build_manifest(
         "n_attributes": graphs.n_attributes,
         "image_shape": list(graphs.image_shape),
         "attributes": list(classifier.attributes),
-        "status_codes": {str(code): name for code, name in STATUS_NAMES.items()},
+        "status_codes": _stop_codes(),
         "generator": {
             "file": "generator.onnx", "spec": generator.spec.to_dict(), "fingerprint": generator.fingerprint,
             "source": generator.path, "sha256": file_sha256(graphs.generator), **_graph_io(graphs.generator),
@@ -294,6 +294,11 @@ def check_export_folder(export_dir: str | Path) -> None:
     load_graphs(export_dir)
 
 
+def _stop_codes() -> dict[str, str]:
+    """{code: stop reason} as the exported step graph writes them (manifest.json, JSON keys)."""
+    return {str(code): name for code, name in STATUS_NAMES.items()}
+
+
 def load_graphs(export_dir: str | Path) -> OnnxGraphs:
     """The graphs of a folder written by ``export_models`` (its manifest says what is there)."""
     export_dir = Path(export_dir)
@@ -306,6 +311,13 @@ def load_graphs(export_dir: str | Path) -> OnnxGraphs:
         raise ExportError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    if manifest.get("status_codes") != _stop_codes():
+        # Its step graph is the update as it was then: one exported before out_of_range would let rows
+        # step past MAX_ABS_Z, which this version's torch engine stops.
+        raise ExportError(
+            f"{path}: exported by another zsteer, whose step graph writes other stop reasons "
+            f"({', '.join(sorted((manifest.get('status_codes') or {}).values()))}); re-export the folder"
+        )
 
     def read(entry: dict) -> bytes:
         file = export_dir / entry["file"]

@@ -182,6 +182,17 @@ def test_manifest_hashes_refuse_a_swapped_graph_file(exported, tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_an_export_with_other_stop_codes_is_refused(exported, tmp_path):
+    """A folder exported before out_of_range existed holds a step graph that lets rows past MAX_ABS_Z."""
+    out, _ = exported
+    folder = _copy_export(out, tmp_path / "older")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    del manifest["status_codes"]["6"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match=r"exported by another zsteer.*re-export the folder$"):
+        load_graphs(folder)
+
+
 def test_export_without_hashes_still_loads(exported, tmp_path):
     out, _ = exported
     graphs = load_graphs(_copy_export(out, tmp_path / "old", drop_hashes=True))
