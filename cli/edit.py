@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 import torch
-from click.core import ParameterSource
 
 from zsteer.core.errors import ZsteerError
 from zsteer.jobs.ascent_method import AscentMethod
@@ -24,7 +23,7 @@ from zsteer.jobs.runner import run_job
 from zsteer.kernels.dispatch import triton_available
 from zsteer.pipeline.config import MAX_STEPS, PRECISIONS, AscentConfig, EngineConfig
 
-from .method_options import METHOD_PARSERS, method_options, refuse_method_flags
+from .method_options import METHOD_PARSERS, given_flags, method_options, refuse_other_methods_flags
 from .models import model_options, model_source
 from .paths import PathOrUri, check_out_parent
 from .values import settings_checked
@@ -148,31 +147,9 @@ def _executor_options(opt: dict) -> tuple[tuple[str, object], ...]:
     return tuple((_RAY_OPTIONS[flag], value) for flag, value in given.items())
 
 
-# The flags of the ascent (AscentConfig): another method would ignore them, so they are refused there.
-_ASCENT_FLAGS = (
-    "steps",
-    "lr",
-    "penalty",
-    "normalize",
-    "max_shift",
-    "stop_at_prob",
-    "lab_compat",
-    "lab_batch",
-)
-
-
-def _refuse_unused_ascent_flags(ctx: click.Context, opt: dict) -> None:
-    """An ascent flag the user gave (not a default) with another --method, or --lab-batch without
-    --lab-compat, is refused rather than ignored: a --max-shift that caps nothing is worse than an error."""
-    given = [
-        name
-        for name in _ASCENT_FLAGS
-        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    ]
-    if given and opt["method"] != "ascent":
-        flag = "--" + given[0].replace("_", "-")
-        raise ZsteerError(f"{flag}: not an option of --method {opt['method']} (it sets the ascent)")
-    if "lab_batch" in given and not opt["lab_compat"]:
+def _refuse_lab_batch_alone(ctx: click.Context, opt: dict) -> None:
+    """--lab-batch without --lab-compat would scale nothing: refused rather than ignored."""
+    if "lab_batch" in given_flags(ctx) and not opt["lab_compat"]:
         raise ZsteerError("--lab-batch: only with --lab-compat (it sets the notebook's gradient scaling)")
 
 
@@ -181,7 +158,6 @@ def _method(opt: dict):
     (method_options.py); another method its defaults."""
     if opt["method"] in METHOD_PARSERS:
         return METHOD_PARSERS[opt["method"]](opt)
-    refuse_method_flags(opt, opt["method"])
     if opt["method"] != "ascent":
         return method_class(opt["method"])()
     ascent = AscentConfig(
@@ -221,7 +197,8 @@ def edit(ctx, **opt):
     if opt["threads"]:
         torch.set_num_threads(opt["threads"])  # the CLI owns its process; the library leaves this alone
     check_out_parent("--out", opt["out"])
-    _refuse_unused_ascent_flags(ctx, opt)
+    refuse_other_methods_flags(ctx, opt["method"])
+    _refuse_lab_batch_alone(ctx, opt)
     _check_impl(opt["impl"], opt["device"])
     preserve = _names(opt["preserve"]) or None
     with settings_checked():

@@ -1,7 +1,8 @@
 """The flags of the direction and interpolate edit methods, and their parsing into the methods' dataclasses.
 
 `zsteer edit` adds them with ``method_options``; ``METHOD_PARSERS[name](opt)`` builds the method the
-``--method`` flag names from the parsed values. A flag of one method given with another is refused.
+``--method`` flag names from the parsed values. A flag of one method given with another is refused
+(``refuse_other_methods_flags``, the ascent's flags included).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from zsteer.core.errors import ZsteerError
 from zsteer.jobs.direction_method import MAX_STRIP, DirectionMethod, parse_alphas
@@ -20,6 +22,20 @@ _DIRECTION_FLAGS = (
     "condition", "scores_before",
 )  # fmt: skip
 _INTERPOLATE_FLAGS = ("frames", "path")
+# The ascent's flags (AscentConfig), defined with the job's in edit.py.
+_ASCENT_FLAGS = (
+    "steps",
+    "lr",
+    "penalty",
+    "normalize",
+    "max_shift",
+    "stop_at_prob",
+    "lab_compat",
+    "lab_batch",
+)
+# Each built-in method's own flags. One the user gave for another method would be ignored (a --max-shift
+# that caps nothing), so it is refused; a registered method of its own takes none of them.
+METHOD_FLAGS = {"ascent": _ASCENT_FLAGS, "direction": _DIRECTION_FLAGS, "interpolate": _INTERPOLATE_FLAGS}
 
 
 def method_options(fn):
@@ -59,10 +75,19 @@ def method_options(fn):
     return fn
 
 
-def _refuse_others(opt: dict, method: str, flags: tuple[str, ...]) -> None:
-    for flag in flags:
-        if opt.get(flag) not in (None, ()):
-            raise ZsteerError(f"--{flag.replace('_', '-')}: not an option of --method {method}")
+def given_flags(ctx: click.Context) -> set[str]:
+    """The parameters the user gave (on the command line or in the environment), not their defaults."""
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+
+
+def refuse_other_methods_flags(ctx: click.Context, method: str) -> None:
+    """A flag of another method than ``method`` that the user gave is refused in one line naming it."""
+    given = given_flags(ctx)
+    for owner, flags in METHOD_FLAGS.items():
+        for name in flags if owner != method else ():
+            if name in given:
+                raise ZsteerError(f"--{name.replace('_', '-')}: not an option of --method {method}")
 
 
 def _given(opt: dict, names: tuple[str, ...]) -> dict:
@@ -71,7 +96,6 @@ def _given(opt: dict, names: tuple[str, ...]) -> dict:
 
 def direction_method(opt: dict) -> DirectionMethod:
     """DirectionMethod from the parsed flags."""
-    _refuse_others(opt, "direction", _INTERPOLATE_FLAGS)
     if opt.get("directions") is None:
         raise ZsteerError(
             "--method direction: give --directions FILE (write one with `zsteer directions fit`)"
@@ -94,7 +118,6 @@ def direction_method(opt: dict) -> DirectionMethod:
 
 def interpolate_method(opt: dict) -> InterpolateMethod:
     """InterpolateMethod from the parsed flags."""
-    _refuse_others(opt, "interpolate", _DIRECTION_FLAGS)
     try:
         return InterpolateMethod(**_given(opt, _INTERPOLATE_FLAGS))
     except ValueError as exc:
@@ -103,8 +126,3 @@ def interpolate_method(opt: dict) -> InterpolateMethod:
 
 # --method name -> the parser of its settings (ascent's flags are parsed in edit.py).
 METHOD_PARSERS = {"direction": direction_method, "interpolate": interpolate_method}
-
-
-def refuse_method_flags(opt: dict, method: str) -> None:
-    """A direction or interpolate flag given with another method (ascent) is refused."""
-    _refuse_others(opt, method, _DIRECTION_FLAGS + _INTERPOLATE_FLAGS)

@@ -505,18 +505,16 @@ def test_targets_and_steps_that_would_overflow_are_refused_in_one_line(tmp_path,
         (("--method", "interpolate", "--penalty", "5"), "--penalty: not an option of --method interpolate"),
         (("--method", "direction", "--steps", "10"), "--steps: not an option of --method direction"),
         (("--method", "interpolate", "--no-normalize"), "--normalize: not an option of --method interpolate"),
-        (
-            (
-                "--lab-batch",
-                "4",
-            ),
-            "--lab-batch: only with --lab-compat",
-        ),
+        (("--lab-batch", "4"), "--lab-batch: only with --lab-compat"),
+        (("--frames", "3"), "--frames: not an option of --method ascent"),
+        (("--method", "direction", "--path", "slerp"), "--path: not an option of --method direction"),
+        (("--method", "interpolate", "--alpha", "2"), "--alpha: not an option of --method interpolate"),
     ],
 )
-def test_ascent_flags_are_refused_where_nothing_would_read_them(args, message, tmp_path):
+def test_a_methods_flags_are_refused_with_another_method(args, message, tmp_path):
     """A --max-shift given with a direction edit once capped nothing, silently (even at its default value,
-    a flag the user typed is refused: the user meant something by it)."""
+    a flag the user typed is refused: the user meant something by it); so is any method's flag with
+    another method."""
     out = tmp_path / "job"
     one_line_error(run("edit", "-m", str(tmp_path / "m.parquet"), "-o", str(out), *args), message)
     assert not out.exists()
