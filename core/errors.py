@@ -1,5 +1,7 @@
 """One error family for everything a user can get wrong; the CLI prints its message as one line, exit 2."""
 
+import json
+
 
 class ZsteerError(Exception):
     """A problem with the user's input (file, row, flag), described in one line that names it."""
@@ -22,6 +24,12 @@ def first_line(exc: BaseException, limit: int | None = None) -> str:
     when given: how a one-line error quotes another library's exception (pyarrow's run to several lines)."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def quoted_json(value, limit: int = 60) -> str:
+    """A JSON value as a one-line error quotes it: ``json.dumps``, cut to ``limit`` characters with "..."."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def fault_reason(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from importlib.metadata import PackageNotFoundError, version
 
+from zsteer.core.errors import quoted_json
 from zsteer.pipeline.checkpoints import LoadedModel
 from zsteer.pipeline.config import EngineConfig
 
@@ -76,11 +77,6 @@ def _flatten(doc, prefix: str = "") -> dict[str, object]:
     return {prefix: doc}
 
 
-def _short(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 # Identity fields added after jobs were already being written, whose value an older job.json lacks but
 # had all the same: "columns" (the unified carried schema) is what every file shared, since a job whose
 # files' schemas differed was refused before. A job.json without them resumes.
@@ -99,7 +95,7 @@ def differences(old: dict, new: dict) -> list[str]:
     a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
     a, b = DEFAULT_FIELDS | a, DEFAULT_FIELDS | b
     return [
-        f"{key}: {_short(a.get(key))} -> {_short(b.get(key))}"
+        f"{key}: {quoted_json(a.get(key))} -> {quoted_json(b.get(key))}"
         for key in sorted(set(a) | set(b))
         if a.get(key) != b.get(key) and not (key in LATER_FIELDS and key not in a)
     ]

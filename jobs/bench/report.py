@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from zsteer.core.errors import ZsteerError
+from zsteer.core.errors import ZsteerError, quoted_json
 
 from ..folder import write_bytes_atomic
 from .config import BenchCell
@@ -53,21 +53,15 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _shown(value) -> str:
-    """A JSON value as an error line quotes it: short, one line."""
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _cell_problem(entry) -> tuple[str, str] | None:
     """What is wrong with one entry of a report's ``cells``: (the field, what it should be), or None."""
     if not isinstance(entry, dict):
-        return "", f"expected an object with 'cell' and 'result', got {_shown(entry)}"
+        return "", f"expected an object with 'cell' and 'result', got {quoted_json(entry, 40)}"
     for part in ("cell", "result"):
         if part not in entry:
             return part, "missing"
         if not isinstance(entry[part], dict):
-            return part, f"expected an object, got {_shown(entry[part])}"
+            return part, f"expected an object, got {quoted_json(entry[part], 40)}"
     cell, result = entry["cell"], entry["result"]
     for name, types in _SETTING_TYPES.items():
         if name not in cell:
@@ -77,16 +71,16 @@ def _cell_problem(entry) -> tuple[str, str] | None:
         value = cell[name]
         if isinstance(value, bool) or not isinstance(value, types):
             expected = " or ".join({int: "an integer", str: "a string"}.get(t, "null") for t in types)
-            return f"cell.{name}", f"expected {expected}, got {_shown(value)}"
+            return f"cell.{name}", f"expected {expected}, got {quoted_json(value, 40)}"
     if "latents_per_second" in result:
         rate = result["latents_per_second"]
         if not (_is_number(rate) and rate >= 0):
-            return "result.latents_per_second", f"expected a finite number >= 0, got {_shown(rate)}"
+            return "result.latents_per_second", f"expected a finite number >= 0, got {quoted_json(rate, 40)}"
     latency = result.get("batch_latency_ms", {})
     if not isinstance(latency, dict) or not all(v is None or _is_number(v) for v in latency.values()):
-        return "result.batch_latency_ms", f"expected an object of numbers, got {_shown(latency)}"
+        return "result.batch_latency_ms", f"expected an object of numbers, got {quoted_json(latency, 40)}"
     if "error" in result and not isinstance(result["error"], str):
-        return "result.error", f"expected a string, got {_shown(result['error'])}"
+        return "result.error", f"expected a string, got {quoted_json(result['error'], 40)}"
     return None
 
 
