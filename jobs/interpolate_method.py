@@ -98,10 +98,6 @@ class InterpolateMethod:
                     problem = _column_problem(name, file.schema.field(name).type, plan.id_type, shape)
                     if problem:
                         raise ZsteerError(f"{file.path}: column {name!r} {problem}")
-            if name in plan.carried.names:  # the files' types widened to one (unify_schemas)
-                problem = _column_problem(name, plan.carried.field(name).type, plan.id_type, shape)
-                if problem:
-                    raise ZsteerError(f"column {name!r} {problem}")
         if ID_TO in plan.carried.names and not isinstance(root, Path):  # a URI: jobs/storage.py
             raise ZsteerError(
                 f"--out {root}: interpolation with id_to memory-maps its lookup in the job folder, which needs "
